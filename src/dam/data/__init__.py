@@ -1,0 +1,18 @@
+"""Data: IDX files, MNIST and Fashion-MNIST, found locally or downloaded and verified."""
+
+from dam.data.datasets import load_dataset, locate_dataset, train_val_split
+from dam.data.idx import DatasetError, parse_idx, read_idx
+from dam.data.sources import DATASETS, cache_dir, download_dataset, download_file
+
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "cache_dir",
+    "download_dataset",
+    "download_file",
+    "load_dataset",
+    "locate_dataset",
+    "parse_idx",
+    "read_idx",
+    "train_val_split",
+]

@@ -1,0 +1,396 @@
+"""The Dense Associative Memory classifier DAM_n of Krotov & Hopfield, in one file.
+
+Equations (numbers as in ``shared/paper/NOTES.md``)::
+
+    v      = 2 x - 1                                  pixels from [0, 1] onto [-1, 1]
+    h_mu   = xi_mu . v - sum_gamma xi_mu,gamma        every label neuron "off"
+    s_alpha = sum_mu F_n((h_mu + 2 xi_mu,alpha) / T) - F_n(h_mu / T)      (scaled energy gap)
+    Y_alpha = tanh(s_alpha)                                                (eq. 1)
+
+with F_n(x) = max(x, 0)^n.  ``beta F_n(x) = F_n(x / T)`` for ``beta = 1 / T^n``, so dividing before
+raising keeps float32 finite where ``794^30`` would overflow.  The label-off argument ``h`` does not
+depend on alpha, so one (B, 784) x (784, K) product per batch serves all ten classes; the rest is an
+elementwise map-reduce over (B, 10, K) that we fuse with ``torch.compile`` where it is available.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+NUM_PIXELS = 784
+NUM_CLASSES = 10
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A run folder or checkpoint that cannot be loaded: missing, corrupt or incompatible."""
+
+
+class InputError(ValueError):
+    """Images that the model cannot classify: wrong shape, dtype, range or non-finite values."""
+
+
+@dataclass(frozen=True)
+class DAMConfig:
+    """Everything needed to rebuild a model's architecture; saved as ``config.json`` beside the weights."""
+
+    n: int
+    num_memories: int = 2000
+    temperature: float = 540.0
+    num_pixels: int = NUM_PIXELS
+    num_classes: int = NUM_CLASSES
+
+    def __post_init__(self) -> None:
+        # n = 1 would make F_n' a step function that the kernel's x^(n-1) does not represent.
+        if not (isinstance(self.n, int) and self.n >= 2):
+            raise ValueError(f"n must be an integer >= 2, got {self.n!r}")
+        if not (isinstance(self.num_memories, int) and self.num_memories >= 1):
+            raise ValueError(f"num_memories must be a positive integer, got {self.num_memories!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused energy-gap kernel.  Inputs are pre-scaled by 1/T so the kernels never see T and one
+# compiled kernel serves every temperature of a ramp.
+#   hs: (B, K) = h / T,   ls: (10, K) = 2 xi_label^T / T
+# forward:  s[b, a]  = sum_k relu(hs[b,k] + ls[a,k])^n - relu(hs[b,k])^n
+# backward: dhs[b,k] = n (sum_a g[b,a] relu(hs+ls)^(n-1) - relu(hs)^(n-1) sum_a g[b,a])
+#           dls[a,k] = n  sum_b g[b,a] relu(hs+ls)^(n-1)
+# K is the innermost, contiguous axis so that the reductions vectorise.
+
+
+def _ipow(x: Tensor, n: int) -> Tensor:
+    """x**n (n >= 1) by repeated squaring: a few multiplies that fuse, instead of a call to pow()."""
+    result: Tensor | None = None
+    while True:
+        if n & 1:
+            result = x if result is None else result * x
+        n >>= 1
+        if not n:
+            return result  # type: ignore[return-value]
+        x = x * x
+
+
+def _gaps_forward(hs: Tensor, ls: Tensor, n: int) -> Tensor:
+    on = torch.relu(hs[:, None, :] + ls[None, :, :])
+    off = torch.relu(hs)
+    return (_ipow(on, n) - _ipow(off, n)[:, None, :]).sum(dim=2)
+
+
+def _gaps_backward(g: Tensor, hs: Tensor, ls: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    on = torch.relu(hs[:, None, :] + ls[None, :, :])
+    off = torch.relu(hs)
+    d_on = _ipow(on, n - 1) * g[:, :, None]
+    dhs = (d_on.sum(dim=1) - _ipow(off, n - 1) * g.sum(dim=1, keepdim=True)) * n
+    dls = d_on.sum(dim=0) * n
+    return dhs, dls
+
+
+_KERNELS: dict[bool, tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tensor]]]] = {}
+_COMPILE_FAILED = False
+
+
+def fused_kernels_enabled() -> bool:
+    """Whether the gap kernels go through ``torch.compile`` (env ``DAM_COMPILE=0`` turns it off)."""
+    return os.environ.get("DAM_COMPILE", "1") not in ("0", "false", "no", "off") and not _COMPILE_FAILED
+
+
+def _kernels() -> tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tensor]]]:
+    fused = fused_kernels_enabled()
+    if fused not in _KERNELS:
+        if fused:
+            _KERNELS[fused] = (
+                torch.compile(_gaps_forward, dynamic=None),
+                torch.compile(_gaps_backward, dynamic=None),
+            )
+        else:
+            _KERNELS[fused] = (_gaps_forward, _gaps_backward)
+    return _KERNELS[fused]
+
+
+def _run_kernel(index: int, *args: Any) -> Any:
+    global _COMPILE_FAILED
+    try:
+        return _kernels()[index](*args)
+    except Exception as exc:  # a missing C++ compiler or an unsupported backend
+        if not fused_kernels_enabled():
+            raise
+        _COMPILE_FAILED = True
+        warnings.warn(
+            f"torch.compile of the DAM kernel failed ({type(exc).__name__}: {exc}); "
+            "falling back to eager PyTorch, which is correct but several times slower.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return (_gaps_forward, _gaps_backward)[index](*args)
+
+
+class _EnergyGaps(torch.autograd.Function):
+    """Autograd wrapper: recompute in backward rather than store a (B, 10, K) tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, hs: Tensor, ls: Tensor, n: int) -> Tensor:
+        ctx.save_for_backward(hs, ls)
+        ctx.n = n
+        return _run_kernel(0, hs, ls, n)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:
+        hs, ls = ctx.saved_tensors
+        dhs, dls = _run_kernel(1, g.contiguous(), hs, ls, ctx.n)
+        return dhs, dls, None
+
+
+def energy_gaps(h: Tensor, label_weights: Tensor, n: int, temperature: float) -> Tensor:
+    """Scaled energy gaps s (B, 10) from the label-off arguments ``h`` (B, K) and ``xi_label`` (K, 10)."""
+    hs = h * (1.0 / temperature)
+    ls = label_weights.t() * (2.0 / temperature)
+    return _EnergyGaps.apply(hs.contiguous(), ls.contiguous(), n)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class DenseAssociativeMemory(nn.Module):
+    """DAM_n classifier: images in [0, 1] shaped (B, 784) or (B, 1, 28, 28) -> Y in [-1, 1], (B, 10).
+
+    ``memories`` is the K x 794 weight matrix xi: columns 0-783 are the visible part, 784-793 the label
+    part.  ``temperature`` is T in pixel units (the paper's beta = 1 / T^n).  ``scores`` returns the
+    pre-tanh energy gaps, the natural logits for attacks and softmax confidences.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        num_memories: int = 2000,
+        temperature: float = 540.0,
+        *,
+        num_pixels: int = NUM_PIXELS,
+        num_classes: int = NUM_CLASSES,
+        init_mean: float = -0.3,
+        init_std: float = 0.3,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = DAMConfig(
+            n=n,
+            num_memories=num_memories,
+            temperature=float(temperature),
+            num_pixels=num_pixels,
+            num_classes=num_classes,
+        )
+        weights = torch.empty(num_memories, num_pixels + num_classes, dtype=dtype)
+        weights.normal_(init_mean, init_std, generator=generator)
+        self.memories = nn.Parameter(weights.to(device))
+
+    # -- read access -------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.config.n
+
+    @property
+    def temperature(self) -> float:
+        return self.config.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        # Training ramps T; the config stays frozen and is replaced so it always matches the model.
+        self.config = DAMConfig(**{**asdict(self.config), "temperature": float(value)})
+
+    @property
+    def num_memories(self) -> int:
+        return self.config.num_memories
+
+    @property
+    def visible_memories(self) -> Tensor:
+        """(K, 784) view of the visible part of xi."""
+        return self.memories[:, : self.config.num_pixels]
+
+    @property
+    def label_memories(self) -> Tensor:
+        """(K, 10) view of the label part of xi."""
+        return self.memories[:, self.config.num_pixels :]
+
+    # -- computation -------------------------------------------------------------------------
+    def to_spins(self, images: Tensor) -> Tensor:
+        """Validate images in [0, 1] and map them onto the model's [-1, 1] pixel space, (B, 784)."""
+        return 2.0 * self._flatten(images) - 1.0
+
+    def _flatten(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        pixels = self.config.num_pixels
+        side = math.isqrt(pixels)
+        if images.dim() == 2 and images.shape[1] == pixels:
+            flat = images
+        elif images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side):
+            flat = images.reshape(images.shape[0], pixels)
+        elif images.dim() == 3 and tuple(images.shape[1:]) == (side, side):
+            flat = images.reshape(images.shape[0], pixels)
+        else:
+            raise InputError(
+                f"images must be shaped (B, {pixels}) or (B, 1, {side}, {side}); got {tuple(images.shape)}"
+            )
+        if not flat.is_floating_point():
+            raise InputError(
+                f"images must be floating point in [0, 1], got dtype {flat.dtype} "
+                "(divide uint8 images by 255 first)"
+            )
+        return flat.to(self.memories.dtype)
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (one device sync; not on hot paths)."""
+        flat = self._flatten(images)
+        if not torch.isfinite(flat).all():
+            raise InputError("images contain NaN or infinite pixels")
+        lo, hi = float(flat.min()), float(flat.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise InputError(f"pixels must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]")
+
+    def scores_from_spins(self, v: Tensor) -> Tensor:
+        """Energy gaps s (B, 10) from pixels already in [-1, 1] (the paper's v), shape (B, 784)."""
+        xi = self.memories
+        pixels = self.config.num_pixels
+        visible, label = xi[:, :pixels], xi[:, pixels:]
+        work_dtype = self._work_dtype(v)
+        if work_dtype != xi.dtype:
+            visible, label, v = visible.to(work_dtype), label.to(work_dtype), v.to(work_dtype)
+        h = v @ visible.t() - label.sum(dim=1)
+        s = energy_gaps(h, label, self.config.n, self.config.temperature)
+        if work_dtype != xi.dtype:
+            big = torch.finfo(xi.dtype).max
+            s = s.clamp(-big, big).to(xi.dtype)
+        return s
+
+    def _work_dtype(self, v: Tensor) -> torch.dtype:
+        """float64 when F_n could overflow the model's dtype, judged from a bound on |argument|.
+
+        With |v| <= 1 the argument is at most max_mu sum_J |xi_mu,J|; the sum over K memories of
+        (arg / T)^n must stay below the dtype's maximum with room for the backward pass.
+        """
+        dtype = self.memories.dtype
+        if dtype == torch.float64:
+            return dtype
+        with torch.no_grad():
+            vmax = float(v.detach().abs().max()) if v.numel() else 1.0
+            bound = float(self.memories.detach().abs().sum(dim=1).max()) * max(vmax, 1.0)
+        if bound <= 0:
+            return dtype
+        log_total = self.config.n * math.log(bound / self.config.temperature + 1e-30)
+        log_total += math.log(self.config.num_memories * max(self.config.n, 1))
+        return dtype if log_total < math.log(torch.finfo(dtype).max) - 20.0 else torch.float64
+
+    def scores(self, images: Tensor) -> Tensor:
+        """Pre-tanh scores (scaled energy gaps) of images in [0, 1]: logits for attacks and softmax."""
+        return self.scores_from_spins(self.to_spins(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Outputs Y = tanh(scores) in [-1, 1], shape (B, 10) (eq. 1)."""
+        return torch.tanh(self.scores(images))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
+        """Predicted class indices (B,), computed in batches."""
+        out = [self.scores(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=self.memories.device)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder`` atomically (no pickle)."""
+        from safetensors.torch import save as st_save
+
+        from dam.io import atomic_write_bytes, atomic_write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {"memories": self.memories.detach().to("cpu").contiguous()}
+        metadata = {"format": "dam", "format_version": str(FORMAT_VERSION)}
+        atomic_write_bytes(folder / WEIGHTS_FILE, st_save(weights, metadata=metadata))
+        atomic_write_json(folder / CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": asdict(self.config)})
+        return folder
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike[str], *, device: torch.device | str | None = None
+    ) -> DenseAssociativeMemory:
+        """Rebuild a model from a run folder written by :meth:`save`; clear errors for bad folders."""
+        config, weights = load_checkpoint(folder)
+        model = cls(
+            config.n,
+            config.num_memories,
+            config.temperature,
+            num_pixels=config.num_pixels,
+            num_classes=config.num_classes,
+            dtype=weights.dtype,
+        )
+        with torch.no_grad():
+            model.memories.copy_(weights)
+        return model.to(device) if device is not None else model
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"n={c.n}, num_memories={c.num_memories}, temperature={c.temperature:g}"
+
+
+def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
+    """Read and validate ``config.json`` and ``model.safetensors``; return the config and weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such run folder")
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (a run folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise CheckpointError(f"{config_path}: no 'model' section; not a dam run folder")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path}: checkpoint format version {version!r}, this dam reads version {FORMAT_VERSION}"
+        )
+    known = {f.name for f in fields(DAMConfig)}
+    model_cfg = raw["model"]
+    unknown = set(model_cfg) - known if isinstance(model_cfg, dict) else {"<not a dict>"}
+    if unknown:
+        raise CheckpointError(f"{config_path}: unknown model settings {sorted(unknown)}")
+    try:
+        config = DAMConfig(**model_cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: invalid model settings ({exc})") from None
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: corrupt or not a safetensors file ({exc})") from None
+    if set(tensors) != {"memories"}:
+        raise CheckpointError(f"{weights_path}: expected one tensor 'memories', found {sorted(tensors)}")
+    weights = tensors["memories"]
+    expected = (config.num_memories, config.num_pixels + config.num_classes)
+    if tuple(weights.shape) != expected or not weights.is_floating_point():
+        raise CheckpointError(
+            f"{weights_path}: memories have shape {tuple(weights.shape)} and dtype {weights.dtype}, "
+            f"config.json expects a floating tensor of shape {expected}"
+        )
+    if not torch.isfinite(weights).all():
+        raise CheckpointError(f"{weights_path}: memories contain NaN or infinite values")
+    return config, weights

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Small test models run faster in eager PyTorch than it takes to compile the fused kernel; the tests that
+# exercise the compiled path switch it back on themselves.
+os.environ.setdefault("DAM_COMPILE", "0")
+
+
+def _mnist_dir() -> Path | None:
+    root = os.environ.get("DAM_DATA_DIR")
+    if root and (Path(root) / "mnist").is_dir():
+        return Path(root) / "mnist"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST folder from $DAM_DATA_DIR; CI must have it, so there a missing copy fails."""
+    folder = _mnist_dir()
+    if folder is None:
+        message = "MNIST not found: set DAM_DATA_DIR to a folder holding mnist/ (CI sets ../shared/datasets)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's cache, and no test downloads from the real mirrors."""
+    monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("DAM_MIRRORS", "")
+    import dam.data.sources as sources
+
+    monkeypatch.setattr(
+        sources, "DATASETS",
+        {k: sources.DatasetSpec(v.name, ("http://127.0.0.1:9/",), v.md5, v.sizes, ()) for k, v in sources.DATASETS.items()},
+    )
