@@ -19,9 +19,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -237,9 +238,7 @@ class DenseAssociativeMemory(nn.Module):
         side = math.isqrt(pixels)
         if images.dim() == 2 and images.shape[1] == pixels:
             flat = images
-        elif images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side):
-            flat = images.reshape(images.shape[0], pixels)
-        elif images.dim() == 3 and tuple(images.shape[1:]) == (side, side):
+        elif (images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side)) or (images.dim() == 3 and tuple(images.shape[1:]) == (side, side)):
             flat = images.reshape(images.shape[0], pixels)
         else:
             raise InputError(

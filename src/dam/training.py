@@ -22,9 +22,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -225,7 +226,9 @@ def _load_state(folder: Path) -> tuple[Tensor, Tensor, int]:
         raise CheckpointError(f"{path}: unreadable training state ({exc}); cannot resume") from None
 
 
-def _run_config(config: TrainConfig, model: DenseAssociativeMemory, device: torch.device) -> dict[str, Any]:
+def _run_config(
+    config: TrainConfig, model: DenseAssociativeMemory, device: torch.device, data_dir: str | None
+) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "kind": "dam",
@@ -233,6 +236,7 @@ def _run_config(config: TrainConfig, model: DenseAssociativeMemory, device: torc
         "train": asdict(config),
         "seed": config.seed,
         "device": str(device),
+        "data_dir": data_dir,
         "environment": environment_info(),
     }
 
@@ -279,8 +283,11 @@ def train(
     if state_exists and not resume:
         raise FileExistsError(f"{folder} already holds a training run; pass resume=True (--resume) or a new --out")
     if resume and state_exists:
+        saved_run = read_run_config(folder)
+        if data_dir is None and saved_run.get("data_dir") and Path(saved_run["data_dir"]).is_dir():
+            data_dir = saved_run["data_dir"]  # resume reads the data the run started with
         try:
-            saved = TrainConfig.from_dict(read_run_config(folder)["train"])
+            saved = TrainConfig.from_dict(saved_run["train"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{folder / CONFIG_FILE}: no valid training settings ({exc})") from None
         if config is not None and replace(config, epochs=saved.epochs) != saved:
@@ -308,7 +315,8 @@ def train(
     folder.mkdir(parents=True, exist_ok=True)
     records = [r for r in read_jsonl(folder / METRICS_FILE) if r.get("epoch", 0) <= start_epoch]
     atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
-    atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device))
+    data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
+    atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device, data_dir))
 
     data = prepare_data(config, data_dir, device)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
@@ -328,7 +336,7 @@ def train(
             append_jsonl(folder / METRICS_FILE, record)
             _save_state(folder, model, velocity, epoch + 1)
             model.save(folder)
-            atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device))
+            atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device, data_dir))
             bar.update(1)
             shown = {k: record[k] for k in ("loss", "train_error", f"{data.eval_name}_error") if k in record}
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})

@@ -50,14 +50,15 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DatasetError(f"{name}: truncated IDX header ({len(data)} bytes, {ndim} dimensions declared)")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_TYPES[type_code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    count = int(np.prod(dims, dtype=np.int64))
+    expected = header + count * dtype.itemsize
     if len(data) < expected:
         raise DatasetError(
             f"{name}: truncated: dimensions {dims} need {expected} bytes, the file has {len(data)}"
         )
     if len(data) > expected:
         raise DatasetError(f"{name}: {len(data) - expected} unexpected trailing bytes after dimensions {dims}")
-    array = np.frombuffer(data, dtype=dtype, count=expected - header, offset=header).reshape(dims)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 

@@ -122,6 +122,8 @@ def download_file(filename: str, md5: str, dest_dir: Path, mirrors: tuple[str, .
                 continue
             os.replace(tmp, target)
             return target
+        except urllib.error.HTTPError as exc:
+            failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             failures.append(f"{url}: {reason}")
