@@ -37,6 +37,10 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     import dam.data.sources as sources
 
     monkeypatch.setattr(
-        sources, "DATASETS",
-        {k: sources.DatasetSpec(v.name, ("http://127.0.0.1:9/",), v.md5, v.sizes, ()) for k, v in sources.DATASETS.items()},
+        sources,
+        "DATASETS",
+        {
+            k: sources.DatasetSpec(v.name, ("http://127.0.0.1:9/",), v.md5, v.sizes, ())
+            for k, v in sources.DATASETS.items()
+        },
     )

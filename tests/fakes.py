@@ -34,6 +34,8 @@ def fake_mnist(folder: Path, train: int = 60000, test: int = 10000, gz: bool = T
         images[:, 14, :] = rng.integers(0, 256, size=(num, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=num, dtype=np.uint8)
         write_split(folder, prefix, images, labels, gz=gz)
+
+
 def tiny_mnist(folder: Path, seed: int = 0) -> Path:
     """60000/10000 examples are required by the validator; most of them are blank."""
     rng = np.random.default_rng(seed)

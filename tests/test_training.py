@@ -25,8 +25,21 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(n=3, m=2, num_memories=24, temperature_start=300.0, temperature_end=150.0, ramp_epochs=3,
-                epochs=6, batch_size=100, lr=0.04, lr_decay=0.95, momentum=0.8, train_subset=1500, seed=7)
+    base = dict(
+        n=3,
+        m=2,
+        num_memories=24,
+        temperature_start=300.0,
+        temperature_end=150.0,
+        ramp_epochs=3,
+        epochs=6,
+        batch_size=100,
+        lr=0.04,
+        lr_decay=0.95,
+        momentum=0.8,
+        train_subset=1500,
+        seed=7,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -71,7 +84,12 @@ def test_presets_stay_in_the_papers_windows() -> None:
                 assert 2 <= c.m <= 4 and 250 <= c.temperature_start <= 400 and 30 <= c.temperature_end <= 100
     paper = preset("n3", "paper")
     assert (paper.epochs, paper.lr_decay, paper.batch_size, paper.num_memories, paper.ramp_epochs) == (
-        3000, 0.998, 1000, 2000, 200)
+        3000,
+        0.998,
+        1000,
+        2000,
+        200,
+    )
     assert preset("n20", "cpu", epochs=5).epochs == 5
 
 
@@ -126,10 +144,37 @@ def test_resume_refuses_other_settings(tmp_path, tiny_data) -> None:
 
 def test_resume_after_sigkill_gives_identical_weights(tmp_path, tiny_data) -> None:
     """A real `dam train` process killed with SIGKILL mid-run, then `dam train --resume`."""
-    args = ["--n", "3", "--m", "2", "--memories", "24", "--temperature-start", "300", "--temperature-end", "150",
-            "--ramp-epochs", "3", "--epochs", "25", "--batch-size", "100", "--lr", "0.04", "--lr-decay", "0.95",
-            "--momentum", "0.8", "--train-subset", "1500", "--seed", "7", "--data-dir", str(tiny_data),
-            "--no-progress"]
+    args = [
+        "--n",
+        "3",
+        "--m",
+        "2",
+        "--memories",
+        "24",
+        "--temperature-start",
+        "300",
+        "--temperature-end",
+        "150",
+        "--ramp-epochs",
+        "3",
+        "--epochs",
+        "25",
+        "--batch-size",
+        "100",
+        "--lr",
+        "0.04",
+        "--lr-decay",
+        "0.95",
+        "--momentum",
+        "0.8",
+        "--train-subset",
+        "1500",
+        "--seed",
+        "7",
+        "--data-dir",
+        str(tiny_data),
+        "--no-progress",
+    ]
     env = {**os.environ, "DAM_COMPILE": "0"}
     cmd = [sys.executable, "-m", "dam.cli", "train", *args]
     subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
@@ -146,8 +191,7 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path, tiny_data) -> No
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
     done = len(metrics.read_text().splitlines())
     assert 3 <= done < 25
-    subprocess.run([*cmd[:4], "--out", str(run), "--resume", "--no-progress"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run([*cmd[:4], "--out", str(run), "--resume", "--no-progress"], check=True, env=env, capture_output=True)
     ref = load_file(str(tmp_path / "ref" / "model.safetensors"))["memories"]
     got = load_file(str(run / "model.safetensors"))["memories"]
     assert torch.equal(ref, got)

@@ -109,8 +109,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(text)
     else:
-        print(f"{args.run}: {result['split']} error {100 * result['error']:.2f}% "
-              f"({result['errors']}/{result['examples']})")
+        print(
+            f"{args.run}: {result['split']} error {100 * result['error']:.2f}% "
+            f"({result['errors']}/{result['examples']})"
+        )
         print("confusion matrix (rows: true class, columns: predicted):")
         print("      " + " ".join(f"{c:>5d}" for c in range(10)))
         for i, row in enumerate(result["confusion_matrix"]):
@@ -129,9 +131,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"run       {args.run}")
     print(f"model     DAM_{model['n']}  K={model['num_memories']}  T={model['temperature']:g}")
     if train_cfg:
-        print(f"training  m={train_cfg['m']} epochs {info['epochs_done']}/{train_cfg['epochs']} "
-              f"batch={train_cfg['batch_size']} lr={train_cfg['lr']} f={train_cfg['lr_decay']} "
-              f"p={train_cfg['momentum']} seed={train_cfg['seed']}")
+        print(
+            f"training  m={train_cfg['m']} epochs {info['epochs_done']}/{train_cfg['epochs']} "
+            f"batch={train_cfg['batch_size']} lr={train_cfg['lr']} f={train_cfg['lr_decay']} "
+            f"p={train_cfg['momentum']} seed={train_cfg['seed']}"
+        )
     for key in ("test_error", "validation_error", "train_error", "loss"):
         if key in last:
             print(f"{key:<9s} {last[key]:.4g} (epoch {last['epoch']})")

@@ -238,7 +238,9 @@ class DenseAssociativeMemory(nn.Module):
         side = math.isqrt(pixels)
         if images.dim() == 2 and images.shape[1] == pixels:
             flat = images
-        elif (images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side)) or (images.dim() == 3 and tuple(images.shape[1:]) == (side, side)):
+        elif (images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side)) or (
+            images.dim() == 3 and tuple(images.shape[1:]) == (side, side)
+        ):
             flat = images.reshape(images.shape[0], pixels)
         else:
             raise InputError(
@@ -246,8 +248,7 @@ class DenseAssociativeMemory(nn.Module):
             )
         if not flat.is_floating_point():
             raise InputError(
-                f"images must be floating point in [0, 1], got dtype {flat.dtype} "
-                "(divide uint8 images by 255 first)"
+                f"images must be floating point in [0, 1], got dtype {flat.dtype} (divide uint8 images by 255 first)"
             )
         return flat.to(self.memories.dtype)
 

@@ -198,8 +198,12 @@ def train_one_epoch(
         total_loss += float(loss.detach())
         wrong += int((out.detach().argmax(dim=1) != y).sum())
     model.memories.grad = None
-    return {"loss": total_loss / len(images), "train_error": wrong / len(images), "lr": lr,
-            "temperature": model.temperature}
+    return {
+        "loss": total_loss / len(images),
+        "train_error": wrong / len(images),
+        "lr": lr,
+        "temperature": model.temperature,
+    }
 
 
 # -- run folders ---------------------------------------------------------------------------------
@@ -272,12 +276,13 @@ def train(
     """Train DAM_n per ``config`` into run folder ``out`` and return the model.
 
     ``resume=True`` continues a run folder from its last finished epoch with its saved settings;
-    ``config`` may then be None, or equal to the saved one but for ``epochs`` (to extend a run).  ``stop_after`` ends after that many epochs in total, as a kill
-    would, leaving a resumable folder.  ``progress=None`` shows a bar only on a terminal.
+    ``config`` may then be None, or equal to the saved one but for ``epochs`` (to extend a run).
+    ``stop_after`` ends after that many epochs in total, as a kill would, leaving a resumable folder.
+    ``progress=None`` shows a bar only on a terminal.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch.cuda.is_available() is False")
+        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False on this machine")
     folder = Path(out)
     state_exists = (folder / STATE_FILE).exists()
     if state_exists and not resume:
@@ -292,22 +297,31 @@ def train(
             raise CheckpointError(f"{folder / CONFIG_FILE}: no valid training settings ({exc})") from None
         if config is not None and replace(config, epochs=saved.epochs) != saved:
             diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
-            raise CheckpointError(f"{folder}: resume with settings that differ from the saved run (saved, given): {diff}")
+            raise CheckpointError(
+                f"{folder}: resume with settings that differ from the saved run (saved, given): {diff}"
+            )
         config = saved if config is None else replace(saved, epochs=config.epochs)
     if config is None:
         raise ValueError(f"no training settings given and no run to resume in {folder}")
     dtype = getattr(torch, config.dtype)
     generator = torch.Generator().manual_seed(config.seed)
     model = DenseAssociativeMemory(
-        config.n, config.num_memories, config.temperature_at(0),
-        init_mean=config.init_mean, init_std=config.init_std, generator=generator, dtype=dtype,
+        config.n,
+        config.num_memories,
+        config.temperature_at(0),
+        init_mean=config.init_mean,
+        init_std=config.init_std,
+        generator=generator,
+        dtype=dtype,
     ).to(device)
     velocity = torch.zeros_like(model.memories.data)
     start_epoch = 0
     if resume and state_exists:
         memories, saved_velocity, start_epoch = _load_state(folder)
         if memories.shape != model.memories.shape:
-            raise CheckpointError(f"{folder / STATE_FILE}: weights of shape {tuple(memories.shape)} do not match config")
+            raise CheckpointError(
+                f"{folder / STATE_FILE}: weights of shape {tuple(memories.shape)} do not match config"
+            )
         with torch.no_grad():
             model.memories.copy_(memories.to(device, dtype))
             velocity.copy_(saved_velocity.to(device, dtype))

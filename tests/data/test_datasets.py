@@ -53,8 +53,12 @@ def test_mislabelled_file(tmp_path) -> None:
 def test_count_mismatch(tmp_path) -> None:
     fake_mnist(tmp_path)
     rng = np.random.default_rng(0)
-    write_split(tmp_path, "t10k", rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
-                rng.integers(0, 10, 9999, dtype=np.uint8))
+    write_split(
+        tmp_path,
+        "t10k",
+        rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 9999, dtype=np.uint8),
+    )
     with pytest.raises(DatasetError, match="9999 labels"):
         load_dataset("mnist", "test", data_dir=tmp_path)
 
@@ -62,8 +66,12 @@ def test_count_mismatch(tmp_path) -> None:
 def test_wrong_image_size(tmp_path) -> None:
     fake_mnist(tmp_path)
     rng = np.random.default_rng(0)
-    write_split(tmp_path, "t10k", rng.integers(0, 256, (10000, 32, 32), dtype=np.uint8),
-                rng.integers(0, 10, 10000, dtype=np.uint8))
+    write_split(
+        tmp_path,
+        "t10k",
+        rng.integers(0, 256, (10000, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 10000, dtype=np.uint8),
+    )
     with pytest.raises(DatasetError, match=r"\(N, 28, 28\)"):
         load_dataset("mnist", "test", data_dir=tmp_path)
 

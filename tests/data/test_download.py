@@ -88,11 +88,13 @@ def test_load_dataset_downloads_into_cache(server, tmp_path, monkeypatch) -> Non
     monkeypatch.delenv("DAM_DATA_DIR", raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv("DAM_CACHE_DIR", str(cache))
-    x, y = load_dataset("mnist", "test")
+    x, _y = load_dataset("mnist", "test")
     assert x.shape == (10000, 1, 28, 28)
     assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(md5)
     # Second call: served from the cache even with the server gone.
-    monkeypatch.setattr(sources, "DATASETS", {"mnist": sources.DatasetSpec("mnist", ("http://127.0.0.1:9/",), md5, spec.sizes)})
+    monkeypatch.setattr(
+        sources, "DATASETS", {"mnist": sources.DatasetSpec("mnist", ("http://127.0.0.1:9/",), md5, spec.sizes)}
+    )
     x2, _ = load_dataset("mnist", "test")
     np.testing.assert_array_equal(x.numpy(), x2.numpy())
 

@@ -20,9 +20,7 @@ def _has_split_files(folder: Path) -> bool:
     return all(find_file(folder, stem) for stems in SPLIT_FILES.values() for stem in stems)
 
 
-def locate_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
-) -> Path:
+def locate_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = True) -> Path:
     """The folder holding ``name``'s IDX files, searched in this order:
 
     1. ``data_dir`` (the folder itself or its ``<name>/`` subfolder); when given, nothing else is tried;
@@ -71,13 +69,17 @@ def _validate(
     spec: DatasetSpec, split: str, image_path: Path, images: np.ndarray, label_path: Path, labels: np.ndarray
 ) -> None:
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise DatasetError(f"{image_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
+        raise DatasetError(
+            f"{image_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DatasetError(f"{label_path}: expected a 1-D uint8 label file, got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
         raise DatasetError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels")
     if len(images) != spec.sizes[split]:
-        raise DatasetError(f"{image_path}: {len(images)} examples, the {spec.name} {split} split has {spec.sizes[split]}")
+        raise DatasetError(
+            f"{image_path}: {len(images)} examples, the {spec.name} {split} split has {spec.sizes[split]}"
+        )
     if labels.max(initial=0) >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise DatasetError(f"{label_path}: label {int(labels[bad])} at index {bad} is outside 0..{NUM_CLASSES - 1}")

@@ -53,9 +53,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     count = int(np.prod(dims, dtype=np.int64))
     expected = header + count * dtype.itemsize
     if len(data) < expected:
-        raise DatasetError(
-            f"{name}: truncated: dimensions {dims} need {expected} bytes, the file has {len(data)}"
-        )
+        raise DatasetError(f"{name}: truncated: dimensions {dims} need {expected} bytes, the file has {len(data)}")
     if len(data) > expected:
         raise DatasetError(f"{name}: {len(data) - expected} unexpected trailing bytes after dimensions {dims}")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
