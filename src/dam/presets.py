@@ -39,7 +39,7 @@ _MODELS: dict[str, dict[str, Any]] = {
 _SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=3000, lr_decay=0.998, ramp_epochs=200, batch_size=1000),
     "cpu": dict(epochs=400, lr_decay=0.99, ramp_epochs=100, batch_size=1000),
-    "quick": dict(epochs=15, lr_decay=0.9, ramp_epochs=5, batch_size=500, num_memories=400, train_subset=10000),
+    "quick": dict(epochs=15, lr_decay=0.9, ramp_epochs=8, batch_size=200, num_memories=400, train_subset=20000),
 }
 
 # Large-n presets use a constant temperature whatever the schedule says about ramps.
