@@ -40,6 +40,13 @@ def test_rejects_bad_shapes_and_dtypes(bad: torch.Tensor, message: str) -> None:
         small_model()(bad)
 
 
+def test_forward_refuses_nan_pixels() -> None:
+    x = torch.rand(2, 784)
+    x[0, 0] = float("inf")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        small_model()(x)
+
+
 def test_check_images_names_nan_and_range() -> None:
     model = small_model()
     x = torch.rand(3, 784)

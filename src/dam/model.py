@@ -63,12 +63,13 @@ class DAMConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# The fused energy-gap kernel.  Inputs are pre-scaled by 1/T so the kernels never see T and one
-# compiled kernel serves every temperature of a ramp.
-#   hs: (B, K) = h / T,   ls: (10, K) = 2 xi_label^T / T
-# forward:  s[b, a]  = sum_k relu(hs[b,k] + ls[a,k])^n - relu(hs[b,k])^n
-# backward: dhs[b,k] = n (sum_a g[b,a] relu(hs+ls)^(n-1) - relu(hs)^(n-1) sum_a g[b,a])
-#           dls[a,k] = n  sum_b g[b,a] relu(hs+ls)^(n-1)
+# The fused energy-gap kernels.  With v_ext = [v, -1, ..., -1] (B, 794), one product h = v_ext xi^T
+# gives every memory's label-off argument.  The kernels take the temperature as a 0-dim tensor so that
+# one compiled kernel serves every T of a ramp.
+#   h: (B, K),   lab: (10, K) = xi_label^T,   inv_t = 1 / T
+# forward:  s[b, a]  = sum_k relu((h[b,k] + 2 lab[a,k]) / T)^n - relu(h[b,k] / T)^n
+# backward: dh[b,k]  = n/T (sum_a g[b,a] relu(.)^(n-1) - relu(h/T)^(n-1) sum_a g[b,a])
+#           dlab[a,k] = 2n/T sum_b g[b,a] relu(.)^(n-1)
 # K is the innermost, contiguous axis so that the reductions vectorise.
 
 
@@ -84,19 +85,19 @@ def _ipow(x: Tensor, n: int) -> Tensor:
         x = x * x
 
 
-def _gaps_forward(hs: Tensor, ls: Tensor, n: int) -> Tensor:
-    on = torch.relu(hs[:, None, :] + ls[None, :, :])
-    off = torch.relu(hs)
+def _gaps_forward(h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> Tensor:
+    on = torch.relu((h[:, None, :] + 2.0 * lab[None, :, :]) * inv_t)
+    off = torch.relu(h * inv_t)
     return (_ipow(on, n) - _ipow(off, n)[:, None, :]).sum(dim=2)
 
 
-def _gaps_backward(g: Tensor, hs: Tensor, ls: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    on = torch.relu(hs[:, None, :] + ls[None, :, :])
-    off = torch.relu(hs)
+def _gaps_backward(g: Tensor, h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    on = torch.relu((h[:, None, :] + 2.0 * lab[None, :, :]) * inv_t)
+    off = torch.relu(h * inv_t)
     d_on = _ipow(on, n - 1) * g[:, :, None]
-    dhs = (d_on.sum(dim=1) - _ipow(off, n - 1) * g.sum(dim=1, keepdim=True)) * n
-    dls = d_on.sum(dim=0) * n
-    return dhs, dls
+    dh = (d_on.sum(dim=1) - _ipow(off, n - 1) * g.sum(dim=1, keepdim=True)) * (n * inv_t)
+    dlab = d_on.sum(dim=0) * (2 * n * inv_t)
+    return dh, dlab
 
 
 _KERNELS: dict[bool, tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tensor]]]] = {}
@@ -138,27 +139,40 @@ def _run_kernel(index: int, *args: Any) -> Any:
         return (_gaps_forward, _gaps_backward)[index](*args)
 
 
-class _EnergyGaps(torch.autograd.Function):
-    """Autograd wrapper: recompute in backward rather than store a (B, 10, K) tensor."""
+class _DAMScores(torch.autograd.Function):
+    """s = energy gaps of v under xi, with a hand-written backward.
+
+    It recomputes the (B, 10, K) intermediate in backward rather than storing it, and returns the
+    gradient of the whole K x 794 matrix from one product, with no slicing of the weights.
+    """
 
     @staticmethod
-    def forward(ctx: Any, hs: Tensor, ls: Tensor, n: int) -> Tensor:
-        ctx.save_for_backward(hs, ls)
+    def forward(ctx: Any, v: Tensor, xi: Tensor, temperature: float, n: int) -> Tensor:
+        pixels = v.shape[1]
+        v_ext = torch.cat([v, v.new_full((v.shape[0], xi.shape[1] - pixels), -1.0)], dim=1)
+        h = v_ext @ xi.t()
+        lab = xi[:, pixels:].t().contiguous()
+        inv_t = torch.tensor(1.0 / temperature, dtype=xi.dtype, device=xi.device)
+        ctx.save_for_backward(v_ext, xi, h, lab, inv_t)
         ctx.n = n
-        return _run_kernel(0, hs, ls, n)
+        return _run_kernel(0, h, lab, inv_t, n)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:
-        hs, ls = ctx.saved_tensors
-        dhs, dls = _run_kernel(1, g.contiguous(), hs, ls, ctx.n)
-        return dhs, dls, None
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        v_ext, xi, h, lab, inv_t = ctx.saved_tensors
+        dh, dlab = _run_kernel(1, g.contiguous(), h, lab, inv_t, ctx.n)
+        pixels = xi.shape[1] - lab.shape[0]
+        dv = dh @ xi[:, :pixels] if ctx.needs_input_grad[0] else None
+        dxi = None
+        if ctx.needs_input_grad[1]:
+            dxi = dh.t() @ v_ext
+            dxi[:, pixels:] += dlab.t()
+        return dv, dxi, None, None
 
 
-def energy_gaps(h: Tensor, label_weights: Tensor, n: int, temperature: float) -> Tensor:
-    """Scaled energy gaps s (B, 10) from the label-off arguments ``h`` (B, K) and ``xi_label`` (K, 10)."""
-    hs = h * (1.0 / temperature)
-    ls = label_weights.t() * (2.0 / temperature)
-    return _EnergyGaps.apply(hs.contiguous(), ls.contiguous(), n)
+def dam_scores(v: Tensor, memories: Tensor, n: int, temperature: float) -> Tensor:
+    """Scaled energy gaps s (B, 10) of spins v (B, 784) in [-1, 1] under memories xi (K, 794)."""
+    return _DAMScores.apply(v, memories, float(temperature), n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,17 +278,12 @@ class DenseAssociativeMemory(nn.Module):
     def scores_from_spins(self, v: Tensor) -> Tensor:
         """Energy gaps s (B, 10) from pixels already in [-1, 1] (the paper's v), shape (B, 784)."""
         xi = self.memories
-        pixels = self.config.num_pixels
-        visible, label = xi[:, :pixels], xi[:, pixels:]
         work_dtype = self._work_dtype(v)
-        if work_dtype != xi.dtype:
-            visible, label, v = visible.to(work_dtype), label.to(work_dtype), v.to(work_dtype)
-        h = v @ visible.t() - label.sum(dim=1)
-        s = energy_gaps(h, label, self.config.n, self.config.temperature)
-        if work_dtype != xi.dtype:
-            big = torch.finfo(xi.dtype).max
-            s = s.clamp(-big, big).to(xi.dtype)
-        return s
+        if work_dtype == xi.dtype:
+            return dam_scores(v.to(xi.dtype), xi, self.config.n, self.config.temperature)
+        s = dam_scores(v.to(work_dtype), xi.to(work_dtype), self.config.n, self.config.temperature)
+        big = torch.finfo(xi.dtype).max
+        return s.clamp(-big, big).to(xi.dtype)
 
     def _work_dtype(self, v: Tensor) -> torch.dtype:
         """float64 when F_n could overflow the model's dtype, judged from a bound on |argument|.
@@ -295,8 +304,15 @@ class DenseAssociativeMemory(nn.Module):
         return dtype if log_total < math.log(torch.finfo(dtype).max) - 20.0 else torch.float64
 
     def scores(self, images: Tensor) -> Tensor:
-        """Pre-tanh scores (scaled energy gaps) of images in [0, 1]: logits for attacks and softmax."""
-        return self.scores_from_spins(self.to_spins(images))
+        """Pre-tanh scores (scaled energy gaps) of images in [0, 1]: logits for attacks and softmax.
+
+        NaN or infinite pixels raise InputError rather than give NaN scores.  Values outside [0, 1]
+        are not refused (searches that do not clip step outside); :meth:`check_images` is the strict check.
+        """
+        v = self.to_spins(images)
+        if not torch.isfinite(v).all():
+            raise InputError("images contain NaN or infinite pixels")
+        return self.scores_from_spins(v)
 
     def forward(self, images: Tensor) -> Tensor:
         """Outputs Y = tanh(scores) in [-1, 1], shape (B, 10) (eq. 1)."""

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -110,14 +111,47 @@ def dam_loss(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
     return (outputs - target).pow(2 * m).sum()
 
 
+def _update_step(
+    memories: Tensor, grad: Tensor, velocity: Tensor, lr: Tensor, momentum: Tensor
+) -> tuple[Tensor, Tensor]:
+    new_velocity = velocity * momentum - grad
+    # A memory with no gradient at all (never active) has max |V| = 0: leave it where it is.
+    scale = new_velocity.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(velocity.dtype).tiny)
+    return (memories + new_velocity / scale * lr).clamp(-1.0, 1.0), new_velocity
+
+
+_compiled_update: Any = None
+
+
 @torch.no_grad()
 def update_memories(memories: Tensor, grad: Tensor, velocity: Tensor, lr: float, momentum: float) -> None:
-    """One step of the authors' rule, in place: momentum, per-memory max-normalisation, clip."""
-    velocity.mul_(momentum).sub_(grad)
-    # A memory with no gradient at all (never active) has max |V| = 0: leave it where it is.
-    scale = velocity.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(velocity.dtype).tiny)
-    memories.add_(velocity / scale, alpha=lr)
-    memories.clamp_(-1.0, 1.0)
+    """One step of the authors' rule, in place: momentum, per-memory max-normalisation, clip.
+
+    Fused into one kernel by torch.compile with the model's kernels; lr and momentum travel as
+    0-dim tensors so that the decaying learning rate does not trigger recompiles.
+    """
+    global _compiled_update
+    from dam.model import fused_kernels_enabled
+
+    args = (memories, grad, velocity, torch.tensor(lr, dtype=memories.dtype, device=memories.device),
+            torch.tensor(momentum, dtype=memories.dtype, device=memories.device))  # fmt: skip
+    step = _update_step
+    if fused_kernels_enabled():
+        if _compiled_update is None:
+            _compiled_update = torch.compile(_update_step, dynamic=None)
+        step = _compiled_update
+    try:
+        new_memories, new_velocity = step(*args)
+    except Exception as exc:  # no compiler here: the eager path is exact, only slower
+        if step is _update_step:
+            raise
+        warnings.warn(f"torch.compile of the update step failed ({exc}); using eager PyTorch", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
+        _compiled_update = _update_step
+        new_memories, new_velocity = _update_step(*args)
+    # (inductor of torch 2.13 fails on in-place updates of inputs here, hence the copies)
+    velocity.copy_(new_velocity)
+    memories.copy_(new_memories)
 
 
 @torch.no_grad()
