@@ -113,6 +113,11 @@ def _kernels() -> tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tenso
     fused = fused_kernels_enabled()
     if fused not in _KERNELS:
         if fused:
+            # One compiled variant per (n, dtype, static or dynamic batch): a process that probes four
+            # models in two dtypes needs more than dynamo's default of 8 before it would fall back to eager.
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             _KERNELS[fused] = (
                 torch.compile(_gaps_forward, dynamic=None),
                 torch.compile(_gaps_backward, dynamic=None),
