@@ -47,3 +47,49 @@ def tiny_mnist(folder: Path, seed: int = 0) -> Path:
         images[:, 0, :] = rng.integers(0, 256, size=(num, 28), dtype=np.uint8)
         write_split(folder, prefix, images, labels)
     return folder
+
+
+def prototype_model(n: int = 3, temperature: float | None = None, per_class: int = 3, seed: int = 0):
+    """A hand-built DAM: memories are random +-1 patterns, each voting +1 for its class and -1 for the rest.
+
+    With ``temperature=None`` T is chosen so that the largest score on noisy copies of the memories is
+    about 2: the outputs then use tanh's curved range rather than saturating.
+    """
+    import math
+
+    import torch
+
+    from dam.model import DenseAssociativeMemory
+
+    g = torch.Generator().manual_seed(seed)
+    k = 10 * per_class
+    model = DenseAssociativeMemory(n, k, 100.0 if temperature is None else temperature)
+    with torch.no_grad():
+        # Memories share a common background and differ in 40% of their pixels, as digits do: every
+        # class's memories stay active near every image, so gradients lead from one class to another.
+        base = torch.where(torch.rand(784, generator=g) < 0.5, 1.0, -1.0)
+        own = torch.where(torch.rand(k, 784, generator=g) < 0.5, 1.0, -1.0)
+        visible = torch.where(torch.rand(k, 784, generator=g) < 0.4, own, base)
+        label = -torch.ones(k, 10)
+        label[torch.arange(k), torch.arange(k) % 10] = 1.0
+        model.memories.copy_(torch.cat([visible, label], dim=1))
+        if temperature is None:
+            x, _ = prototype_images(model, 3 * k)
+            best = min(
+                (abs(math.log(float(model.scores(x).abs().max()) / 2.0)), t)
+                for t in torch.logspace(math.log10(20), math.log10(2000), 80).tolist()
+                if not setattr(model, "temperature", t)
+            )
+            model.temperature = best[1]
+    return model
+
+
+def prototype_images(model, count: int = 20, noise: float = 0.15, seed: int = 1):
+    """Noisy copies of the model's memories in [0, 1], with the memories' classes as labels."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.arange(count) % model.num_memories
+    x = (model.visible_memories.detach()[idx] + 1) / 2
+    x = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return x, idx % 10

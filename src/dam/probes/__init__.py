@@ -1,0 +1,18 @@
+"""The paper's probes of trained models (sections 3-5): rubbish images, decision-boundary images, confidence."""
+
+from dam.probes.boundary import BoundaryResult, BoundarySearch
+from dam.probes.confidence import PAPER_BETA_SM, calibrate_beta_sm, confidence, confidence_binned_error
+from dam.probes.gradient import class_objective
+from dam.probes.rubbish import RubbishResult, RubbishSearch
+
+__all__ = [
+    "PAPER_BETA_SM",
+    "BoundaryResult",
+    "BoundarySearch",
+    "RubbishResult",
+    "RubbishSearch",
+    "calibrate_beta_sm",
+    "class_objective",
+    "confidence",
+    "confidence_binned_error",
+]

@@ -1,0 +1,76 @@
+"""The objective C^alpha of eq. (4) and the fixed-length unit-gradient step of eq. (5), in spin space.
+
+Searches work on v in the paper's [-1, 1] pixel space and call the model on x = (v + 1) / 2, so any
+classifier that takes images in [0, 1] and returns outputs Y in [-1, 1] can be probed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def class_objective(outputs: Tensor, targets: Tensor, m: int) -> Tensor:
+    """C^alpha = sum_gamma (Y_gamma - t^(alpha)_gamma)^(2m) per example, t = +1 at alpha, -1 elsewhere."""
+    t = torch.full_like(outputs, -1.0)
+    t.scatter_(1, targets[:, None], 1.0)
+    return (outputs - t).pow(2 * m).sum(dim=1)
+
+
+def outputs_of_spins(model: nn.Module, v: Tensor) -> Tensor:
+    return model((v + 1.0) / 2.0)
+
+
+def objective_and_gradient(model: nn.Module, v: Tensor, targets: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(outputs Y, C^target, dC^target/dv) for a batch of spin images v (B, 784)."""
+    v = v.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = outputs_of_spins(model, v)
+        c = class_objective(y, targets, m)
+        (grad,) = torch.autograd.grad(c.sum(), v)
+    return y.detach(), c.detach(), grad
+
+
+def unit_step(v: Tensor, grad: Tensor, eps: float, clip: bool) -> tuple[Tensor, Tensor]:
+    """v - eps * grad / ||grad|| per row; returns (new v, usable mask).
+
+    Rows whose gradient is zero or not finite cannot move: they are returned unchanged and flagged, so
+    that a stalled search is reported as such rather than mistaken for a robust image.
+    """
+    norm = grad.norm(dim=1, keepdim=True)
+    usable = torch.isfinite(norm[:, 0]) & (norm[:, 0] > 0) & torch.isfinite(grad).all(dim=1)
+    step = torch.where(usable[:, None], grad / norm.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
+    new = v - eps * step
+    if clip:
+        new = new.clamp(-1.0, 1.0)
+    return new, usable
+
+
+def as_probe_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """The model in the dtype the search should run in (float64 avoids float32 underflow at n = m = 30)."""
+    if dtype is None or next(model.parameters()).dtype == dtype:
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+class NoProgress:
+    """Flags searches whose objective has not improved by a relative ``rel`` for ``patience`` steps."""
+
+    def __init__(self, n: int, patience: int, device: torch.device, rel: float = 1e-4) -> None:
+        self.patience, self.rel = patience, rel
+        self.best = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
+        self.best_step = torch.zeros(n, dtype=torch.long, device=device)
+        self.stuck = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def update(self, active: Tensor, objective: Tensor, step: int) -> Tensor:
+        """Record this step's objectives of the ``active`` images; return which of them are stuck."""
+        c = objective.double()
+        better = c < self.best[active] * (1 - self.rel)
+        self.best[active] = torch.where(better, c, self.best[active])
+        self.best_step[active] = torch.where(better, torch.full_like(self.best_step[active], step),
+                                             self.best_step[active])  # fmt: skip
+        stuck = (step - self.best_step[active]) >= self.patience
+        self.stuck[active[stuck]] = True
+        return stuck

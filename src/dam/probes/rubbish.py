@@ -1,0 +1,120 @@
+"""Rubbish images (Fig. 3, eq. 4-5): from Gaussian noise, descend C^alpha by fixed-length unit steps."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dam.probes.gradient import NoProgress, as_probe_model, objective_and_gradient, unit_step
+
+
+@dataclass
+class RubbishResult:
+    """Per image: the result, its target class, and how the search went.
+
+    ``images`` are in the model's input space [0, 1] (outside it only with ``clip=False``).
+    ``objective[i, k]`` is C^target after k steps (NaN once image i stopped).
+    """
+
+    images: Tensor
+    start: Tensor  # the noise each search started from, in the same space as ``images``
+    targets: Tensor
+    objective: Tensor
+    steps: Tensor
+    converged: Tensor  # C^target fell below the tolerance
+    stalled: Tensor  # stopped on a zero or non-finite gradient: a failure of the search, not robustness
+    stuck: Tensor  # stopped because C^target made no progress for ``patience`` steps (a local minimum)
+    predictions: Tensor
+
+    @property
+    def success(self) -> Tensor:
+        return self.converged & (self.predictions == self.targets)
+
+
+class RubbishSearch:
+    """Eq. (5): v <- v - eps * u(dC^alpha/dv), from v ~ N(0, noise_std) in the [-1, 1] pixel space.
+
+    Args:
+        eps: step length in [-1, 1] pixel units (every step has exactly this length unless clipped).
+        max_steps: step budget per image.
+        tol: an image has converged when C^alpha < tol.
+        m: power of the objective (use the model's training m).
+        noise_std: standard deviation of the starting noise (the paper: 0.1).
+        clip: keep pixels in [-1, 1] after each step.  Default True: only then are the results images
+            that the models (and a person) can be shown; unclipped searches drift outside the pixel range.
+        dtype: run the search in this dtype (float64 avoids gradient underflow at large n and m).
+        batch_size: images searched at once; each stops on its own.
+        patience: stop an image whose objective has not improved by a relative 1e-4 for this many steps.
+    """
+
+    def __init__(
+        self,
+        eps: float = 0.1,
+        max_steps: int = 2000,
+        tol: float = 1e-3,
+        m: int = 3,
+        noise_std: float = 0.1,
+        clip: bool = True,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 1000,
+        patience: int = 200,
+        progress: bool | None = None,
+    ) -> None:
+        if eps <= 0 or max_steps < 0 or tol <= 0 or m < 1 or noise_std < 0 or batch_size < 1:
+            raise ValueError("RubbishSearch needs eps > 0, max_steps >= 0, tol > 0, m >= 1, noise_std >= 0")
+        self.eps, self.max_steps, self.tol, self.m = eps, max_steps, tol, m
+        self.noise_std, self.clip, self.dtype, self.batch_size = noise_std, clip, dtype, batch_size
+        self.patience, self.progress = patience, progress
+
+    def __call__(self, model: nn.Module, targets: Tensor, generator: torch.Generator | None = None) -> RubbishResult:
+        """Search one rubbish image per entry of ``targets`` (class indices)."""
+        probe = as_probe_model(model, self.dtype)
+        param = next(probe.parameters())
+        targets = targets.to(param.device, torch.long)
+        start = torch.randn(len(targets), 784, generator=generator, dtype=torch.float64) * self.noise_std
+        v0 = start.to(param.device, param.dtype)
+        if self.clip:
+            v0 = v0.clamp(-1.0, 1.0)
+        parts = [self._search(probe, v0[i : i + self.batch_size], targets[i : i + self.batch_size])
+                 for i in range(0, len(targets), self.batch_size)]  # fmt: skip
+        fields = zip(*parts, strict=True)
+        v, objective, steps, converged, stalled, stuck, preds = (torch.cat(list(f)) for f in fields)
+        to_image = lambda t: ((t + 1) / 2).to(torch.float32)  # noqa: E731
+        return RubbishResult(to_image(v), to_image(v0), targets, objective, steps, converged, stalled, stuck, preds)
+
+    def _search(self, model: nn.Module, v: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
+        from tqdm.auto import tqdm
+
+        n = len(targets)
+        v = v.clone()
+        trace = torch.full((n, self.max_steps + 1), float("nan"), dtype=torch.float64, device=v.device)
+        steps = torch.zeros(n, dtype=torch.long, device=v.device)
+        converged = torch.zeros(n, dtype=torch.bool, device=v.device)
+        stalled = torch.zeros_like(converged)
+        progress = NoProgress(n, self.patience, v.device)
+        active = torch.arange(n, device=v.device)
+        disable = not sys.stderr.isatty() if self.progress is None else not self.progress
+        with tqdm(total=self.max_steps, desc="rubbish", unit="step", disable=disable, leave=False) as bar:
+            for k in range(self.max_steps + 1):
+                _, c, grad = objective_and_gradient(model, v[active], targets[active], self.m)
+                trace[active, k] = c.double()
+                steps[active] = k
+                done = c < self.tol
+                converged[active[done]] = True
+                done = done | progress.update(active, c, k)
+                if k == self.max_steps:
+                    break
+                new, usable = unit_step(v[active], grad, self.eps, self.clip)
+                stalled[active[~usable & ~done]] = True
+                move = usable & ~done
+                v[active[move]] = new[move]
+                active = active[move]
+                bar.update(1)
+                if len(active) == 0:
+                    break
+        with torch.no_grad():
+            preds = model((v + 1) / 2).argmax(dim=1)
+        return v, trace, steps, converged, stalled, progress.stuck, preds

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dam.probes import BoundarySearch
+from fakes import prototype_images, prototype_model
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_boundary_images_sit_on_the_boundary(n: int) -> None:
+    model = prototype_model(n)
+    x, _ = prototype_images(model, 8)
+    search = BoundarySearch(eps=0.1, max_steps=400, m=2, boundary_tol=1e-4)
+    r = search(model, x)
+    assert r.success.float().mean() >= 0.9, (r.crossing_step, r.boundary_gap, r.stalled)
+    ok = r.success
+    with torch.no_grad():
+        y_boundary = model(r.boundary[ok])
+        y_past = model(r.past[ok])
+    rows = torch.arange(int(ok.sum()))
+    top, second = r.top[ok], r.second[ok]
+    gap = (y_boundary[rows, top] - y_boundary[rows, second]).abs()
+    assert (gap <= 1e-4).all(), gap.max()
+    assert torch.equal(y_past.argmax(dim=1), second), "one step past, the model labels the second choice"
+    d = r.distances("boundary")
+    assert (d["l2"][ok] > 0).all() and (d["linf"][ok] <= d["l2"][ok] + 1e-6).all()
+    # the traces: the second-choice objective falls along the path and crosses the top choice's
+    for i in torch.nonzero(ok).flatten().tolist():
+        k = int(r.crossing_step[i])
+        assert r.log_c_second[i, k] < r.log_c_second[i, 0] and r.log_c_second[i, 0] > r.log_c_top[i, 0]
+        # at the crossing step the second choice's objective is at most the top choice's
+        assert r.log_c_second[i, k] <= r.log_c_top[i, k] + 1e-5
+
+
+def test_until_converged_goes_on_to_the_second_class() -> None:
+    model = prototype_model(3)
+    x, _ = prototype_images(model, 3)
+    # This hand-built model converges slowly past the boundary (C^second ~ 0.6 after 1500 steps),
+    # so the tolerance is loose; what is tested is that the search continues past the crossing.
+    r = BoundarySearch(eps=0.1, max_steps=800, m=2, until="converged", tol=1.0)(model, x)
+    assert r.converged.all()
+    assert (r.steps > r.crossing_step).all()
+    assert torch.equal(model(r.final).argmax(dim=1), r.second)
+
+
+def test_local_minimum_is_reported_stuck_not_robust() -> None:
+    """In this hand-built DAM_20 the classes are too far apart: the search stalls in a local minimum of
+    C^second before the boundary.  It must say so rather than report the image as robust."""
+    model = prototype_model(20)
+    x, _ = prototype_images(model, 3)
+    r = BoundarySearch(eps=0.1, max_steps=600, m=2, patience=50)(model, x)
+    assert r.stuck.all() and not r.success.any() and (r.crossing_step == -1).all()
+    assert (r.steps < 600).all(), "stuck searches stop early instead of burning the budget"
+
+
+def test_saturated_model_is_reported_stalled() -> None:
+    from test_rubbish import saturating_model
+
+    model = saturating_model()
+    x = 0.5 + 0.01 * torch.randn(5, 784, generator=torch.Generator().manual_seed(0))
+    r = BoundarySearch(max_steps=20, m=30)(model, x)
+    assert r.stalled.all() and not r.success.any()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="until"):
+        BoundarySearch(until="forever")
