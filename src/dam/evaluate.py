@@ -45,7 +45,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Load a run folder's model and evaluate it on a split of its data set."""
     model = DenseAssociativeMemory.load(run, device=device)
-    dataset = (read_run_config(run).get("train") or {}).get("dataset", "mnist")
+    config = read_run_config(run)
+    dataset = (config.get("train") or {}).get("dataset", "mnist")
+    if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
+        data_dir = config["data_dir"]  # the data the run was trained with
     images, labels = load_dataset(dataset, split, data_dir=data_dir)
     return {"run": str(run), "dataset": dataset, "split": split, **evaluate_model(model, images, labels)}
 

@@ -219,7 +219,9 @@ def train_one_epoch(
     model.temperature = config.temperature_at(epoch)
     lr = config.lr_at(epoch)
     order = _epoch_permutation(len(images), config.seed, epoch).to(images.device)
-    total_loss, wrong = 0.0, 0
+    # accumulated on the device: no host sync per minibatch on a GPU
+    total_loss = torch.zeros((), dtype=torch.float64, device=images.device)
+    wrong = torch.zeros((), dtype=torch.long, device=images.device)
     for start in range(0, len(images), config.batch_size):
         idx = order[start : start + config.batch_size]
         x = as_unit_float(images[idx], model.memories.dtype)
@@ -229,12 +231,12 @@ def train_one_epoch(
         loss = dam_loss(out, y, config.m)
         loss.backward()
         update_memories(model.memories.data, model.memories.grad, velocity, lr, config.momentum)
-        total_loss += float(loss.detach())
-        wrong += int((out.detach().argmax(dim=1) != y).sum())
+        total_loss += loss.detach()
+        wrong += (out.detach().argmax(dim=1) != y).sum()
     model.memories.grad = None
     return {
-        "loss": total_loss / len(images),
-        "train_error": wrong / len(images),
+        "loss": float(total_loss) / len(images),
+        "train_error": int(wrong) / len(images),
         "lr": lr,
         "temperature": model.temperature,
     }
