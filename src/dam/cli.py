@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_info)
+
+    from dam.cli_probes import add_probe_commands
+
+    add_probe_commands(sub)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Probes over run folders, with their outputs on disk: what the ``dam rubbish|boundary|calibrate|transfer``
+commands call.  Each model's result is written atomically once finished and reused when present, so a
+killed job resumes without redoing finished models."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dam.data import load_dataset
+from dam.io import atomic_write_bytes, atomic_write_json
+from dam.model import DenseAssociativeMemory
+from dam.probes.boundary import BoundaryResult, BoundarySearch
+from dam.probes.confidence import PAPER_BETA_SM, calibrate_beta_sm, confidence_binned_error, model_outputs
+from dam.probes.rubbish import RubbishResult, RubbishSearch
+from dam.probes.transfer import adversarial_table, rubbish_table, save_table
+from dam.runinfo import environment_info
+from dam.training import read_run_config
+
+
+def model_name(run: str | os.PathLike[str]) -> str:
+    return Path(run).resolve().name
+
+
+def training_m(run: str | os.PathLike[str]) -> int:
+    return int((read_run_config(run).get("train") or {}).get("m", 3))
+
+
+def save_result(result: Any, path: Path, summary: dict[str, Any]) -> None:
+    """A probe result dataclass as safetensors (tensors only, no pickle) plus a JSON summary beside it."""
+    from safetensors.torch import save as st_save
+
+    tensors = {f.name: getattr(result, f.name).detach().cpu().contiguous() for f in fields(result)}
+    atomic_write_bytes(path.with_suffix(".safetensors"), st_save(tensors))
+    atomic_write_json(path.with_suffix(".json"), summary)
+
+
+def load_result(cls: type, path: Path) -> Any:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+
+
+def _done(path: Path) -> bool:
+    return path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()
+
+
+def _describe(search: Any) -> dict[str, Any]:
+    out = {k: v for k, v in vars(search).items() if k != "progress"}
+    out["dtype"] = str(out.get("dtype"))
+    return out
+
+
+def run_rubbish(
+    run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int
+) -> RubbishResult:
+    path = out / model_name(run) / "rubbish"
+    if _done(path):
+        return load_result(RubbishResult, path)
+    model = DenseAssociativeMemory.load(run)
+    targets = torch.arange(10).repeat_interleave(per_class)
+    result = search(model, targets, torch.Generator().manual_seed(seed))
+    summary = {
+        "run": str(run), "model": model_name(run), "search": _describe(search), "seed": seed,
+        "per_class": per_class, "success_rate": float(result.success.float().mean()),
+        "converged_rate": float(result.converged.float().mean()),
+        "stalled_rate": float(result.stalled.float().mean()), "stuck_rate": float(result.stuck.float().mean()),
+        "environment": environment_info(),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_result(result, path, summary)
+    return result
+
+
+def run_boundary(
+    run: str | os.PathLike[str], out: Path, search: BoundarySearch, images: Tensor, labels: Tensor
+) -> BoundaryResult:
+    path = out / model_name(run) / "boundary"
+    if _done(path):
+        return load_result(BoundaryResult, path)
+    model = DenseAssociativeMemory.load(run)
+    result = search(model, images)
+    d = result.distances("boundary")
+    summary = {
+        "run": str(run), "model": model_name(run), "search": _describe(search), "images": len(images),
+        "success_rate": float(result.success.float().mean()),
+        "stalled_rate": float(result.stalled.float().mean()), "stuck_rate": float(result.stuck.float().mean()),
+        "crossing_step_median": float(result.crossing_step.float().median()),
+        "l2_mean": float(d["l2"].nanmean()), "linf_mean": float(d["linf"].nanmean()),
+        "clean_error": float((result.top != labels).float().mean()),
+        "environment": environment_info(),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_result(result, path, summary)
+    return result
+
+
+def run_calibration(run: str | os.PathLike[str], out: Path, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    path = out / model_name(run) / "calibration.json"
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text())
+    model = DenseAssociativeMemory.load(run)
+    outputs = model_outputs(model, images)
+    beta = calibrate_beta_sm(None, None, labels, outputs=outputs)
+    result = {
+        "run": str(run), "model": model_name(run), "beta_sm": beta,
+        "accuracy": float((outputs.argmax(dim=1) == labels).double().mean()),
+        "binned_error_calibrated": confidence_binned_error(outputs, labels, beta),
+        "binned_error_paper_beta": confidence_binned_error(outputs, labels, PAPER_BETA_SM),
+    }  # fmt: skip
+    atomic_write_json(path, result)
+    return result
+
+
+def run_transfer(
+    runs: list[str],
+    out: Path,
+    *,
+    images: int = 10000,
+    per_class: int = 100,
+    seed: int = 0,
+    data_dir: str | None = None,
+    search_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Both transfer tables for ``runs``; each model's searches run first, or are reused from ``out``.
+
+    ``search_options`` (eps, max_steps, clip, ...) go to both searches; m is each run's training m.
+    """
+    options = dict(search_options or {})
+    x, y = load_dataset("mnist", "test", data_dir=data_dir)
+    x, y = x[:images].reshape(-1, 784), y[:images]
+    models = {model_name(r): DenseAssociativeMemory.load(r) for r in runs}
+    tables: dict[str, Any] = {}
+    sets, rsets = {}, {}
+    for r in runs:
+        kwargs = {"m": training_m(r), **options}
+        sets[model_name(r)] = run_boundary(r, out, BoundarySearch(**kwargs), x, y).past
+        rsets[model_name(r)] = run_rubbish(r, out, RubbishSearch(**kwargs), per_class, seed).images
+    tables["adversarial"] = adversarial_table(models, sets, y, x)
+    tables["rubbish"] = rubbish_table(models, rsets)
+    betas = {model_name(r): run_calibration(r, out, x, y)["beta_sm"] for r in runs}
+    tables["rubbish_calibrated"] = rubbish_table(models, rsets, betas)
+    for stem, table in tables.items():
+        save_table(table, out, f"{stem}_transfer")
+    return tables
