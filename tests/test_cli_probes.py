@@ -55,3 +55,19 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
 def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:
     assert main(["boundary", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_figures_are_written_as_png(setup, tmp_path) -> None:
+    data, runs = setup
+    out = tmp_path / "out"
+    argv = ["transfer", *runs, "--out", str(out), "--images", "12", "--per-class", "1", "--data-dir", str(data),
+            "--max-steps", "60", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["figures", *runs, "--out", str(out)]) == 0
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    expected = {"memories_dam2.png", "rubbish_dam2.png", "boundary_dam3.png", "adversarial_transfer.png",
+                "rubbish_transfer.png", "rubbish_calibrated_transfer.png", "confidence_bins.png"}  # fmt: skip
+    assert expected <= set(names)
+    for name in names:
+        raw = (out / "figures" / name).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000

@@ -105,6 +105,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from dam.probes.figures import figures_for
+
+    for path in figures_for(args.out, args.runs):
+        print(path)
+    return 0
+
+
 def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rubbish", help="rubbish images from noise for each model (Fig. 3)")
     _common(p)
@@ -136,3 +144,8 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="step budget of both searches")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("figures", help="PNG pictures (Fig. 2-7) from the probe outputs in --out")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True, help="the folder given to rubbish/boundary/calibrate/transfer")
+    p.set_defaults(func=cmd_figures)
