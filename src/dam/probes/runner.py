@@ -51,10 +51,15 @@ def _done(path: Path) -> bool:
     return path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()
 
 
-def _describe(search: Any) -> dict[str, Any]:
-    out = {k: v for k, v in vars(search).items() if k != "progress"}
-    out["dtype"] = str(out.get("dtype"))
-    return out
+def _summary(run: str | os.PathLike[str], search: Any, result: Any, **extra: Any) -> dict[str, Any]:
+    """What every probe's JSON holds: the model, the search's settings, how the search went, versions."""
+    settings = {k: v for k, v in vars(search).items() if k != "progress"}
+    settings["dtype"] = str(settings.get("dtype"))
+    rates = {
+        f"{k}_rate": float(getattr(result, k).float().mean()) for k in ("success", "converged", "stalled", "stuck")
+    }
+    return {"run": str(run), "model": model_name(run), "search": settings, **rates, **extra,
+            "environment": environment_info()}  # fmt: skip
 
 
 def run_rubbish(
@@ -66,13 +71,7 @@ def run_rubbish(
     model = DenseAssociativeMemory.load(run)
     targets = torch.arange(10).repeat_interleave(per_class)
     result = search(model, targets, torch.Generator().manual_seed(seed))
-    summary = {
-        "run": str(run), "model": model_name(run), "search": _describe(search), "seed": seed,
-        "per_class": per_class, "success_rate": float(result.success.float().mean()),
-        "converged_rate": float(result.converged.float().mean()),
-        "stalled_rate": float(result.stalled.float().mean()), "stuck_rate": float(result.stuck.float().mean()),
-        "environment": environment_info(),
-    }  # fmt: skip
+    summary = _summary(run, search, result, seed=seed, per_class=per_class)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_result(result, path, summary)
     return result
@@ -87,15 +86,12 @@ def run_boundary(
     model = DenseAssociativeMemory.load(run)
     result = search(model, images)
     d = result.distances("boundary")
-    summary = {
-        "run": str(run), "model": model_name(run), "search": _describe(search), "images": len(images),
-        "success_rate": float(result.success.float().mean()),
-        "stalled_rate": float(result.stalled.float().mean()), "stuck_rate": float(result.stuck.float().mean()),
-        "crossing_step_median": float(result.crossing_step.float().median()),
-        "l2_mean": float(d["l2"].nanmean()), "linf_mean": float(d["linf"].nanmean()),
-        "clean_error": float((result.top != labels).float().mean()),
-        "environment": environment_info(),
-    }  # fmt: skip
+    summary = _summary(
+        run, search, result, images=len(images),
+        crossing_step_median=float(result.crossing_step.float().median()),
+        l2_mean=float(d["l2"].nanmean()), linf_mean=float(d["linf"].nanmean()),
+        clean_error=float((result.top != labels).float().mean()),
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     save_result(result, path, summary)
     return result
