@@ -50,6 +50,9 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
     summary = json.loads((out / "dam2" / "rubbish.json").read_text())
     assert summary["search"]["max_steps"] == 50 and summary["per_class"] == 1
     assert "success" in capsys.readouterr().out
+    # the same --out with other settings is refused rather than silently reusing the old result
+    assert main(["rubbish", runs[0], "--per-class", "1", *common[:-3], "--max-steps", "51", "--no-progress"]) == 2
+    assert "other search settings" in capsys.readouterr().err
 
 
 def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:

@@ -47,14 +47,30 @@ def load_result(cls: type, path: Path) -> Any:
     return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
 
-def _done(path: Path) -> bool:
-    return path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()
+def _done(path: Path, search: Any) -> bool:
+    """Whether a finished result for these search settings is on disk; other settings are an error."""
+    if not (path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()):
+        return False
+    import json
+
+    saved = json.loads(path.with_suffix(".json").read_text()).get("search")
+    if saved != _settings(search):
+        raise ValueError(
+            f"{path.with_suffix('.json')} was made with other search settings ({saved}); "
+            "use another --out, or delete that model's results to recompute them"
+        )
+    return True
+
+
+def _settings(search: Any) -> dict[str, Any]:
+    settings = {k: v for k, v in vars(search).items() if k != "progress"}
+    settings["dtype"] = str(settings.get("dtype"))
+    return settings
 
 
 def _summary(run: str | os.PathLike[str], search: Any, result: Any, **extra: Any) -> dict[str, Any]:
     """What every probe's JSON holds: the model, the search's settings, how the search went, versions."""
-    settings = {k: v for k, v in vars(search).items() if k != "progress"}
-    settings["dtype"] = str(settings.get("dtype"))
+    settings = _settings(search)
     rates = {
         f"{k}_rate": float(getattr(result, k).float().mean()) for k in ("success", "converged", "stalled", "stuck")
     }
@@ -66,7 +82,7 @@ def run_rubbish(
     run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int
 ) -> RubbishResult:
     path = out / model_name(run) / "rubbish"
-    if _done(path):
+    if _done(path, search):
         return load_result(RubbishResult, path)
     model = DenseAssociativeMemory.load(run)
     targets = torch.arange(10).repeat_interleave(per_class)
@@ -81,7 +97,7 @@ def run_boundary(
     run: str | os.PathLike[str], out: Path, search: BoundarySearch, images: Tensor, labels: Tensor
 ) -> BoundaryResult:
     path = out / model_name(run) / "boundary"
-    if _done(path):
+    if _done(path, search):
         return load_result(BoundaryResult, path)
     model = DenseAssociativeMemory.load(run)
     result = search(model, images)
