@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from dam.data import load_dataset, train_val_split
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
-from dam.model import CONFIG_FILE, FORMAT_VERSION, CheckpointError, DenseAssociativeMemory
+from dam.model import CONFIG_FILE, FORMAT_VERSION, CheckpointError, DenseAssociativeMemory, FusedKernel
 from dam.runinfo import environment_info
 
 STATE_FILE = "train_state.safetensors"
@@ -120,35 +119,20 @@ def _update_step(
     return (memories + new_velocity / scale * lr).clamp(-1.0, 1.0), new_velocity
 
 
-_compiled_update: Any = None
+_UPDATE = FusedKernel(_update_step)
 
 
 @torch.no_grad()
 def update_memories(memories: Tensor, grad: Tensor, velocity: Tensor, lr: float, momentum: float) -> None:
     """One step of the authors' rule, in place: momentum, per-memory max-normalisation, clip.
 
-    Fused into one kernel by torch.compile with the model's kernels; lr and momentum travel as
-    0-dim tensors so that the decaying learning rate does not trigger recompiles.
+    Fused into one kernel like the model's; lr and momentum travel as 0-dim tensors so that the
+    decaying learning rate does not trigger recompiles.
     """
-    global _compiled_update
-    from dam.model import fused_kernels_enabled
-
-    args = (memories, grad, velocity, torch.tensor(lr, dtype=memories.dtype, device=memories.device),
-            torch.tensor(momentum, dtype=memories.dtype, device=memories.device))  # fmt: skip
-    step = _update_step
-    if fused_kernels_enabled():
-        if _compiled_update is None:
-            _compiled_update = torch.compile(_update_step, dynamic=None)
-        step = _compiled_update
-    try:
-        new_memories, new_velocity = step(*args)
-    except Exception as exc:  # no compiler here: the eager path is exact, only slower
-        if step is _update_step:
-            raise
-        warnings.warn(f"torch.compile of the update step failed ({exc}); using eager PyTorch", RuntimeWarning,
-                      stacklevel=2)  # fmt: skip
-        _compiled_update = _update_step
-        new_memories, new_velocity = _update_step(*args)
+    new_memories, new_velocity = _UPDATE(
+        memories, grad, velocity, torch.tensor(lr, dtype=memories.dtype, device=memories.device),
+        torch.tensor(momentum, dtype=memories.dtype, device=memories.device),
+    )  # fmt: skip
     # (inductor of torch 2.13 fails on in-place updates of inputs here, hence the copies)
     velocity.copy_(new_velocity)
     memories.copy_(new_memories)
