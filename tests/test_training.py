@@ -128,6 +128,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_data) -> None:
         train(tiny_config(), tmp_path / "cut", data_dir=tiny_data)
     resumed = train(None, tmp_path / "cut", data_dir=tiny_data, resume=True)
     assert torch.equal(resumed.memories, full.memories)
+    # resuming a finished run rewrites its files and keeps the training settings in config.json
+    again = train(None, tmp_path / "cut", data_dir=tiny_data, resume=True)
+    assert torch.equal(again.memories, full.memories)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["epochs"] == 6
     full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     cut_lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if "seconds" not in k} for x in lines]  # noqa: E731

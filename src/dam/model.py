@@ -370,8 +370,12 @@ class DenseAssociativeMemory(nn.Module):
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=self.memories.device)
 
     # -- persistence -------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder`` atomically (no pickle)."""
+    def save(self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder`` atomically (no pickle).
+
+        ``run_info`` (training settings, seed, versions) goes into the same config.json, so that no
+        moment exists when the file on disk holds the model but not how it was trained.
+        """
         from safetensors.torch import save as st_save
 
         from dam.io import atomic_write_bytes, atomic_write_json
@@ -381,7 +385,8 @@ class DenseAssociativeMemory(nn.Module):
         weights = {"memories": self.memories.detach().to("cpu").contiguous()}
         metadata = {"format": "dam", "format_version": str(FORMAT_VERSION)}
         atomic_write_bytes(folder / WEIGHTS_FILE, st_save(weights, metadata=metadata))
-        atomic_write_json(folder / CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": asdict(self.config)})
+        config = {**(run_info or {}), "format_version": FORMAT_VERSION, "model": asdict(self.config)}
+        atomic_write_json(folder / CONFIG_FILE, config)
         return folder
 
     @classmethod

@@ -369,8 +369,7 @@ def train(
             # dropped and rewritten, rather than losing it.
             append_jsonl(folder / METRICS_FILE, record)
             _save_state(folder, model, velocity, epoch + 1)
-            model.save(folder)
-            atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device, data_dir))
+            model.save(folder, _run_config(config, model, device, data_dir))
             bar.update(1)
             shown = {k: record[k] for k in ("loss", "train_error", f"{data.eval_name}_error") if k in record}
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
@@ -379,5 +378,5 @@ def train(
     finally:
         bar.close()
     if start_epoch >= end_epoch:  # nothing left to do: make sure the model files match the state
-        model.save(folder)
+        model.save(folder, _run_config(config, model, device, data_dir))
     return model
