@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, train a DAM_20 on MNIST with the quick schedule (minutes on a laptop CPU),
-# and evaluate it.  MNIST is read from $DAM_DATA_DIR/mnist, the cache, or downloaded once.
+# The main job: set up .venv, then reproduce the paper at the quick preset (DAM_2, 3, 20, 30 trained, every
+# probe run, HTML report written; minutes on a laptop CPU).  MNIST is read from $DAM_DATA_DIR/mnist, the
+# cache, or downloaded once.  Extra arguments go to `dam reproduce` (e.g. --preset cpu --out runs/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,7 +9,5 @@ bash scripts/setup.sh
 if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
     export DAM_DATA_DIR=$(cd ../shared/datasets && pwd)
 fi
-OUT=${OUT:-runs/quick}
-dam train --preset n20 --schedule quick --out "$OUT/n20" --resume "$@"
-dam evaluate "$OUT/n20" --json "$OUT/n20/evaluation.json"
-echo "run folder: $OUT/n20 (model.safetensors, config.json, metrics.jsonl, evaluation.json)"
+if [ "$#" -eq 0 ]; then set -- --preset quick --out runs/quick; fi
+dam reproduce "$@"

@@ -44,3 +44,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
             for k, v in sources.DATASETS.items()
         },
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduction(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``dam reproduce`` of tiny models on real MNIST, shared by the reproduction and report tests."""
+    from dam.reproduce import reproduce
+    from fakes import TINY_REPRODUCTION
+
+    out = tmp_path_factory.mktemp("reproduction")
+    reproduce(TINY_REPRODUCTION, out, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None)
+    return out

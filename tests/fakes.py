@@ -93,3 +93,20 @@ def prototype_images(model, count: int = 20, noise: float = 0.15, seed: int = 1)
     x = (model.visible_memories.detach()[idx] + 1) / 2
     x = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
     return x, idx % 10
+
+
+def _tiny_reproduction():
+    from dam.reproduce import ReproducePreset
+
+    return ReproducePreset(
+        "tiny",
+        "quick",
+        images=60,
+        per_class=2,
+        description="tiny models for tests",
+        train_overrides={"num_memories": 40, "epochs": 3, "train_subset": 5000},
+        search_options={"max_steps": 25},
+    )
+
+
+TINY_REPRODUCTION = _tiny_reproduction()

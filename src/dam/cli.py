@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dam.cli_probes import add_probe_commands
 
     add_probe_commands(sub)
+    from dam.cli_report import add_report_commands
+
+    add_report_commands(sub)
     return parser
 
 

@@ -275,6 +275,22 @@ def read_run_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
 
 
+def finished_epochs(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) of a run folder, or None when it holds no resumable training run."""
+    folder = Path(folder)
+    if not (folder / STATE_FILE).exists() or not (folder / CONFIG_FILE).exists():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(folder / STATE_FILE), framework="pt") as f:
+            done = int((f.metadata() or {})["epochs_done"])
+        planned = int(read_run_config(folder)["train"]["epochs"])
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, CheckpointError):
+        return None
+    return done, planned
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 

@@ -73,6 +73,9 @@ def boundary_figure(result: BoundaryResult, path: str | os.PathLike[str], title:
     """Fig. 4: clean image, image on the boundary, converged image, and the log C curves of the path."""
     plt = _plt()
     idx = torch.nonzero(result.success.cpu()).flatten()[:examples].tolist()
+    failed = not idx  # show the failed searches rather than no picture at all
+    if failed:
+        idx = list(range(min(examples, len(result.success))))
     fig, axes = plt.subplots(len(idx), 4, figsize=(10, 2.3 * max(len(idx), 1)), squeeze=False)
     for row, i in enumerate(idx):
         top, second = int(result.top[i]), int(result.second[i])
@@ -91,7 +94,8 @@ def boundary_figure(result: BoundaryResult, path: str | os.PathLike[str], title:
         ax.axvline(int(result.crossing_step[i]), color="gray", linestyle=":", label="crossing")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: decision-boundary search")
+    note = " (no search reached the boundary: failed paths shown)" if failed else ""
+    fig.suptitle(f"{title}: decision-boundary search{note}")
     return _save(fig, path)
 
 
@@ -127,6 +131,8 @@ def confidence_figure(calibrations: dict[str, dict[str, Any]], path: str | os.Pa
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, cal in calibrations.items():
+        if cal.get("beta_sm") is None:  # no calibrated beta_sm for this model (accuracy at chance or 100%)
+            continue
         bins = cal["binned_error_calibrated"]
         centres = [(a + b) / 2 for a, b in zip(bins["edges"][:-1], bins["edges"][1:], strict=True)]
         pairs = [(c, e) for c, e, n in zip(centres, bins["error"], bins["count"], strict=True) if n > 0]
@@ -157,8 +163,10 @@ def figures_for(out: str | os.PathLike[str], runs: list[str]) -> list[Path]:
         if (folder / "rubbish.safetensors").exists():
             result = load_result(RubbishResult, folder / "rubbish")
             written.append(rubbish_figure(result, out / "figures" / f"rubbish_{name}.png", name))
-        if (folder / "boundary.safetensors").exists():
-            result = load_result(BoundaryResult, folder / "boundary")
+        # Fig. 4's third image is where C^second converged: prefer the search that went on that far.
+        stem = "boundary_converged" if (folder / "boundary_converged.safetensors").exists() else "boundary"
+        if (folder / f"{stem}.safetensors").exists():
+            result = load_result(BoundaryResult, folder / stem)
             written.append(boundary_figure(result, out / "figures" / f"boundary_{name}.png", name))
         if (folder / "calibration.json").exists():
             calibrations[name] = json.loads((folder / "calibration.json").read_text())

@@ -79,12 +79,12 @@ def _summary(run: str | os.PathLike[str], search: Any, result: Any, **extra: Any
 
 
 def run_rubbish(
-    run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int
+    run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int, device: str = "cpu"
 ) -> RubbishResult:
     path = out / model_name(run) / "rubbish"
     if _done(path, search):
         return load_result(RubbishResult, path)
-    model = DenseAssociativeMemory.load(run)
+    model = DenseAssociativeMemory.load(run, device=device)
     targets = torch.arange(10).repeat_interleave(per_class)
     result = search(model, targets, torch.Generator().manual_seed(seed))
     summary = _summary(run, search, result, seed=seed, per_class=per_class)
@@ -94,12 +94,18 @@ def run_rubbish(
 
 
 def run_boundary(
-    run: str | os.PathLike[str], out: Path, search: BoundarySearch, images: Tensor, labels: Tensor
+    run: str | os.PathLike[str],
+    out: Path,
+    search: BoundarySearch,
+    images: Tensor,
+    labels: Tensor,
+    device: str = "cpu",
+    stem: str = "boundary",
 ) -> BoundaryResult:
-    path = out / model_name(run) / "boundary"
+    path = out / model_name(run) / stem
     if _done(path, search):
         return load_result(BoundaryResult, path)
-    model = DenseAssociativeMemory.load(run)
+    model = DenseAssociativeMemory.load(run, device=device)
     result = search(model, images)
     d = result.distances("boundary")
     summary = _summary(
@@ -113,23 +119,86 @@ def run_boundary(
     return result
 
 
-def run_calibration(run: str | os.PathLike[str], out: Path, images: Tensor, labels: Tensor) -> dict[str, Any]:
+def run_calibration(
+    run: str | os.PathLike[str], out: Path, images: Tensor, labels: Tensor, device: str = "cpu"
+) -> dict[str, Any]:
     path = out / model_name(run) / "calibration.json"
     if path.exists():
         import json
 
-        return json.loads(path.read_text())
-    model = DenseAssociativeMemory.load(run)
+        saved = json.loads(path.read_text())
+        if saved.get("images") == len(images):
+            return saved
+    model = DenseAssociativeMemory.load(run, device=device)
     outputs = model_outputs(model, images)
-    beta = calibrate_beta_sm(None, None, labels, outputs=outputs)
     result = {
-        "run": str(run), "model": model_name(run), "beta_sm": beta,
+        "run": str(run), "model": model_name(run), "beta_sm": None, "images": len(images),
         "accuracy": float((outputs.argmax(dim=1) == labels).double().mean()),
-        "binned_error_calibrated": confidence_binned_error(outputs, labels, beta),
         "binned_error_paper_beta": confidence_binned_error(outputs, labels, PAPER_BETA_SM),
     }  # fmt: skip
+    try:
+        beta = calibrate_beta_sm(None, None, labels, outputs=outputs)
+    except ValueError as exc:  # accuracy at chance or 100%: no beta_sm exists; say so rather than stop
+        result["calibration_error"] = str(exc)
+    else:
+        result["beta_sm"] = beta
+        result["binned_error_calibrated"] = confidence_binned_error(outputs, labels, beta)
     atomic_write_json(path, result)
     return result
+
+
+def test_images(images: int, data_dir: str | None) -> tuple[Tensor, Tensor]:
+    """The first ``images`` MNIST test images, flat, with their labels."""
+    x, y = load_dataset("mnist", "test", data_dir=data_dir)
+    return x[:images].reshape(-1, 784), y[:images]
+
+
+def run_model_probes(
+    run: str | os.PathLike[str],
+    out: Path,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    per_class: int = 100,
+    seed: int = 0,
+    search_options: dict[str, Any] | None = None,
+    device: str = "cpu",
+    converged_examples: int = 0,
+) -> tuple[BoundaryResult, RubbishResult, dict[str, Any]]:
+    """One model's probes: boundary images of ``images``, rubbish from noise, calibration; reused from ``out``.
+
+    ``search_options`` (eps, max_steps, clip, ...) go to both searches; m is the run's training m.
+    ``converged_examples``: also follow the first this many images past the crossing until C^second
+    converges (``boundary_converged``), for the third image of Fig. 4's triplets.
+    """
+    kwargs = {"m": training_m(run), **(search_options or {})}
+    if converged_examples:
+        search = BoundarySearch(**{**kwargs, "until": "converged"})
+        n = converged_examples
+        run_boundary(run, out, search, images[:n], labels[:n], device, stem="boundary_converged")
+    boundary = run_boundary(run, out, BoundarySearch(**kwargs), images, labels, device)
+    rubbish = run_rubbish(run, out, RubbishSearch(**kwargs), per_class, seed, device)
+    calibration = run_calibration(run, out, images, labels, device)
+    return boundary, rubbish, calibration
+
+
+def transfer_tables(
+    runs: list[str], out: Path, images: Tensor, labels: Tensor, *, device: str = "cpu"
+) -> dict[str, Any]:
+    """Both transfer tables from the per-model probe outputs in ``out`` (run :func:`run_model_probes` first)."""
+    models = {model_name(r): DenseAssociativeMemory.load(r, device=device) for r in runs}
+    sets = {model_name(r): load_result(BoundaryResult, out / model_name(r) / "boundary").past for r in runs}
+    rsets = {model_name(r): load_result(RubbishResult, out / model_name(r) / "rubbish").images for r in runs}
+    betas = {model_name(r): run_calibration(r, out, images, labels, device)["beta_sm"] for r in runs}
+    tables = {
+        "adversarial": adversarial_table(models, sets, labels, images),
+        "rubbish": rubbish_table(models, rsets),
+    }
+    if all(b is not None for b in betas.values()):  # else some model has no calibrated beta_sm (see its JSON)
+        tables["rubbish_calibrated"] = rubbish_table(models, rsets, betas)
+    for stem, table in tables.items():
+        save_table(table, out, f"{stem}_transfer")
+    return tables
 
 
 def run_transfer(
@@ -141,25 +210,10 @@ def run_transfer(
     seed: int = 0,
     data_dir: str | None = None,
     search_options: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Both transfer tables for ``runs``; each model's searches run first, or are reused from ``out``.
-
-    ``search_options`` (eps, max_steps, clip, ...) go to both searches; m is each run's training m.
-    """
-    options = dict(search_options or {})
-    x, y = load_dataset("mnist", "test", data_dir=data_dir)
-    x, y = x[:images].reshape(-1, 784), y[:images]
-    models = {model_name(r): DenseAssociativeMemory.load(r) for r in runs}
-    tables: dict[str, Any] = {}
-    sets, rsets = {}, {}
+    """Both transfer tables for ``runs``; each model's searches run first, or are reused from ``out``."""
+    x, y = test_images(images, data_dir)
     for r in runs:
-        kwargs = {"m": training_m(r), **options}
-        sets[model_name(r)] = run_boundary(r, out, BoundarySearch(**kwargs), x, y).past
-        rsets[model_name(r)] = run_rubbish(r, out, RubbishSearch(**kwargs), per_class, seed).images
-    tables["adversarial"] = adversarial_table(models, sets, y, x)
-    tables["rubbish"] = rubbish_table(models, rsets)
-    betas = {model_name(r): run_calibration(r, out, x, y)["beta_sm"] for r in runs}
-    tables["rubbish_calibrated"] = rubbish_table(models, rsets, betas)
-    for stem, table in tables.items():
-        save_table(table, out, f"{stem}_transfer")
-    return tables
+        run_model_probes(r, out, x, y, per_class=per_class, seed=seed, search_options=search_options, device=device)
+    return transfer_tables(runs, out, x, y, device=device)

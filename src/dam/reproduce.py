@@ -1,0 +1,215 @@
+"""``dam reproduce``: the paper end to end.  Train DAM_2, DAM_3, DAM_20 and DAM_30, run every probe, write
+the report.
+
+Layout of the output folder::
+
+    OUT/reproduce.json      preset, seed, data checksums, versions
+    OUT/stages.json         wall time of every stage that ran (kept when a later invocation reuses it)
+    OUT/runs/n2 ... n30     run folders (``dam train``)
+    OUT/probes/             per-model probe outputs, transfer tables, figures (``dam transfer|figures``)
+    OUT/report/index.html   the report, self-contained, with its tables and figures beside it
+
+Each stage is skipped when its outputs exist and are valid: training resumes from its last finished epoch,
+each model's probes are reused when made with the same settings, so a killed run loses at most the stage
+that was running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dam.io import atomic_write_json
+
+MODELS = ("n2", "n3", "n20", "n30")
+
+
+@dataclass(frozen=True)
+class ReproducePreset:
+    """How much of the paper to redo: the training schedule and the probes' sizes."""
+
+    name: str
+    schedule: str  # dam.presets schedule of every model
+    images: int  # test images searched for boundary adversarials, used for calibration and Fig. 5
+    per_class: int  # rubbish images per class and model (Fig. 3, 6)
+    description: str
+    models: tuple[str, ...] = MODELS
+    seed: int = 0
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    search_options: dict[str, Any] = field(default_factory=dict)  # eps, max_steps, ... of both searches
+
+
+PRESETS: dict[str, ReproducePreset] = {
+    "quick": ReproducePreset(
+        "quick",
+        "quick",
+        images=1000,
+        per_class=10,
+        description="K = 400 models trained for 30 epochs (2.5-3.5% test error); probes on the first 1,000 "
+        "test images and 10 rubbish images per class and model. Minutes on a laptop CPU.",
+    ),
+    "cpu": ReproducePreset(
+        "cpu",
+        "cpu",
+        images=10000,
+        per_class=100,
+        description="K = 2000 models, 400 epochs each (the foundation's CPU schedule, about 1.6-1.8% test "
+        "error); the paper's full probes: 10,000 test images and 100 rubbish images per class and model. "
+        "Hours on a 2-core CPU.",
+    ),
+    "paper": ReproducePreset(
+        "paper",
+        "paper",
+        images=10000,
+        per_class=100,
+        description="The paper's 3000-epoch schedules and full probes. Meant for a GPU (--device cuda).",
+    ),
+}
+
+
+class Stages:
+    """Runs named stages once, records their wall times in ``stages.json``, and reports reuse."""
+
+    def __init__(self, folder: Path, log: Callable[[str], None]) -> None:
+        self.path = folder / "stages.json"
+        self.log = log
+        self.records: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, fn: Callable[[], Any], done: Callable[[], bool] = lambda: False) -> Any:
+        if done() and name in self.records:
+            self.records[name]["reused"] = True
+            self.log(f"[{name}] done before ({self.records[name]['seconds']:.0f} s then); reused")
+            self._write()
+            return None
+        self.log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        self.records[name] = {
+            "seconds": seconds,
+            "reused": False,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self._write()
+        self.log(f"[{name}] {seconds:.1f} s")
+        return result
+
+    def _write(self) -> None:
+        atomic_write_json(self.path, self.records)
+
+
+def data_checksums(data_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Where MNIST was read from and the MD5 of each file, so a report names the exact data it used."""
+    from dam.data.datasets import locate_dataset
+    from dam.data.sources import SPLIT_FILES, find_file, md5sum
+
+    folder = locate_dataset("mnist", data_dir)
+    files = {}
+    for stems in SPLIT_FILES.values():
+        for stem in stems:
+            path = find_file(folder, stem)
+            files[path.name] = md5sum(path)
+    return {"folder": str(folder), "md5": files}
+
+
+def _training_complete(run: Path) -> bool:
+    from dam.training import finished_epochs
+
+    status = finished_epochs(run)
+    return status is not None and status[0] >= status[1] and (run / "evaluation.json").exists()
+
+
+def reproduce(
+    preset: str | ReproducePreset = "quick",
+    out: str | os.PathLike[str] = "runs/reproduce",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    progress: bool | None = None,
+    check: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run (or resume) the whole reproduction into ``out``; return the path of the report.
+
+    ``check``: render the report in headless Chromium and fail if a figure or table is missing
+    (None: when Chromium is installed).
+    """
+    from dam.evaluate import evaluate_run
+    from dam.presets import preset as train_preset
+    from dam.probes.figures import figures_for
+    from dam.probes.runner import run_model_probes, test_images, transfer_tables
+    from dam.report.browser import check_report, find_chromium
+    from dam.report.build import build_report
+    from dam.runinfo import environment_info
+    from dam.training import train
+
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    plan = PRESETS[preset] if isinstance(preset, str) else preset
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "reproduce.json"
+    if meta_path.exists():
+        saved = json.loads(meta_path.read_text()).get("preset", {})
+        if saved.get("name") != plan.name or saved.get("schedule") != plan.schedule:
+            raise ValueError(f"{out} holds a reproduction with preset {saved.get('name')!r}; use another --out")
+    stages = Stages(out, log)
+    data = stages.run("data", lambda: data_checksums(data_dir))
+    if meta_path.exists():
+        before = json.loads(meta_path.read_text()).get("data", {}).get("md5")
+        if before and before != data["md5"]:
+            raise ValueError(f"the MNIST files in {data['folder']} differ (MD5) from those {out} was started with")
+    data_dir = data["folder"]
+    atomic_write_json(
+        meta_path, {"preset": asdict(plan), "data": data, "device": device, "environment": environment_info()}
+    )
+
+    runs = [out / "runs" / name for name in plan.models]
+    for name, run in zip(plan.models, runs, strict=True):
+
+        def train_and_evaluate(name: str = name, run: Path = run) -> None:
+            config = train_preset(name, plan.schedule, seed=plan.seed, **plan.train_overrides)
+            train(config, run, data_dir=data_dir, device=device, resume=True, progress=progress)
+            atomic_write_json(run / "evaluation.json", evaluate_run(run, data_dir=data_dir, device=device))
+
+        stages.run(f"train {name}", train_and_evaluate, lambda run=run: _training_complete(run))
+
+    probes = out / "probes"
+    x, y = test_images(plan.images, data_dir)
+    options = {**plan.search_options, **({"progress": progress} if progress is not None else {})}
+    for name, run in zip(plan.models, runs, strict=True):
+        done = lambda name=name: all(  # noqa: E731
+            (probes / name / f).exists()
+            for f in ("boundary.json", "boundary_converged.json", "rubbish.json", "calibration.json")
+        )
+        stages.run(
+            f"probes {name}",
+            lambda run=run: run_model_probes(
+                run,
+                probes,
+                x,
+                y,
+                per_class=plan.per_class,
+                seed=plan.seed,
+                search_options=options,
+                device=device,
+                converged_examples=8,
+            ),
+            done,
+        )
+    stages.run("transfer tables", lambda: transfer_tables([str(r) for r in runs], probes, x, y, device=device))
+    stages.run("figures", lambda: figures_for(probes, [str(r) for r in runs]))
+    stages.run("report", lambda: build_report(out))
+    report = out / "report" / "index.html"
+
+    if check or (check is None and find_chromium() is not None):
+        result = stages.run("browser check", lambda: check_report(report, out / "report" / "screenshot.png"))
+        if not result.ok:
+            raise RuntimeError(f"{report}: the rendered report is incomplete: {'; '.join(result.problems)}")
+    return report
