@@ -105,3 +105,9 @@ def test_finished_epochs_reads_progress(reproduction: Path, tmp_path: Path):
 
     assert finished_epochs(reproduction / "runs" / "n2") == (3, 3)
     assert finished_epochs(tmp_path) is None
+
+
+def test_cli_reproduce_reports_a_wrong_folder_in_one_line(reproduction: Path, capsys):
+    assert main(["reproduce", "--preset", "quick", "--out", str(reproduction), "--no-check", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "preset 'tiny'" in err and "Traceback" not in err

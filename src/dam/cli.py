@@ -12,8 +12,17 @@ from typing import Any
 
 from dam.data import DatasetError
 from dam.model import CheckpointError, InputError
+from dam.report.browser import ReportCheckError
 
-USER_ERRORS = (DatasetError, CheckpointError, InputError, FileExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    DatasetError,
+    CheckpointError,
+    InputError,
+    ReportCheckError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -189,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dam {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dam {args.command}: interrupted; finished epochs are saved (resume with --resume)", file=sys.stderr)
+        how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
+        print(f"dam {args.command}: interrupted; finished epochs and results are saved ({how})", file=sys.stderr)
         return 130
 
 

@@ -144,7 +144,7 @@ def reproduce(
     from dam.presets import preset as train_preset
     from dam.probes.figures import figures_for
     from dam.probes.runner import run_model_probes, test_images, transfer_tables
-    from dam.report.browser import check_report, find_chromium
+    from dam.report.browser import ReportCheckError, check_report, find_chromium
     from dam.report.build import build_report
     from dam.runinfo import environment_info
     from dam.training import train
@@ -211,5 +211,5 @@ def reproduce(
     if check or (check is None and find_chromium() is not None):
         result = stages.run("browser check", lambda: check_report(report, out / "report" / "screenshot.png"))
         if not result.ok:
-            raise RuntimeError(f"{report}: the rendered report is incomplete: {'; '.join(result.problems)}")
+            raise ReportCheckError(f"{report}: the rendered report is incomplete: {'; '.join(result.problems)}")
     return report

@@ -26,6 +26,10 @@ FLAGS = (
 )
 
 
+class ReportCheckError(RuntimeError):
+    """The rendered report lacks a figure or a table."""
+
+
 @dataclass
 class RenderCheck:
     ok: bool

@@ -122,11 +122,21 @@ def _grid(items: Any) -> str:
     return '<div class="grid">' + "".join(items) + "</div>"
 
 
+class Verdict(str):
+    """A table cell shown as a coloured verdict badge."""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Verdict):
+        return f'<span class="verdict {VERDICT_CLASS[str(value)]}">{_e(value)}</span>'
+    return _e(value)
+
+
 def _table(header: list[str], rows: list[list[Any]], name: str, text_cols: int = 1) -> str:
     head = "".join(f'<th class="{"text" if i < text_cols else ""}">{_e(h)}</th>' for i, h in enumerate(header))
     body = "".join(
         "<tr>"
-        + "".join(f'<td class="{"text" if i < text_cols else ""}">{_e(c)}</td>' for i, c in enumerate(r))
+        + "".join(f'<td class="{"text" if i < text_cols else ""}">{_cell(c)}</td>' for i, c in enumerate(r))
         + "</tr>"
         for r in rows
     )
@@ -245,7 +255,7 @@ def render(out: Path, m: Measurements, claims: list[Claim]) -> str:
             "All verdicts",
             _table(
                 ["figure", "verdict", "paper", "measured"],
-                [[c.figure, c.verdict, c.statement, c.measured] for c in claims],
+                [[c.figure, Verdict(c.verdict), c.statement, c.measured] for c in claims],
                 "verdicts",
                 4,
             ),

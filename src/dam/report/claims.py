@@ -194,14 +194,15 @@ def rubbish_small(m: Measurements) -> Claim:
 
 def rubbish_large(m: Measurements) -> Claim:
     statement = 'Rubbish of n = 30 is "nice images of digits" that every model accepts "without loss in confidence".'
-    rule = "agrees if every model's confidence on the n30 set is within 10 points of n30's own"
+    rule = "agrees if every model gives the n30 set at least 80% mean confidence at beta_sm = 3.2"
     if not (m.rubbish and _have(m, "n30")):
         return _missing("Fig. 6", statement, rule)
     conf = {j: _cell(m.rubbish, "mean_confidence", "n30", j) for j in m.rubbish["models"]}
-    ok = all(v >= conf["n30"] - 0.10 for v in conf.values())
-    return Claim(
-        "Fig. 6", statement, "confidence on the n30 set: " + _per_model(conf, _pct), "agrees" if ok else "differs", rule
-    )
+    measured = "confidence on the n30 set: " + _per_model(conf, _pct)
+    if m.rubbish_calibrated:
+        calibrated = {j: _cell(m.rubbish_calibrated, "mean_confidence", "n30", j) for j in m.rubbish["models"]}
+        measured += "; at each model's calibrated beta_sm: " + _per_model(calibrated, _pct)
+    return Claim("Fig. 6", statement, measured, "agrees" if min(conf.values()) >= 0.8 else "differs", rule)
 
 
 def calibrated_beta(m: Measurements) -> Claim:

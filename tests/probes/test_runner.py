@@ -1,0 +1,23 @@
+"""Per-model probe outputs on disk: a model that cannot be calibrated is recorded as such, not a crash."""
+
+from __future__ import annotations
+
+from dam.probes.runner import run_calibration
+from fakes import prototype_images, prototype_model
+
+
+def test_calibration_of_a_model_without_a_calibrated_beta_is_recorded(tmp_path):
+    model = prototype_model(3)
+    model.save(tmp_path / "m3")
+    images, labels = prototype_images(model, count=40)
+    labels = labels.clone()
+    labels[:4] = (labels[:4] + 1) % 10  # 90% accuracy: a beta_sm exists
+    good = run_calibration(tmp_path / "m3", tmp_path / "out", images, labels)
+    assert good["beta_sm"] is not None and good["images"] == 40
+    wrong = model.predict(images).add(1) % 10  # accuracy 0: no beta_sm makes mean confidence equal to it
+    bad = run_calibration(tmp_path / "m3", tmp_path / "out-wrong", images, wrong)
+    assert bad["beta_sm"] is None and "accuracy" in bad["calibration_error"]
+    assert "binned_error_paper_beta" in bad and "binned_error_calibrated" not in bad
+    # A saved calibration of another number of images is not reused.
+    again = run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30])
+    assert again["images"] == 30
