@@ -33,6 +33,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train a DAM_n classifier with the authors' algorithm",
         description="Train DAM_n on MNIST. A preset fills in every setting; any option overrides it.",
     )
+    p.add_argument(
+        "--model", choices=["dam", "mlp-relu", "mlp-repu"], default="dam",
+        help="dam (default), or a baseline trained with cross-entropy and Adam: a one-hidden-layer network of "
+        "ReLU units or of rectified-polynomial units of degree --degree",
+    )  # fmt: skip
+    p.add_argument("--degree", type=int, help="mlp-repu: power of the hidden units (n - 1 matches DAM_n; default 2)")
+    p.add_argument("--hidden", type=int, help="mlp-*: hidden units (default 2000)")
     p.add_argument("--preset", choices=preset_names(), help="model preset (n2, n3, n20, n30)")
     p.add_argument("--schedule", choices=schedule_names(), default="cpu", help="training schedule (default: cpu)")
     p.add_argument("--n", type=int, help="power of the interaction vertex")
@@ -78,9 +85,52 @@ def _train_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**overrides)
 
 
+def _train_mlp(args: argparse.Namespace) -> int:
+    from dam.baselines import MLPConfig, MLPTrainConfig, train_mlp
+
+    dam_only = ["preset", "n", "m", "temperature", "temperature_start", "temperature_end", "ramp_epochs",
+                "num_memories", "lr_decay", "momentum", "dtype"]  # fmt: skip
+    given = [f"--{k.replace('_', '-')}" for k in dam_only if getattr(args, k, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: DAM settings, not used by --model {args.model}")
+    if args.model == "mlp-relu" and args.degree not in (None, 1):
+        raise ValueError("--model mlp-relu has degree 1; use --model mlp-repu --degree D")
+    degree = 1 if args.model == "mlp-relu" else (args.degree if args.degree is not None else 2)
+    if args.model == "mlp-repu" and degree < 2:
+        raise ValueError("--model mlp-repu needs --degree >= 2 (degree 1 is mlp-relu)")
+    model_config = MLPConfig(degree=degree, hidden=args.hidden or 2000)
+    keys = ("epochs", "batch_size", "lr", "seed", "train_subset", "validation", "eval_every", "dataset")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    out = Path(args.out)
+    train_config = MLPTrainConfig(**overrides)
+    if args.resume and (out / "train_state.safetensors").exists():
+        # The saved settings rule a resumed run; only --epochs may extend it.
+        from dam.training import read_run_config
+
+        saved = read_run_config(out)
+        if saved.get("kind") != "mlp":
+            raise ValueError(f"{out} holds a {saved.get('kind', 'dam')!r} run; resume it without --model")
+        model_config = MLPConfig(**saved["model"])
+        train_config = replace(MLPTrainConfig(**saved["train"]), **({"epochs": args.epochs} if args.epochs else {}))
+    print(f"training {model_config.name} into {out}", file=sys.stderr)
+    train_mlp(model_config, train_config, out, data_dir=args.data_dir, device=args.device,
+              resume=args.resume, progress=False if args.no_progress else None)  # fmt: skip
+    from dam.io import read_jsonl
+
+    last = read_jsonl(out / "metrics.jsonl")[-1:]
+    print(
+        json.dumps({"run": str(out), "model": asdict(model_config), "last_epoch": last[0] if last else None}, indent=2)
+    )
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dam.training import STATE_FILE, train
 
+    if args.model != "dam":
+        return _train_mlp(args)
+    if args.degree is not None or args.hidden is not None:
+        raise ValueError("--degree and --hidden are settings of --model mlp-relu / mlp-repu")
     out = Path(args.out)
     if args.resume and (out / STATE_FILE).exists():
         # The saved settings rule a resumed run; only --epochs may extend it.
@@ -138,8 +188,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     model, train_cfg, last = info["model"], info.get("train") or {}, info.get("last_epoch") or {}
     print(f"run       {args.run}")
-    print(f"model     DAM_{model['n']}  K={model['num_memories']}  T={model['temperature']:g}")
-    if train_cfg:
+    if info.get("kind") == "mlp":
+        unit = "ReLU" if model["degree"] == 1 else f"ReLU^{model['degree']}"
+        print(f"model     MLP 784-{model['hidden']}-10, {unit} units")
+        if train_cfg:
+            print(f"training  cross-entropy, Adam lr={train_cfg['lr']} epochs {info['epochs_done']}/"
+                  f"{train_cfg['epochs']} batch={train_cfg['batch_size']} seed={train_cfg['seed']}")  # fmt: skip
+    else:
+        print(f"model     DAM_{model['n']}  K={model['num_memories']}  T={model['temperature']:g}")
+    if train_cfg and info.get("kind", "dam") == "dam":
         print(
             f"training  m={train_cfg['m']} epochs {info['epochs_done']}/{train_cfg['epochs']} "
             f"batch={train_cfg['batch_size']} lr={train_cfg['lr']} f={train_cfg['lr_decay']} "

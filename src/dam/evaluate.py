@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dam.data import load_dataset
 from dam.io import read_jsonl
+from dam.loading import load_model
 from dam.model import DenseAssociativeMemory
 from dam.training import METRICS_FILE, read_run_config
 
@@ -22,8 +23,8 @@ def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int = 10)
     return torch.bincount(index.cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def evaluate_model(model: DenseAssociativeMemory, images: Tensor, labels: Tensor) -> dict[str, Any]:
-    device = model.memories.device
+def evaluate_model(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    device = next(model.parameters()).device
     preds = model.predict(images.to(device)).cpu()
     cm = confusion_matrix(preds, labels.cpu())
     errors = int(len(labels) - cm.trace())
@@ -44,7 +45,7 @@ def evaluate_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Load a run folder's model and evaluate it on a split of its data set."""
-    model = DenseAssociativeMemory.load(run, device=device)
+    model = load_model(run, device=device)
     config = read_run_config(run)
     dataset = (config.get("train") or {}).get("dataset", "mnist")
     if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
@@ -55,12 +56,14 @@ def evaluate_run(
 
 def run_info(run: str | os.PathLike[str]) -> dict[str, Any]:
     """Settings, environment and progress of a run folder (validates the checkpoint too)."""
-    model = DenseAssociativeMemory.load(run)
+    model = load_model(run)
     config = read_run_config(run)
     metrics = read_jsonl(Path(run) / METRICS_FILE)
+    extra = {"temperature": model.temperature} if isinstance(model, DenseAssociativeMemory) else {}
     return {
         "run": str(run),
-        "model": config.get("model", {}) | {"temperature": model.temperature},
+        "kind": config.get("kind", "dam"),
+        "model": config.get("model", {}) | extra,
         "train": config.get("train"),
         "environment": config.get("environment"),
         "epochs_done": metrics[-1]["epoch"] if metrics else 0,

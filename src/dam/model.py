@@ -73,6 +73,27 @@ class DAMConfig:
 # K is the innermost, contiguous axis so that the reductions vectorise.
 
 
+def flatten_images(images: Tensor, pixels: int, dtype: torch.dtype) -> Tensor:
+    """Images shaped (B, pixels), (B, side, side) or (B, 1, side, side) as (B, pixels) of ``dtype``; InputError
+    names the problem otherwise (the contract every classifier of this package shares)."""
+    if not isinstance(images, Tensor):
+        raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    side = math.isqrt(pixels)
+    if images.dim() == 2 and images.shape[1] == pixels:
+        flat = images
+    elif (images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side)) or (
+        images.dim() == 3 and tuple(images.shape[1:]) == (side, side)
+    ):
+        flat = images.reshape(images.shape[0], pixels)
+    else:
+        raise InputError(f"images must be shaped (B, {pixels}) or (B, 1, {side}, {side}); got {tuple(images.shape)}")
+    if not flat.is_floating_point():
+        raise InputError(
+            f"images must be floating point in [0, 1], got dtype {flat.dtype} (divide uint8 images by 255 first)"
+        )
+    return flat.to(dtype)
+
+
 def _ipow(x: Tensor, n: int) -> Tensor:
     """x**n (n >= 1) by repeated squaring: a few multiplies that fuse, instead of a call to pow()."""
     result: Tensor | None = None
@@ -286,25 +307,7 @@ class DenseAssociativeMemory(nn.Module):
         return 2.0 * self._flatten(images) - 1.0
 
     def _flatten(self, images: Tensor) -> Tensor:
-        if not isinstance(images, Tensor):
-            raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        pixels = self.config.num_pixels
-        side = math.isqrt(pixels)
-        if images.dim() == 2 and images.shape[1] == pixels:
-            flat = images
-        elif (images.dim() == 4 and tuple(images.shape[1:]) == (1, side, side)) or (
-            images.dim() == 3 and tuple(images.shape[1:]) == (side, side)
-        ):
-            flat = images.reshape(images.shape[0], pixels)
-        else:
-            raise InputError(
-                f"images must be shaped (B, {pixels}) or (B, 1, {side}, {side}); got {tuple(images.shape)}"
-            )
-        if not flat.is_floating_point():
-            raise InputError(
-                f"images must be floating point in [0, 1], got dtype {flat.dtype} (divide uint8 images by 255 first)"
-            )
-        return flat.to(self.memories.dtype)
+        return flatten_images(images, self.config.num_pixels, self.memories.dtype)
 
     def check_images(self, images: Tensor) -> None:
         """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (one device sync; not on hot paths)."""
@@ -430,6 +433,10 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or "model" not in raw:
         raise CheckpointError(f"{config_path}: no 'model' section; not a dam run folder")
+    if raw.get("kind", "dam") != "dam":
+        raise CheckpointError(
+            f"{config_path}: holds a {raw['kind']!r} model, not a DAM; load it with dam.loading.load_model"
+        )
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
