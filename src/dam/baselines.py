@@ -206,6 +206,8 @@ def train_mlp(
     from dam.training import _epoch_permutation, _progress, as_unit_float, prepare_data, read_run_config
 
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False on this machine")
     folder = Path(out)
     state_exists = (folder / "train_state.safetensors").exists()
     if state_exists and not resume:

@@ -98,7 +98,7 @@ def _train_mlp(args: argparse.Namespace) -> int:
     degree = 1 if args.model == "mlp-relu" else (args.degree if args.degree is not None else 2)
     if args.model == "mlp-repu" and degree < 2:
         raise ValueError("--model mlp-repu needs --degree >= 2 (degree 1 is mlp-relu)")
-    model_config = MLPConfig(degree=degree, hidden=args.hidden or 2000)
+    model_config = MLPConfig(degree=degree, hidden=args.hidden if args.hidden is not None else 2000)
     keys = ("epochs", "batch_size", "lr", "seed", "train_subset", "validation", "eval_every", "dataset")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     out = Path(args.out)

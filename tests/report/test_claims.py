@@ -22,10 +22,10 @@ def paper_like() -> Measurements:
         ),
         rubbish=_table(
             "mean_confidence",
-            [[0.985, 0.9, 0.1, 0.1], [0.9, 0.98, 0.1, 0.1], [0.9, 0.9, 0.95, 0.9], [0.95, 0.95, 0.9, 0.97]],
+            [[0.985, 0.9, 0.1, 0.1], [0.9, 0.98, 0.1, 0.1], [0.9, 0.9, 0.95, 0.9], [0.95, 0.95, 0.95, 0.97]],
         ),
         calibration={n: {"beta_sm": PAPER_BETA[n], "binned_error_calibrated": bins} for n in NAMES},
-        boundary={n: {"l2_mean": 1.0} for n in NAMES},
+        boundary={n: {"l2_mean": 1.0, "success_rate": 0.999} for n in NAMES},
         memory={
             n: {"prototype_correlation": 0.2 + 0.01 * int(n[1:]), "single_class_fraction": 0.01 * int(n[1:])}
             for n in NAMES

@@ -65,7 +65,9 @@ def rubbish_figure(result: RubbishResult, path: str | os.PathLike[str], title: s
                 ax.imshow(result.images[i].reshape(28, 28).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
                 mark = "" if bool(result.success[i]) else " x"
                 ax.set_title(f"{int(result.predictions[i])}{mark}", fontsize=8, pad=1)
-    fig.suptitle(f"{title}: rubbish images from noise, columns = target class 0-9 (title: label, x = failed)")
+    fig.suptitle(
+        f"{title}: rubbish images from noise, columns = target class 0-9 (title: model label; x = C did not converge)"
+    )
     return _save(fig, path)
 
 

@@ -4,6 +4,7 @@ killed job resumes without redoing finished models."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -47,19 +48,39 @@ def load_result(cls: type, path: Path) -> Any:
     return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
 
-def _done(path: Path, search: Any) -> bool:
-    """Whether a finished result for these search settings is on disk; other settings are an error."""
-    if not (path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()):
-        return False
+def model_md5(run: str | os.PathLike[str]) -> str:
+    """Fingerprint of a run's weights: a result made with other weights (a retrained model) is stale."""
+    return hashlib.md5((Path(run) / "model.safetensors").read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def tensor_md5(t: Tensor) -> str:
+    return hashlib.md5(t.detach().cpu().contiguous().numpy().tobytes(), usedforsecurity=False).hexdigest()
+
+
+def _saved(path: Path) -> dict[str, Any] | None:
     import json
 
-    saved = json.loads(path.with_suffix(".json").read_text()).get("search")
-    if saved != _settings(search):
+    if not (path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()):
+        return None
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def _done(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
+    """Whether a finished result of these search settings and inputs is on disk.
+
+    Other search settings are an error (the user asked for something else in the same folder); other
+    inputs (the model's weights, the images, the rubbish seed or count) make the saved result stale, and
+    it is recomputed.
+    """
+    saved = _saved(path)
+    if saved is None:
+        return False
+    if saved.get("search") != _settings(search):
         raise ValueError(
-            f"{path.with_suffix('.json')} was made with other search settings ({saved}); "
+            f"{path.with_suffix('.json')} was made with other search settings ({saved.get('search')}); "
             "use another --out, or delete that model's results to recompute them"
         )
-    return True
+    return all(saved.get(k) == v for k, v in inputs.items())
 
 
 def _settings(search: Any) -> dict[str, Any]:
@@ -82,12 +103,13 @@ def run_rubbish(
     run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int, device: str = "cpu"
 ) -> RubbishResult:
     path = out / model_name(run) / "rubbish"
-    if _done(path, search):
+    inputs = {"seed": seed, "per_class": per_class, "model_md5": model_md5(run)}
+    if _done(path, search, inputs):
         return load_result(RubbishResult, path)
     model = DenseAssociativeMemory.load(run, device=device)
     targets = torch.arange(10).repeat_interleave(per_class)
     result = search(model, targets, torch.Generator().manual_seed(seed))
-    summary = _summary(run, search, result, seed=seed, per_class=per_class)
+    summary = _summary(run, search, result, **inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_result(result, path, summary)
     return result
@@ -103,16 +125,18 @@ def run_boundary(
     stem: str = "boundary",
 ) -> BoundaryResult:
     path = out / model_name(run) / stem
-    if _done(path, search):
+    inputs = {"images": len(images), "images_md5": tensor_md5(images), "model_md5": model_md5(run)}
+    if _done(path, search, inputs):
         return load_result(BoundaryResult, path)
     model = DenseAssociativeMemory.load(run, device=device)
     result = search(model, images)
     d = result.distances("boundary")
+    crossed = result.crossing_step[result.crossing_step >= 0].float()
     summary = _summary(
-        run, search, result, images=len(images),
-        crossing_step_median=float(result.crossing_step.float().median()),
+        run, search, result, **inputs,
+        crossing_step_median=float(crossed.median()) if len(crossed) else None,
         l2_mean=float(d["l2"].nanmean()), linf_mean=float(d["linf"].nanmean()),
-        clean_error=float((result.top != labels).float().mean()),
+        clean_error=float((result.top.cpu() != labels.cpu()).float().mean()),
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     save_result(result, path, summary)
@@ -127,12 +151,13 @@ def run_calibration(
         import json
 
         saved = json.loads(path.read_text())
-        if saved.get("images") == len(images):
+        if saved.get("images_md5") == tensor_md5(images) and saved.get("model_md5") == model_md5(run):
             return saved
     model = DenseAssociativeMemory.load(run, device=device)
     outputs = model_outputs(model, images)
     result = {
         "run": str(run), "model": model_name(run), "beta_sm": None, "images": len(images),
+        "images_md5": tensor_md5(images), "model_md5": model_md5(run),
         "accuracy": float((outputs.argmax(dim=1) == labels).double().mean()),
         "binned_error_paper_beta": confidence_binned_error(outputs, labels, PAPER_BETA_SM),
     }  # fmt: skip
@@ -182,6 +207,45 @@ def run_model_probes(
     return boundary, rubbish, calibration
 
 
+def model_probes_done(
+    run: str | os.PathLike[str],
+    out: Path,
+    images: Tensor,
+    *,
+    per_class: int,
+    seed: int,
+    search_options: dict[str, Any] | None = None,
+    converged_examples: int = 0,
+) -> bool:
+    """Whether :func:`run_model_probes` would reuse every result (same settings, weights and inputs)."""
+    kwargs = {"m": training_m(run), **(search_options or {})}
+    folder, weights = out / model_name(run), model_md5(run)
+    wanted = [
+        (folder / "boundary", BoundarySearch(**kwargs),
+         {"images": len(images), "images_md5": tensor_md5(images), "model_md5": weights}),
+        (folder / "rubbish", RubbishSearch(**kwargs), {"seed": seed, "per_class": per_class, "model_md5": weights}),
+    ]  # fmt: skip
+    if converged_examples:
+        head = images[:converged_examples]
+        wanted.append((folder / "boundary_converged", BoundarySearch(**{**kwargs, "until": "converged"}),
+                       {"images": len(head), "images_md5": tensor_md5(head), "model_md5": weights}))  # fmt: skip
+    calibration = folder / "calibration.json"
+    if not calibration.exists():
+        return False
+    import json
+
+    cal = json.loads(calibration.read_text())
+    if cal.get("images_md5") != tensor_md5(images) or cal.get("model_md5") != weights:
+        return False
+    for path, search, inputs in wanted:
+        saved = _saved(path)
+        if saved is None or saved.get("search") != _settings(search):
+            return False
+        if any(saved.get(k) != v for k, v in inputs.items()):
+            return False
+    return True
+
+
 def transfer_tables(
     runs: list[str], out: Path, images: Tensor, labels: Tensor, *, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -196,6 +260,9 @@ def transfer_tables(
     }
     if all(b is not None for b in betas.values()):  # else some model has no calibrated beta_sm (see its JSON)
         tables["rubbish_calibrated"] = rubbish_table(models, rsets, betas)
+    else:  # a table from an earlier call would otherwise be shown beside the new ones
+        for suffix in (".json", ".csv"):
+            (out / f"rubbish_calibrated_transfer{suffix}").unlink(missing_ok=True)
     for stem, table in tables.items():
         save_table(table, out, f"{stem}_transfer")
     return tables

@@ -53,15 +53,20 @@ def _chromium(args: list[str], timeout: float) -> str:
     if exe is None:
         raise FileNotFoundError("no Chromium found: install it (Debian: apt-get install chromium) or set DAM_CHROMIUM")
     with tempfile.TemporaryDirectory(prefix="dam-chromium-") as profile:
-        proc = subprocess.run(
-            [exe, *FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [exe, *FLAGS, f"--user-data-dir={profile}", *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ReportCheckError(f"{exe} did not finish within {timeout:.0f} s") from None
+        except OSError as exc:
+            raise ReportCheckError(f"{exe} could not be started ({exc})") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"chromium failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise ReportCheckError(f"{exe} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     return proc.stdout
 
 
