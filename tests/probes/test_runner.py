@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from dam.probes.runner import run_calibration
 from fakes import prototype_images, prototype_model
 
@@ -21,3 +23,18 @@ def test_calibration_of_a_model_without_a_calibrated_beta_is_recorded(tmp_path):
     # A saved calibration of another number of images is not reused.
     again = run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30])
     assert again["images"] == 30
+
+
+def test_weights_fingerprint_ignores_how_the_file_was_written(tmp_path):
+    """Saving the same weights again must not make finished probe results stale; other weights must."""
+    from dam.probes.runner import model_md5
+
+    model = prototype_model(3)
+    model.save(tmp_path / "a")
+    first = model_md5(tmp_path / "a")
+    model.save(tmp_path / "a", {"note": "written again"})
+    assert model_md5(tmp_path / "a") == first
+    with torch.no_grad():
+        model.memories[0, 0] += 0.5
+    model.save(tmp_path / "a")
+    assert model_md5(tmp_path / "a") != first

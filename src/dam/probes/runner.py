@@ -49,8 +49,19 @@ def load_result(cls: type, path: Path) -> Any:
 
 
 def model_md5(run: str | os.PathLike[str]) -> str:
-    """Fingerprint of a run's weights: a result made with other weights (a retrained model) is stale."""
-    return hashlib.md5((Path(run) / "model.safetensors").read_bytes(), usedforsecurity=False).hexdigest()
+    """Fingerprint of a run's weights: a result made with other weights (a retrained model) is stale.
+
+    The tensors are hashed, not the file: safetensors writes its metadata in no fixed order, so the same
+    weights saved twice can differ byte for byte.
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(run) / "model.safetensors"))
+    digest = hashlib.md5(usedforsecurity=False)
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def tensor_md5(t: Tensor) -> str:
