@@ -201,17 +201,22 @@ def train_mlp(
     stop_after: int | None = None,
 ) -> MLPClassifier:
     """Train a baseline into run folder ``out`` (resumable after a kill, like :func:`dam.training.train`)."""
-    from dam.io import append_jsonl, atomic_write_bytes, read_jsonl
+    from dam.io import append_jsonl
     from dam.runinfo import environment_info
-    from dam.training import _epoch_permutation, _progress, as_unit_float, prepare_data, read_run_config
+    from dam.training import (
+        _epoch_permutation,
+        _progress,
+        as_unit_float,
+        keep_metrics_until,
+        prepare_data,
+        read_run_config,
+        run_state_exists,
+        training_device,
+    )
 
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False on this machine")
+    device = training_device(device)
     folder = Path(out)
-    state_exists = (folder / "train_state.safetensors").exists()
-    if state_exists and not resume:
-        raise FileExistsError(f"{folder} already holds a training run; pass resume=True (--resume) or a new --out")
+    state_exists = run_state_exists(folder, resume)
     if resume and state_exists:
         saved = read_run_config(folder)
         if saved.get("kind") != KIND:
@@ -228,10 +233,7 @@ def train_mlp(
     run_info = {"train": asdict(train_config), "seed": train_config.seed, "device": str(device), "data_dir": data_dir,
                 "environment": environment_info()}  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    records = [r for r in read_jsonl(folder / "metrics.jsonl") if r.get("epoch", 0) <= start]
-    atomic_write_bytes(
-        folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-    )
+    keep_metrics_until(folder, start)
     model.save(folder, run_info)
     data = prepare_data(train_config, data_dir, device)  # type: ignore[arg-type]  (same data fields)
     end = train_config.epochs if stop_after is None else min(train_config.epochs, stop_after)

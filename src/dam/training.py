@@ -291,6 +291,27 @@ def finished_epochs(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
     return done, planned
 
 
+def training_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False on this machine")
+    return device
+
+
+def run_state_exists(folder: Path, resume: bool) -> bool:
+    """Whether ``folder`` holds a resumable run; one that does is only touched with ``resume``."""
+    exists = (folder / STATE_FILE).exists()
+    if exists and not resume:
+        raise FileExistsError(f"{folder} already holds a training run; pass resume=True (--resume) or a new --out")
+    return exists
+
+
+def keep_metrics_until(folder: Path, epoch: int) -> None:
+    """Drop metric lines past ``epoch`` (an epoch a kill interrupted after logging it is replayed)."""
+    records = [r for r in read_jsonl(folder / METRICS_FILE) if r.get("epoch", 0) <= epoch]
+    atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 
@@ -316,13 +337,9 @@ def train(
     ``stop_after`` ends after that many epochs in total, as a kill would, leaving a resumable folder.
     ``progress=None`` shows a bar only on a terminal.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False on this machine")
+    device = training_device(device)
     folder = Path(out)
-    state_exists = (folder / STATE_FILE).exists()
-    if state_exists and not resume:
-        raise FileExistsError(f"{folder} already holds a training run; pass resume=True (--resume) or a new --out")
+    state_exists = run_state_exists(folder, resume)
     if resume and state_exists:
         saved_run = read_run_config(folder)
         if data_dir is None and saved_run.get("data_dir") and Path(saved_run["data_dir"]).is_dir():
@@ -363,8 +380,7 @@ def train(
             velocity.copy_(saved_velocity.to(device, dtype))
         model.temperature = config.temperature_at(max(start_epoch - 1, 0))
     folder.mkdir(parents=True, exist_ok=True)
-    records = [r for r in read_jsonl(folder / METRICS_FILE) if r.get("epoch", 0) <= start_epoch]
-    atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    keep_metrics_until(folder, start_epoch)
     data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
     atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device, data_dir))
 
