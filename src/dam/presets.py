@@ -10,7 +10,7 @@ Two schedules per model:
   and the final temperature.  Epoch counts are set from measured epoch times (benchmarks/train_epoch.py).
 * ``quick``: about a minute per model on a 2-core CPU, for ``dam reproduce --preset quick``: K = 400,
   30 epochs of minibatches of 100 (600 updates per epoch instead of 60, so that few epochs suffice),
-  eps decaying 5% per epoch.  Test errors of 2.5-3.5%, not the paper's 1.6%.  Minibatches of 200 on a
+  eps decaying 5% per epoch.  Test errors of 2.4-3.8%, not the paper's 1.6%.  Minibatches of 200 on a
   20k subset with an 8-epoch ramp were tried first: DAM_3 jumped from 16% to 34% error when T reached
   T_f and did not recover.
 
