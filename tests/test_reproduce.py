@@ -111,3 +111,10 @@ def test_cli_reproduce_reports_a_wrong_folder_in_one_line(reproduction: Path, ca
     assert main(["reproduce", "--preset", "quick", "--out", str(reproduction), "--no-check", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "preset 'tiny'" in err and "Traceback" not in err
+
+
+def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("DAM_DATA_DIR", raising=False)  # no data anywhere but where the run started
+    reproduce(TINY, reproduction, check=False, log=lambda line: None)
+    stages = json.loads((reproduction / "stages.json").read_text())
+    assert all(stages[f"train {n}"]["reused"] for n in MODELS)

@@ -159,8 +159,9 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "reproduce.json"
-    if meta_path.exists():
-        saved = json.loads(meta_path.read_text()).get("preset", {})
+    earlier = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if earlier:
+        saved = earlier.get("preset", {})
         if saved.get("name") != plan.name:
             raise ValueError(f"{out} holds a reproduction with preset {saved.get('name')!r}; use another --out")
         now = {k: v for k, v in json.loads(json.dumps(asdict(plan))).items() if k != "description"}
@@ -170,10 +171,13 @@ def reproduce(
                 f"{out} was made with other settings of preset {plan.name!r} ({', '.join(diff)} differ); "
                 "use another --out"
             )
+        started_with = (earlier.get("data") or {}).get("folder")
+        if data_dir is None and started_with and Path(started_with).is_dir():
+            data_dir = started_with  # run again, it reads the data it started with
     stages = Stages(out, log)
     data = stages.run("data", lambda: data_checksums(data_dir))
-    if meta_path.exists():
-        before = json.loads(meta_path.read_text()).get("data", {}).get("md5")
+    if earlier:
+        before = (earlier.get("data") or {}).get("md5")
         if before and before != data["md5"]:
             raise ValueError(f"the MNIST files in {data['folder']} differ (MD5) from those {out} was started with")
     data_dir = data["folder"]
