@@ -94,6 +94,20 @@ def _done(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
     return all(saved.get(k) == v for k, v in inputs.items())
 
 
+def _matches(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
+    """Like :func:`_done`, but other search settings are a plain mismatch rather than an error."""
+    saved = _saved(path)
+    return saved is not None and saved.get("search") == _settings(search) and _done(path, search, inputs)
+
+
+def _boundary_inputs(images: Tensor, weights: str) -> dict[str, Any]:
+    return {"images": len(images), "images_md5": tensor_md5(images), "model_md5": weights}
+
+
+def _rubbish_inputs(seed: int, per_class: int, weights: str) -> dict[str, Any]:
+    return {"seed": seed, "per_class": per_class, "model_md5": weights}
+
+
 def _settings(search: Any) -> dict[str, Any]:
     settings = {k: v for k, v in vars(search).items() if k != "progress"}
     settings["dtype"] = str(settings.get("dtype"))
@@ -114,7 +128,7 @@ def run_rubbish(
     run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int, device: str = "cpu"
 ) -> RubbishResult:
     path = out / model_name(run) / "rubbish"
-    inputs = {"seed": seed, "per_class": per_class, "model_md5": model_md5(run)}
+    inputs = _rubbish_inputs(seed, per_class, model_md5(run))
     if _done(path, search, inputs):
         return load_result(RubbishResult, path)
     model = DenseAssociativeMemory.load(run, device=device)
@@ -136,7 +150,7 @@ def run_boundary(
     stem: str = "boundary",
 ) -> BoundaryResult:
     path = out / model_name(run) / stem
-    inputs = {"images": len(images), "images_md5": tensor_md5(images), "model_md5": model_md5(run)}
+    inputs = _boundary_inputs(images, model_md5(run))
     if _done(path, search, inputs):
         return load_result(BoundaryResult, path)
     model = DenseAssociativeMemory.load(run, device=device)
@@ -232,14 +246,12 @@ def model_probes_done(
     kwargs = {"m": training_m(run), **(search_options or {})}
     folder, weights = out / model_name(run), model_md5(run)
     wanted = [
-        (folder / "boundary", BoundarySearch(**kwargs),
-         {"images": len(images), "images_md5": tensor_md5(images), "model_md5": weights}),
-        (folder / "rubbish", RubbishSearch(**kwargs), {"seed": seed, "per_class": per_class, "model_md5": weights}),
-    ]  # fmt: skip
+        (folder / "boundary", BoundarySearch(**kwargs), _boundary_inputs(images, weights)),
+        (folder / "rubbish", RubbishSearch(**kwargs), _rubbish_inputs(seed, per_class, weights)),
+    ]
     if converged_examples:
-        head = images[:converged_examples]
-        wanted.append((folder / "boundary_converged", BoundarySearch(**{**kwargs, "until": "converged"}),
-                       {"images": len(head), "images_md5": tensor_md5(head), "model_md5": weights}))  # fmt: skip
+        search = BoundarySearch(**{**kwargs, "until": "converged"})
+        wanted.append((folder / "boundary_converged", search, _boundary_inputs(images[:converged_examples], weights)))
     calibration = folder / "calibration.json"
     if not calibration.exists():
         return False
@@ -248,13 +260,7 @@ def model_probes_done(
     cal = json.loads(calibration.read_text())
     if cal.get("images_md5") != tensor_md5(images) or cal.get("model_md5") != weights:
         return False
-    for path, search, inputs in wanted:
-        saved = _saved(path)
-        if saved is None or saved.get("search") != _settings(search):
-            return False
-        if any(saved.get(k) != v for k, v in inputs.items()):
-            return False
-    return True
+    return all(_matches(path, search, inputs) for path, search, inputs in wanted)
 
 
 def transfer_tables(
