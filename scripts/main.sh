@@ -4,7 +4,7 @@
 # cache, or downloaded once.  Extra arguments go to `dam reproduce` (e.g. --preset cpu --out runs/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh attacks
 . .venv/bin/activate
 if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
     export DAM_DATA_DIR=$(cd ../shared/datasets && pwd)

@@ -1,0 +1,116 @@
+"""Gradient-masking diagnostics: is a model robust, or are its gradients merely useless to an attacker?
+
+Two symptoms (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On evaluating adversarial
+robustness"): input gradients that vanish or overflow, and gradient attacks that do worse than attacks
+which never look at a gradient (decision-based or transferred from another model) at the same budget.
+A model whose white-box robust accuracy exceeds its black-box robust accuracy is not robust; the
+black-box number is the honest one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dam.attacks.evaluation import RobustnessTable
+from dam.attacks.logits import attack_logits
+
+
+@dataclass
+class GradientHealth:
+    """Fractions of images whose cross-entropy input gradient is exactly zero or not finite."""
+
+    dtype: str
+    images: int
+    zero_fraction: float
+    nonfinite_fraction: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gradient_health(
+    model: nn.Module, images: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32, batch_size: int = 500
+) -> GradientHealth:
+    """Per-image input gradient of cross-entropy on the attack logits, computed in ``dtype``."""
+    import copy
+
+    device = next(model.parameters()).device
+    probe = copy.deepcopy(model).to(dtype).eval() if next(model.parameters()).dtype != dtype else model.eval()
+    logits = attack_logits(probe)
+    zero = nonfinite = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device=device, dtype=dtype).reshape(-1, 784).requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(logits(x), labels[i : i + batch_size].to(device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+        finite = torch.isfinite(grad).all(dim=1)
+        nonfinite += int((~finite).sum())
+        zero += int((finite & (grad == 0).all(dim=1)).sum())
+    n = max(len(images), 1)
+    return GradientHealth(str(dtype).removeprefix("torch."), len(images), zero / n, nonfinite / n)
+
+
+def _tolerance(accuracy: float, images: int, floor: float) -> float:
+    """Two binomial standard errors, at least ``floor``: smaller gaps are noise on this many images."""
+    return max(floor, 2.0 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(images, 1)))
+
+
+def _combined(table: RobustnessTable, gradient_free: bool, prefix: str | None = None) -> list[float] | None:
+    """Best attack of a kind per budget (the lowest robust accuracy); None if the table has none."""
+    names = [a for a, free in table.gradient_free.items()
+             if free == gradient_free and (prefix is None or a.startswith(prefix))]  # fmt: skip
+    if not names:
+        return None
+    return [min(table.attacks[a][i] for a in names) for i in range(len(table.epsilons))]
+
+
+def masking_verdict(
+    table: RobustnessTable, health: list[GradientHealth], *, zero_limit: float = 0.05, floor: float = 0.03
+) -> dict[str, Any]:
+    """A plain verdict from the gradient health and the white-box / black-box / transfer comparison."""
+    white = _combined(table, gradient_free=False)
+    decision = _combined(table, gradient_free=True, prefix="hopskipjump")
+    transfer = _combined(table, gradient_free=True, prefix="transfer:")
+    reasons: list[str] = []
+    for h in health:
+        bad = h.zero_fraction + h.nonfinite_fraction
+        if bad > zero_limit:
+            reasons.append(f"{bad:.0%} of input gradients are zero or non-finite in {h.dtype}")
+    gaps: list[dict[str, Any]] = []
+    if white is not None:
+        for kind, accs in (("decision-based", decision), ("transfer", transfer)):
+            if accs is None:
+                continue
+            for eps, w, b in zip(table.epsilons, white, accs, strict=True):
+                if w - b > _tolerance(w, table.images, floor):
+                    gaps.append({"eps": eps, "kind": kind, "white_box": w, "black_box": b})
+        if gaps:
+            g = max(gaps, key=lambda g: g["white_box"] - g["black_box"])
+            reasons.append(
+                f"at {table.norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
+                f"gradient attacks {g['white_box']:.1%}"
+            )
+    masked = bool(reasons)
+    worst = {f"{e:g}": a for e, a in zip(table.epsilons, table.worst_case, strict=True)}
+    if masked:
+        verdict = (
+            f"{table.model}: gradient masking suspected ({'; '.join(reasons)}). Its robustness against "
+            "gradient attacks does not survive attacks that need no gradients; trust the worst-case numbers."
+        )
+    elif decision is None and transfer is None:
+        verdict = f"{table.model}: no gradient-free attack was run, so masking cannot be ruled out."
+    else:
+        verdict = (
+            f"{table.model}: no sign of gradient masking: gradients are finite and non-zero and attacks that "
+            "need no gradients do no better than gradient attacks at the same budgets, so its robustness "
+            "survives them (within their query budgets)."
+        )
+    return {"model": table.model, "norm": table.norm, "masked": masked, "verdict": verdict, "reasons": reasons,
+            "gaps": gaps, "white_box": white, "decision_based": decision, "transfer": transfer,
+            "worst_case": worst, "gradient_health": [h.to_json() for h in health]}  # fmt: skip

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dam.attacks import PGD, HopSkipJump, RobustnessTable, gradient_health, masking_verdict, robust_accuracy
+from dam.loading import load_model
+
+
+class Saturating(nn.Module):
+    """Same decisions as ``base``, but its logits are clamped by tanh far into saturation: zero gradients."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, images: Tensor) -> Tensor:
+        return 1e3 * torch.tanh(1e3 * self.base(images))
+
+
+def _table(white: list[float], black: list[float] | None, transfer: list[float] | None = None) -> RobustnessTable:
+    t = RobustnessTable("m", "linf", [0.1, 0.3], 100, 0.98)
+    t.attacks["pgd"], t.gradient_free["pgd"] = white, False
+    if black is not None:
+        t.attacks["hopskipjump"], t.gradient_free["hopskipjump"] = black, True
+    if transfer is not None:
+        t.attacks["transfer:src"], t.gradient_free["transfer:src"] = transfer, True
+    t.worst_case = [min(v) for v in zip(*t.attacks.values(), strict=True)]
+    return t
+
+
+def test_verdict_rules_on_tables():
+    healthy = [_healthy()]
+    assert not masking_verdict(_table([0.8, 0.3], [0.82, 0.35]), healthy)["masked"]
+    masked = masking_verdict(_table([0.8, 0.3], [0.4, 0.1]), healthy)
+    assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
+    assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
+    assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
+
+
+def _healthy():
+    from dam.attacks import GradientHealth
+
+    return GradientHealth("float32", 100, 0.0, 0.0)
+
+
+def test_saturating_model_is_flagged_and_the_healthy_one_is_not(mlp_run, test_subset):
+    base = load_model(mlp_run)
+    x, y = test_subset
+    health = gradient_health(base, x, y)
+    assert health.zero_fraction == 0 and health.nonfinite_fraction == 0
+    saturating = Saturating(base)
+    sick = [gradient_health(saturating, x, y, dtype) for dtype in (torch.float32, torch.float64)]
+    assert all(h.zero_fraction > 0.9 for h in sick)
+    eps = [0.15, 0.3]
+    hsj = HopSkipJump(saturating, eps, steps=6, initial_gradient_eval_steps=20, max_gradient_eval_steps=50)
+    attacks = [PGD(saturating, eps, steps=10), hsj]
+    table, _ = robust_accuracy(saturating, "saturating", x, y, attacks)
+    # PGD cannot move without gradient (only its random start breaks a few); the decision-based attack needs none
+    assert table.attacks["hopskipjump"][1] < table.attacks["pgd"][1] - 0.1
+    verdict = masking_verdict(table, sick)
+    assert verdict["masked"]
+    assert "zero or non-finite" in verdict["verdict"]
