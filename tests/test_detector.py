@@ -225,7 +225,7 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
     runs, out = tiny_reproduction / "runs", tmp_path / "detector"
     argv = ["detect", "--classifier", str(runs / "n2"), "--guard", str(runs / "n20"), "--images", "400",
             "--noise", "200", "--probes", str(tiny_reproduction / "probes"), "--out", str(out),
-            "--data-dir", str(mnist_dir)]  # fmt: skip
+            "--attack-images", "40", "--attack-eps", "0.1,0.3", "--data-dir", str(mnist_dir)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "threshold" in printed and "uniform noise" in printed and "rubbish n30" in printed
@@ -240,6 +240,7 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
     used = {u["set"] for u in report["probes"]["used"]}
     skipped = {s["file"] for s in report["probes"]["skipped"]}
     assert {name for name in sets if name.startswith(("adversarial ", "rubbish "))} == used
+    assert {"PGD eps 0.1", "PGD eps 0.3"} <= set(sets) and sets["PGD eps 0.3"]["kind"] == "attack"
     assert len(used) + len(skipped) == 8  # a boundary and a rubbish result for each of the four models
     for name in used:
         assert sets[name]["kind"] == ("junk" if name.startswith("rubbish") else "attack")
@@ -250,8 +251,8 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
     "extra, message",
     [
         (["--false-rejection", "1.5"], "false rejection rate must be in [0, 1)"),
-        (["--beta-sm", "0"], "--beta-sm must be positive"),
-        (["--noise", "-1"], "--noise must be >= 0"),
+        (["--beta-sm", "0"], "beta_sm must be positive"),
+        (["--noise", "-1"], "noise and attack image counts must be >= 0"),
         (["--probes", "/nonexistent/probes"], "--probes /nonexistent/probes: no such folder"),
     ],
 )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def parse_floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
+    if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected budgets >= 0, got {text!r}")
     return values
 
@@ -50,8 +50,8 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
                    help="source models whose PGD adversarials are shown to every other model")  # fmt: skip
     p.add_argument("--images", type=int, default=d.images, help="size of the seeded test subset")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--linf", type=_floats, default=d.linf, help="L-inf budgets, comma-separated")
-    p.add_argument("--l2", type=_floats, default=d.l2, help="L2 budgets, comma-separated")
+    p.add_argument("--linf", type=parse_floats, default=d.linf, help="L-inf budgets, comma-separated")
+    p.add_argument("--l2", type=parse_floats, default=d.l2, help="L2 budgets, comma-separated")
     p.add_argument("--pgd-steps", type=int, default=d.pgd_steps)
     p.add_argument("--hsj-steps", type=int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
     p.add_argument("--hsj-max-evals", type=int, default=d.hsj_max_evals,
