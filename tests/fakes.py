@@ -106,6 +106,12 @@ def _tiny_reproduction():
         description="tiny models for tests",
         train_overrides={"num_memories": 40, "epochs": 3, "train_subset": 5000},
         search_options={"max_steps": 25},
+        baselines={"mlp-relu": {"degree": 1, "hidden": 16, "epochs": 1, "train_subset": 2000}},
+        attacks={
+            "images": 16, "linf": [0.1, 0.3], "l2": [1.0, 3.0], "pgd_steps": 3, "hsj_steps": 2, "hsj_max_evals": 20
+        },
+        detector={"images": 200, "noise": 50, "attack_images": 20},
+        adversarial={"models": ["n2"], "epochs": 1, "train_subset": 300, "max_steps": 25, "eval_images": 20},
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dam.attacks.standard import MissingExtraError
 from dam.data import DatasetError
 from dam.model import CheckpointError, InputError
 from dam.report.browser import ReportCheckError
@@ -19,6 +20,7 @@ USER_ERRORS = (
     CheckpointError,
     InputError,
     ReportCheckError,
+    MissingExtraError,
     FileExistsError,
     FileNotFoundError,
     ValueError,
@@ -237,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     from dam.cli_report import add_report_commands
 
     add_report_commands(sub)
+    from dam.cli_adversarial import add_adversarial_commands
+
+    add_adversarial_commands(sub)
+    from dam.cli_attacks import add_attack_commands
+
+    add_attack_commands(sub)
+    from dam.cli_detect import add_detect_command
+
+    add_detect_command(sub)
     return parser
 
 

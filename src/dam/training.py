@@ -191,6 +191,20 @@ def _epoch_permutation(num: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num, generator=g)
 
 
+def minibatch_step(
+    model: DenseAssociativeMemory, velocity: Tensor, x: Tensor, y: Tensor, m: int, lr: float, momentum: float
+) -> tuple[Tensor, Tensor]:
+    """One step of the authors' rule on one minibatch (images ``x`` in [0, 1]); returns the loss and the
+    outputs from before the step, detached.  Shared with adversarial fine-tuning."""
+    model.memories.grad = None
+    out = model(x)
+    loss = dam_loss(out, y, m)
+    loss.backward()
+    update_memories(model.memories.data, model.memories.grad, velocity, lr, momentum)
+    model.memories.grad = None
+    return loss.detach(), out.detach()
+
+
 def train_one_epoch(
     model: DenseAssociativeMemory,
     velocity: Tensor,
@@ -208,16 +222,11 @@ def train_one_epoch(
     wrong = torch.zeros((), dtype=torch.long, device=images.device)
     for start in range(0, len(images), config.batch_size):
         idx = order[start : start + config.batch_size]
-        x = as_unit_float(images[idx], model.memories.dtype)
         y = labels[idx]
-        model.memories.grad = None
-        out = model(x)
-        loss = dam_loss(out, y, config.m)
-        loss.backward()
-        update_memories(model.memories.data, model.memories.grad, velocity, lr, config.momentum)
-        total_loss += loss.detach()
-        wrong += (out.detach().argmax(dim=1) != y).sum()
-    model.memories.grad = None
+        loss, out = minibatch_step(model, velocity, as_unit_float(images[idx], model.memories.dtype), y,
+                                   config.m, lr, config.momentum)  # fmt: skip
+        total_loss += loss
+        wrong += (out.argmax(dim=1) != y).sum()
     return {
         "loss": float(total_loss) / len(images),
         "train_error": int(wrong) / len(images),

@@ -367,6 +367,10 @@ def render(out: Path, m: Measurements, claims: list[Claim]) -> str:
     body += _img(figs / "confidence_bins.png", "error rate per confidence bin")
     parts.append(_section("fig7", "Fig. 7: confidence", body, claims, "Fig. 7"))
 
+    from dam.report.beyond import beyond_section
+
+    parts.append(beyond_section(out))
+
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -385,10 +389,16 @@ def build_report(out: str | Path) -> Path:
     m = gather(out)
     claims = evaluate_claims(m)
     report = out / "report"
-    for sub, pattern in (("tables", "*_transfer.*"), ("figures", "figures/*.png")):
+    copies = [("tables", "probes", "*_transfer.*"), ("figures", "probes", "figures/*.png"),
+              ("tables", "beyond/attacks", "*.csv"), ("tables", "beyond/attacks", "robustness.json"),
+              ("figures", "beyond/attacks", "*.png"), ("tables", "beyond/detector", "detector.json"),
+              ("figures", "beyond/detector", "*.png")]  # fmt: skip
+    for sub, folder, pattern in copies:
         (report / sub).mkdir(parents=True, exist_ok=True)
-        for path in (out / "probes").glob(pattern):
+        for path in (out / folder).glob(pattern):
             shutil.copy2(path, report / sub / path.name)
+    for path in (out / "beyond" / "adversarial").glob("*/robustness.json"):
+        shutil.copy2(path, report / "tables" / f"adversarial_training_{path.parent.name}.json")
     atomic_write_json(report / "claims.json", [vars(c) for c in claims])
     atomic_write_bytes(report / "index.html", render(out, m, claims).encode())
     return report / "index.html"

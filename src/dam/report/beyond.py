@@ -1,0 +1,143 @@
+"""The report's "Past the paper" section: standard attacks and baselines, gradient-masking verdicts, the junk
+detector and adversarial training, read from what ``dam reproduce`` wrote under OUT/beyond/.
+
+Each part is shown when its outputs exist and says plainly when they do not (for instance without the
+`attacks` extra), so the rest of the report never depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+BEYOND = "beyond"  # OUT/beyond/{baselines,attacks,detector,adversarial}
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _attacks_html(folder: Path) -> str:
+    from dam.report.build import _e, _img, _table
+
+    summary = _read(folder / "robustness.json")
+    if summary is None:
+        return '<h3>Standard attacks</h3><p>Not run (they need Foolbox: <code>pip install "dam[attacks]"</code>).</p>'
+    suite, images = summary["suite"], summary["images"]
+    html = (
+        "<h3>Robust accuracy under standard attacks</h3>"
+        f"<p>{images['count']} MNIST test images ({_e(images['how'])}, seed {images['seed']}). Attacks from Foolbox: "
+        f"FGSM, PGD ({suite['pgd_steps']} steps, random start) in L-inf and L2, HopSkipJump (decision-based: labels "
+        f"only, {suite['hsj_steps']} iterations, in {', '.join(suite['hsj_norms']) or 'no norm'}), and transfer of "
+        f"PGD adversarials from {', '.join(summary['sources']) or 'no source model'}. {_e(summary['logits'])}. "
+        "Robust accuracy is the fraction of images still classified correctly; <i>worst case</i> counts an image "
+        "as robust only if every attack failed on it.</p>"
+    )
+    for norm in ("linf", "l2"):
+        eps = suite[norm]
+        rows = []
+        for name, m in summary["models"].items():
+            t = m["tables"][norm]
+            rows.append([name, "worst case", _pct(t["clean_accuracy"]), *(_pct(a) for a in t["worst_case"])])
+            rows += [["", a, "", *(_pct(v) for v in accs)] for a, accs in t["attacks"].items()]
+        header = ["model", "attack", "clean", *(f"eps {e:g}" for e in eps)]
+        html += f"<h4>{'L-inf' if norm == 'linf' else 'L2'} budgets</h4>" + _table(header, rows, f"robust {norm}", 2)
+    html += _img(folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)")
+    rows = []
+    for name, m in summary["models"].items():
+        h = {g["dtype"]: g for g in m["gradient_health"]}
+        bad = [_pct(h[d]["zero_fraction"] + h[d]["nonfinite_fraction"]) for d in ("float32", "float64")]
+        v = m["verdict"]
+        rows.append([name, *bad, "masking suspected" if v["masked"] else "no sign of masking", v["verdict"]])
+    html += (
+        "<h3>Gradient-masking diagnostics</h3><p>Zero or non-finite input gradients of the cross-entropy on the "
+        "attack logits, and white-box (FGSM, PGD) against gradient-free (HopSkipJump, transfer) robust accuracy "
+        "at the same L-inf budgets: a gradient-free attack that does better than the gradient attacks, beyond two "
+        "standard errors (at least 3 points), means the gradients mislead and the white-box numbers overstate "
+        "robustness.</p>"
+        + _table(
+            ["model", "bad gradients float32", "bad gradients float64", "diagnosis", "verdict"], rows, "masking", 1
+        )
+    )
+    return html
+
+
+def _detector_html(folder: Path) -> str:
+    from dam.report.build import _e, _img, _table
+
+    report = _read(folder / "detector.json")
+    if report is None:
+        return "<h3>The junk detector</h3><p>Not run.</p>"
+    data = report["data"]
+    html = (
+        "<h3>The junk detector</h3>"
+        f"<p>Classifier <code>{_e(Path(report.get('classifier', '?')).name)}</code>, guard "
+        f"<code>{_e(Path(report.get('guard', '?')).name)}</code>: an input is junk when the guard's confidence "
+        f"(softmax of {report['beta_sm']:g} Y) is below {report['threshold']:.4g}, the threshold that rejects at "
+        f"most {_pct(report['false_rejection'])} of {data['calibration_images']} held-out clean test images (it "
+        f"rejects {_pct(data['calibration_false_rejection_rate'])} of them). Measured on the other "
+        f"{data['evaluation_images']} clean images, {data['noise_images']} Gaussian and uniform noise images each, "
+        f"the probes' adversarial and rubbish sets, and {_e(data.get('attacks', 'no attack outputs'))}.</p>"
+    )
+    rows = []
+    for name, r in report["sets"].items():
+        rejected = 1 - r["acceptance_rate"]
+        rows.append([name, r["kind"], r["count"], _pct(r["acceptance_rate"]),
+                     _pct(rejected) if r["kind"] != "clean" else "-", _pct(r.get("accuracy_on_accepted")),
+                     _pct(r.get("classifier_accuracy")), _pct(r.get("safe_rate")),
+                     f"{r['roc']['auc']:.3f}" if "roc" in r else "-"])  # fmt: skip
+    header = ["set", "kind", "images", "accepted", "rejected", "accuracy on accepted", "classifier alone", "safe",
+              "ROC AUC vs clean"]  # fmt: skip
+    html += _table(header, rows, "detector", 2)
+    html += "<p class='rule'>safe = rejected or classified correctly (attack sets, true labels).</p>"
+    return html + _img(folder / "detector.png", "detector: ROC against clean images and guard-score histograms")
+
+
+def _adversarial_html(folder: Path) -> str:
+    from dam.report.build import _table
+
+    runs = sorted(p for p in folder.glob("*/robustness.json")) if folder.is_dir() else []
+    if not runs:
+        return "<h3>Adversarial training</h3><p>Not run.</p>"
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = []
+    n = "?"
+    for path in runs:
+        r = _read(path)
+        n = r.get("eval_images", n)
+        for when, label in (("base", "before"), ("finetuned", "after")):
+            m = r[when]
+            rows.append([path.parent.name if when == "base" else "", label, _pct(m.get("test_error")),
+                         _pct(m.get("success_rate")), num(m.get("l2_median")), num(m.get("l2_median_all")),
+                         num(m.get("linf_median"))])  # fmt: skip
+    html = (
+        "<h3>Adversarial training</h3><p>The extension the paper proposes: the trained DAM is trained further "
+        "with its own update rule on clean images plus images one step past its decision boundary (made on the "
+        "current model, labelled with the true class). Robustness is the distance the boundary search must move "
+        f"a test image to change its label (larger is more robust), on {n} seeded test images.</p>"
+    )
+    header = ["model", "", "test error", "boundary found", "median L2 (found)", "median L2 (all; not found = far)",
+              "median L-inf (found)"]  # fmt: skip
+    return html + _table(header, rows, "adversarial training", 2)
+
+
+def beyond_section(out: Path) -> str:
+    """The whole section, or an empty string when OUT/beyond does not exist (older reproductions)."""
+    from dam.report.build import _section
+
+    folder = out / BEYOND
+    if not folder.is_dir():
+        return ""
+    body = (
+        _attacks_html(folder / "attacks")
+        + _detector_html(folder / "detector")
+        + _adversarial_html(folder / "adversarial")
+    )
+    return _section("beyond", "Past the paper: standard attacks, gradient masking, the detector", body, [], None)
