@@ -92,8 +92,10 @@ PRESETS: dict[str, ReproducePreset] = {
         detector={},
         # Measured on n20: lr 0.004 and fraction 0.2 raise the median boundary distance by 13%; the base
         # run's last lr (the default) moves it by 6%.
-        adversarial={"models": ["n2", "n20"], "epochs": 5, "fraction": 0.2, "lr": 0.004, "train_subset": 10000,
-                     "eval_images": 500},  # fmt: skip
+        adversarial={
+            "models": ["n2", "n20"], "epochs": 5, "fraction": 0.2, "lr": 0.004, "train_subset": 10000,
+            "eval_images": 500,
+        },
     ),
     "paper": ReproducePreset(
         "paper",
