@@ -30,9 +30,8 @@ def test_every_stage_writes_its_outputs(reproduction: Path):
         assert (out / "report" / "tables" / f"{stem}.json").exists()
         assert (out / "report" / "tables" / f"{stem}.csv").exists()
     stages = json.loads((out / "stages.json").read_text())
-    expected = {"data", "transfer tables", "figures", "report"} | {
-        f"{s} {n}" for s in ("train", "probes") for n in MODELS
-    }
+    expected = {"data", "transfer tables", "figures", "report", "train mlp-relu", "attacks", "detector",
+                "adversarial n2"} | {f"{s} {n}" for s in ("train", "probes") for n in MODELS}  # fmt: skip
     assert expected <= set(stages)
     meta = json.loads((out / "reproduce.json").read_text())
     assert meta["preset"]["name"] == "tiny" and meta["preset"]["seed"] == 0
@@ -43,10 +42,12 @@ def test_every_stage_writes_its_outputs(reproduction: Path):
 
 def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     page = (reproduction / "report" / "index.html").read_text()
-    for section in ("setup", "summary", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7"):
+    for section in ("setup", "summary", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "beyond"):
         assert f'id="{section}"' in page
-    # 4 memories + 4 rubbish + 4 boundary + 3 heat maps + 1 confidence figure, all embedded
-    assert page.count("data:image/png;base64,") == 16
+    # 4 memories + 4 rubbish + 4 boundary + 3 heat maps + 1 confidence figure, robust accuracy, detector
+    assert page.count("data:image/png;base64,") == 18
+    for table in ("robust linf", "robust l2", "masking", "detector", "adversarial training"):
+        assert f'data-required="{table}"' in page
     assert "missing:" not in page
     claims = json.loads((reproduction / "report" / "claims.json").read_text())
     assert len(claims) == 11
@@ -60,13 +61,18 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     ]
     for c in claims:
         assert (c["verdict"] == "not measured") == (c["figure"] == "Fig. 4" and bool(failed)), c
-    assert len(list((reproduction / "report" / "figures").glob("*.png"))) == 16
+    assert len(list((reproduction / "report" / "figures").glob("*.png"))) == 18
 
 
 def test_second_run_reuses_every_finished_stage_and_redoes_only_what_is_missing(reproduction: Path, mnist_dir: Path):
     for f in ("rubbish.json", "rubbish.safetensors"):
         (reproduction / "probes" / "n3" / f).unlink()
     before = json.loads((reproduction / "stages.json").read_text())
+    # A reproduction begun by an older dam, which recorded no past-the-paper settings, is continued.
+    meta = json.loads((reproduction / "reproduce.json").read_text())
+    for key in ("baselines", "attacks", "detector", "adversarial"):
+        del meta["preset"][key]
+    (reproduction / "reproduce.json").write_text(json.dumps(meta))
     reproduce(TINY, reproduction, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None)
     stages = json.loads((reproduction / "stages.json").read_text())
     assert stages["probes n3"]["reused"] is False and stages["probes n3"] != before["probes n3"]
@@ -74,6 +80,7 @@ def test_second_run_reuses_every_finished_stage_and_redoes_only_what_is_missing(
         assert stages[f"train {name}"]["reused"] is True
         assert stages[f"train {name}"]["seconds"] == before[f"train {name}"]["seconds"]
     assert all(stages[f"probes {n}"]["reused"] for n in MODELS if n != "n3")
+    assert all(stages[s]["reused"] for s in ("train mlp-relu", "detector", "adversarial n2"))
     assert (reproduction / "probes" / "n3" / "rubbish.safetensors").exists()
 
 
@@ -118,3 +125,20 @@ def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkey
     reproduce(TINY, reproduction, check=False, log=lambda line: None)
     stages = json.loads((reproduction / "stages.json").read_text())
     assert all(stages[f"train {n}"]["reused"] for n in MODELS)
+
+
+def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
+    beyond = reproduction / "beyond"
+    assert (beyond / "baselines" / "mlp-relu" / "model.safetensors").exists()
+    robustness = json.loads((beyond / "attacks" / "robustness.json").read_text())
+    assert set(robustness["models"]) == {*MODELS, "mlp-relu"}
+    assert robustness["sources"] == ["mlp-relu"] and robustness["images"]["count"] == 16
+    n30 = robustness["models"]["n30"]["tables"]["linf"]["attacks"]
+    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"} == set(n30)
+    detector = json.loads((beyond / "detector" / "detector.json").read_text())
+    assert detector["classifier"].endswith("n2") and detector["guard"].endswith("n30")
+    assert {"clean", "gaussian noise", "uniform noise"} <= set(detector["sets"])
+    adversarial = json.loads((beyond / "adversarial" / "n2" / "robustness.json").read_text())
+    assert adversarial["base"]["model_md5"] != adversarial["finetuned"]["model_md5"]
+    for name in ("robust_accuracy_linf.csv", "masking.csv", "detector.json", "adversarial_training_n2.json"):
+        assert (reproduction / "report" / "tables" / name).exists()

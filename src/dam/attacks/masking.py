@@ -99,9 +99,11 @@ def masking_verdict(
     masked = bool(reasons)
     worst = {f"{e:g}": a for e, a in zip(table.epsilons, table.worst_case, strict=True)}
     if masked:
+        overstated = max((g["white_box"] - g["black_box"] for g in gaps), default=0.0)
+        by = f" by up to {100 * overstated:.1f} points" if gaps else ""
         verdict = (
-            f"{table.model}: gradient masking suspected ({'; '.join(reasons)}). Its robustness against "
-            "gradient attacks does not survive attacks that need no gradients; trust the worst-case numbers."
+            f"{table.model}: gradient masking suspected ({'; '.join(reasons)}). Gradient attacks overstate its "
+            f"robustness{by}: it does not fully survive attacks that need no gradients; trust the worst-case numbers."
         )
     elif decision is None and transfer is None:
         verdict = f"{table.model}: no gradient-free attack was run, so masking cannot be ruled out."

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dam.attacks.evaluation import RobustnessTable, evaluation_subset, robust_accuracy
 from dam.attacks.logits import LOGITS_NOTE
-from dam.attacks.masking import gradient_health, masking_verdict
+from dam.attacks.masking import GradientHealth, gradient_health, masking_verdict
 from dam.attacks.standard import FGSM, PGD, Attack, AttackResult, HopSkipJump, Transfer, require_foolbox
 from dam.data import load_dataset
 from dam.io import atomic_write_json
@@ -142,6 +142,9 @@ def run_attacks(
         saved = _saved(path)
         if saved is not None and saved.get("key") == key:
             log(f"attack {name}: reused {path}")
+            # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
+            table = RobustnessTable.from_json(saved["tables"]["linf"])
+            saved["verdict"] = masking_verdict(table, [GradientHealth(**h) for h in saved["gradient_health"]])
             models[name] = saved
             continue
         if source_results is None:  # made once, only when some model needs them
