@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -18,8 +19,10 @@ class Saturating(nn.Module):
         return 1e3 * torch.tanh(1e3 * self.base(images))
 
 
-def _table(white: list[float], black: list[float] | None, transfer: list[float] | None = None) -> RobustnessTable:
-    t = RobustnessTable("m", "linf", [0.1, 0.3], 100, 0.98)
+def _table(
+    white: list[float], black: list[float] | None, transfer: list[float] | None = None, norm: str = "linf", model="m"
+) -> RobustnessTable:
+    t = RobustnessTable(model, norm, [0.1, 0.3], 100, 0.98)
     t.attacks["pgd"], t.gradient_free["pgd"] = white, False
     if black is not None:
         t.attacks["hopskipjump"], t.gradient_free["hopskipjump"] = black, True
@@ -36,6 +39,12 @@ def test_verdict_rules_on_tables():
     assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
     assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
     assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
+    # a gap in any norm's table counts, and the verdict names it
+    both = [_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, transfer=[0.9, 0.5], norm="l2")]
+    verdict = masking_verdict(both, healthy)
+    assert verdict["masked"] and "l2 eps 0.3" in verdict["verdict"] and "30.0 points" in verdict["verdict"]
+    with pytest.raises(ValueError, match="one model"):
+        masking_verdict([_table([0.8], None), _table([0.8], None, model="other")], healthy)
 
 
 def _healthy():

@@ -70,49 +70,64 @@ def _combined(table: RobustnessTable, gradient_free: bool, prefix: str | None = 
     return [min(table.attacks[a][i] for a in names) for i in range(len(table.epsilons))]
 
 
-def masking_verdict(
-    table: RobustnessTable, health: list[GradientHealth], *, zero_limit: float = 0.05, floor: float = 0.03
-) -> dict[str, Any]:
-    """A plain verdict from the gradient health and the white-box / black-box / transfer comparison."""
+def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
+    """Budgets at which a gradient-free attack beats the gradient attacks by more than the noise."""
     white = _combined(table, gradient_free=False)
-    decision = _combined(table, gradient_free=True, prefix="hopskipjump")
-    transfer = _combined(table, gradient_free=True, prefix="transfer:")
+    if white is None:
+        return []
+    gaps = []
+    for kind, prefix in (("decision-based", "hopskipjump"), ("transfer", "transfer:")):
+        accs = _combined(table, gradient_free=True, prefix=prefix)
+        for eps, w, b in zip(table.epsilons, white, accs or [], strict=False):
+            if w - b > _tolerance(w, table.images, floor):
+                gaps.append({"norm": table.norm, "eps": eps, "kind": kind, "white_box": w, "black_box": b})
+    return gaps
+
+
+def masking_verdict(
+    tables: RobustnessTable | list[RobustnessTable],
+    health: list[GradientHealth],
+    *,
+    zero_limit: float = 0.05,
+    floor: float = 0.03,
+) -> dict[str, Any]:
+    """A plain verdict from the gradient health and the white-box / black-box / transfer comparison.
+
+    ``tables``: one model's robustness tables (one per norm); a gap in any of them counts.
+    """
+    tables = [tables] if isinstance(tables, RobustnessTable) else list(tables)
+    if not tables or len({t.model for t in tables}) != 1:
+        raise ValueError("masking_verdict needs one or more tables of one model")
+    model = tables[0].model
     reasons: list[str] = []
     for h in health:
         bad = h.zero_fraction + h.nonfinite_fraction
         if bad > zero_limit:
             reasons.append(f"{bad:.0%} of input gradients are zero or non-finite in {h.dtype}")
-    gaps: list[dict[str, Any]] = []
-    if white is not None:
-        for kind, accs in (("decision-based", decision), ("transfer", transfer)):
-            if accs is None:
-                continue
-            for eps, w, b in zip(table.epsilons, white, accs, strict=True):
-                if w - b > _tolerance(w, table.images, floor):
-                    gaps.append({"eps": eps, "kind": kind, "white_box": w, "black_box": b})
-        if gaps:
-            g = max(gaps, key=lambda g: g["white_box"] - g["black_box"])
-            reasons.append(
-                f"at {table.norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
-                f"gradient attacks {g['white_box']:.1%}"
-            )
+    gaps = [g for t in tables for g in _gaps(t, floor)]
+    for norm in dict.fromkeys(g["norm"] for g in gaps):
+        g = max((g for g in gaps if g["norm"] == norm), key=lambda g: g["white_box"] - g["black_box"])
+        reasons.append(
+            f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
+            f"gradient attacks {g['white_box']:.1%}"
+        )
+    gradient_free_run = any(free for t in tables for free in t.gradient_free.values())
     masked = bool(reasons)
-    worst = {f"{e:g}": a for e, a in zip(table.epsilons, table.worst_case, strict=True)}
     if masked:
         overstated = max((g["white_box"] - g["black_box"] for g in gaps), default=0.0)
-        by = f" by up to {100 * overstated:.1f} points" if gaps else ""
+        by = f" by up to {100 * overstated:.1f} points of robust accuracy" if gaps else ""
         verdict = (
-            f"{table.model}: gradient masking suspected ({'; '.join(reasons)}). Gradient attacks overstate its "
+            f"{model}: gradient masking suspected ({'; '.join(reasons)}). Gradient attacks overstate its "
             f"robustness{by}: it does not fully survive attacks that need no gradients; trust the worst-case numbers."
         )
-    elif decision is None and transfer is None:
-        verdict = f"{table.model}: no gradient-free attack was run, so masking cannot be ruled out."
+    elif not gradient_free_run:
+        verdict = f"{model}: no gradient-free attack was run, so masking cannot be ruled out."
     else:
         verdict = (
-            f"{table.model}: no sign of gradient masking: gradients are finite and non-zero and attacks that "
+            f"{model}: no sign of gradient masking: gradients are finite and non-zero and attacks that "
             "need no gradients do no better than gradient attacks at the same budgets, so its robustness "
             "survives them (within their query budgets)."
         )
-    return {"model": table.model, "norm": table.norm, "masked": masked, "verdict": verdict, "reasons": reasons,
-            "gaps": gaps, "white_box": white, "decision_based": decision, "transfer": transfer,
+    worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
+    return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
             "worst_case": worst, "gradient_health": [h.to_json() for h in health]}  # fmt: skip

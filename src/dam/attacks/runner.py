@@ -99,7 +99,7 @@ def attack_model(
         table, _ = robust_accuracy(model, name, images, labels, attacks)
         tables[norm] = table
     health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
-    verdict = masking_verdict(tables["linf"], health)
+    verdict = masking_verdict(list(tables.values()), health)
     return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},
             "gradient_health": [h.to_json() for h in health], "verdict": verdict}  # fmt: skip
 
@@ -143,8 +143,8 @@ def run_attacks(
         if saved is not None and saved.get("key") == key:
             log(f"attack {name}: reused {path}")
             # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
-            table = RobustnessTable.from_json(saved["tables"]["linf"])
-            saved["verdict"] = masking_verdict(table, [GradientHealth(**h) for h in saved["gradient_health"]])
+            tables = [RobustnessTable.from_json(t) for t in saved["tables"].values()]
+            saved["verdict"] = masking_verdict(tables, [GradientHealth(**h) for h in saved["gradient_health"]])
             models[name] = saved
             continue
         if source_results is None:  # made once, only when some model needs them
