@@ -113,6 +113,22 @@ def test_predict_gives_classifier_labels_or_junk() -> None:
     assert torch.equal(accepted, scores >= scores.median())  # the score is monotone in pixel 0
 
 
+def test_agreement_mode_also_rejects_disagreement() -> None:
+    # ScoreGuard always says class 0; the classifier says 0 on the first 30 images only
+    g = torch.Generator().manual_seed(4)
+    scores = 0.5 + 0.5 * torch.rand(40, generator=g, dtype=torch.float64)
+    labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.randint(1, 10, (10,), generator=g)])
+    x = images_with(scores, labels)
+    plain = Detector.calibrate(PixelClassifier().double(), ScoreGuard().double(), x, 0.3)
+    agree = Detector.calibrate(PixelClassifier().double(), ScoreGuard().double(), x, 0.3, agreement=True)
+    assert plain.accept(x)[30:].any()
+    assert not agree.accept(x)[30:].any()  # every disagreement rejected, whatever the guard's confidence
+    assert float((~agree.accept(x)).double().mean()) <= 0.3
+    assert agree.settings()["agreement"] is True
+    with pytest.raises(ValueError, match=r"disagree on 25\.0%"):
+        Detector.calibrate(PixelClassifier().double(), ScoreGuard().double(), x, 0.2, agreement=True)
+
+
 def test_guard_score_is_the_papers_confidence() -> None:
     model = prototype_model(n=3, temperature=100.0)
     x = torch.rand(7, 784)
@@ -189,10 +205,10 @@ def test_evaluate_needs_a_clean_set_and_images() -> None:
 def test_save_and_load(tmp_path: Path) -> None:
     model = prototype_model(n=3, temperature=100.0)
     model.save(tmp_path / "run")
-    detector = Detector(model, model, 0.25, beta_sm=5.0, false_rejection=0.1)
+    detector = Detector(model, model, 0.25, beta_sm=5.0, false_rejection=0.1, agreement=True)
     path = detector.save(tmp_path / "detector.json", classifier_run=tmp_path / "run", guard_run=tmp_path / "run")
     loaded = Detector.load(path)
-    assert loaded.settings() == {"threshold": 0.25, "beta_sm": 5.0, "false_rejection": 0.1}
+    assert loaded.settings() == {"threshold": 0.25, "beta_sm": 5.0, "false_rejection": 0.1, "agreement": True}
     x = torch.rand(20, 784)
     assert torch.equal(loaded.predict(x), detector.predict(x))
     with pytest.raises(ValueError, match="classifier, guard"):
@@ -245,6 +261,11 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
     for name in used:
         assert sets[name]["kind"] == ("junk" if name.startswith("rubbish") else "attack")
     assert Detector.load(out / "detector.json").threshold == report["threshold"]
+    # (the tiny models disagree too often for the n2 + n20 pair; a model always agrees with itself)
+    same = ["--classifier", str(runs / "n20"), "--agreement", "--noise", "20", "--out", str(tmp_path / "agree")]
+    assert main([*argv, *same]) == 0
+    agree = json.loads((tmp_path / "agree" / "detector.json").read_text())
+    assert agree["agreement"] is True and Detector.load(tmp_path / "agree" / "detector.json").agreement
 
 
 @pytest.mark.parametrize(

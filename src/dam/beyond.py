@@ -3,6 +3,7 @@
     baselines/<name>      MLP baselines (``dam train --model mlp-relu|mlp-repu``)
     attacks/              standard attacks on every DAM and baseline, masking verdicts (``dam attack``)
     detector/             the junk detector: DAM_2's labels guarded by DAM_30 (``dam detect``)
+    detector-agreement/   the same, also rejecting inputs on which the two disagree (``--agreement``)
     adversarial/<name>    adversarially fine-tuned DAMs with before/after robustness (``dam adversarial-train``)
 
 Like the paper's stages, each is skipped when its outputs exist and were made from the same weights and
@@ -96,18 +97,26 @@ def run_beyond(
 
     if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
         from dam.detection import run_detection
+        from dam.detector import DetectorError
 
-        folder = beyond / "detector"
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
-        key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": plan.detector,
-               "probes": [model_md5(r) for r in runs]}  # fmt: skip
+        for stem, agreement in (("detector", False), ("detector-agreement", True)):
+            folder = beyond / stem
+            key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": plan.detector,
+                   "probes": [model_md5(r) for r in runs], "agreement": agreement}  # fmt: skip
 
-        def detect() -> None:
-            run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
-                          data_dir=data_dir, **plan.detector)  # fmt: skip
-            atomic_write_json(folder / "key.json", key)
+            def detect(folder: Path = folder, key: dict = key, agreement: bool = agreement) -> None:
+                (folder / "skipped.json").unlink(missing_ok=True)
+                try:
+                    run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
+                                  data_dir=data_dir, agreement=agreement, **plan.detector)  # fmt: skip
+                except DetectorError as exc:  # e.g. weak models that disagree on too many clean images
+                    log(f"[{folder.name}] not run: {exc}")
+                    (folder / "detector.json").unlink(missing_ok=True)
+                    atomic_write_json(folder / "skipped.json", {"reason": str(exc)})
+                atomic_write_json(folder / "key.json", key)
 
-        stages.run("detector", detect, lambda: _same_key(folder / "key.json", key))
+            stages.run(stem, detect, lambda folder=folder, key=key: _same_key(folder / "key.json", key))
 
     settings = dict(plan.adversarial or {})
     names, eval_images = settings.pop("models", []), settings.pop("eval_images", 500)

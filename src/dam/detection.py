@@ -110,8 +110,12 @@ def run_detection(
     attack_images: int = 500,
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
+    agreement: bool = False,
 ) -> dict[str, Any]:
-    """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report."""
+    """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report.
+
+    ``agreement``: also reject inputs whose guard label differs from the classifier's (see :class:`Detector`).
+    """
     from dam.data import load_dataset
     from dam.detector import (
         Detector,
@@ -142,7 +146,7 @@ def run_detection(
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(images, generator=g)
     calibration, evaluation = order[: images // 2].sort().values, order[images // 2 :].sort().values
-    detector = Detector.calibrate(classifier, guard, x_test[calibration], false_rejection, beta_sm)
+    detector = Detector.calibrate(classifier, guard, x_test[calibration], false_rejection, beta_sm, agreement=agreement)
     sets: dict[str, tuple[Tensor, Tensor | None]] = {"clean": (x_test[evaluation], y_test[evaluation])}
     if noise:
         for kind in ("gaussian", "uniform"):

@@ -28,6 +28,10 @@ HISTOGRAM_BINS = 40
 REJECTION_KEYS = {"clean": "false_rejection_rate", "junk": "junk_detection_rate", "attack": "rejection_rate"}
 
 
+class DetectorError(ValueError):
+    """No detector meets the request on these images (e.g. the models disagree more than it allows)."""
+
+
 class Detector:
     """Classifier labels for the inputs the guard is confident about; :data:`JUNK` for the rest.
 
@@ -38,6 +42,11 @@ class Detector:
         threshold: inputs whose guard score is below it are rejected.
         beta_sm: the softmax inverse temperature of the confidence; 3.2 is the paper's single value.
         false_rejection: the target the threshold was calibrated for, if any (kept for the record only).
+        agreement: also reject inputs on which the guard's label differs from the classifier's.  The guard
+            alone passes images one small step past the classifier's decision boundary (they still look
+            like the true digit, so the guard is confident, and right) while the classifier gets them
+            wrong; disagreement catches them.  In this mode an input the two disagree on has score 0,
+            below every confidence (which is at least 1/10), so ROC curves and thresholds stay one scale.
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class Detector:
         beta_sm: float = PAPER_BETA_SM,
         *,
         false_rejection: float | None = None,
+        agreement: bool = False,
     ) -> None:
         if not beta_sm > 0 or not math.isfinite(beta_sm):
             raise ValueError(f"beta_sm must be a positive number, got {beta_sm}")
@@ -56,6 +66,7 @@ class Detector:
         self.threshold = float(threshold)
         self.beta_sm = float(beta_sm)
         self.false_rejection = false_rejection
+        self.agreement = agreement
 
     @classmethod
     def calibrate(
@@ -65,6 +76,8 @@ class Detector:
         clean_images: Tensor,
         false_rejection: float = 0.05,
         beta_sm: float = PAPER_BETA_SM,
+        *,
+        agreement: bool = False,
     ) -> Detector:
         """The detector with the highest threshold that rejects at most ``false_rejection`` of ``clean_images``.
 
@@ -73,8 +86,14 @@ class Detector:
         check_false_rejection(false_rejection)
         if len(clean_images) == 0:
             raise ValueError("no clean images to calibrate the detector's threshold on")
-        detector = cls(classifier, guard, 0.0, beta_sm, false_rejection=false_rejection)
-        detector.threshold = threshold_for(detector.guard_scores(clean_images), false_rejection)
+        detector = cls(classifier, guard, 0.0, beta_sm, false_rejection=false_rejection, agreement=agreement)
+        scores = detector.decide(clean_images)[0]
+        if agreement and float((scores == 0).double().mean()) > false_rejection:
+            raise DetectorError(
+                f"classifier and guard disagree on {float((scores == 0).double().mean()):.1%} of the clean images, "
+                f"more than the false-rejection rate {false_rejection:.1%}: no threshold can meet it"
+            )
+        detector.threshold = threshold_for(scores, false_rejection)
         return detector
 
     def guard_scores(self, images: Tensor) -> Tensor:
@@ -82,21 +101,28 @@ class Detector:
         return confidence(model_outputs(self.guard, images), self.beta_sm)
 
     def accept(self, images: Tensor) -> Tensor:
-        """True where the guard is confident enough for the classifier's label to be used."""
-        return self.guard_scores(images) >= self.threshold
+        """True where the guard is confident enough (and, in agreement mode, agrees) for the label to be used."""
+        return self.decide(images)[1] != JUNK
 
     def predict(self, images: Tensor) -> Tensor:
         """The classifier's label of each image, or :data:`JUNK` (-1) where the guard rejects it."""
         return self.decide(images)[1]
 
     def decide(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Guard scores, detector labels (JUNK where rejected) and the classifier's own labels, in one pass."""
-        scores = self.guard_scores(images)
+        """Scores, detector labels (JUNK where rejected) and the classifier's own labels, in one pass.
+
+        The score is the guard's confidence, or 0 where the two disagree in agreement mode.
+        """
+        outputs = model_outputs(self.guard, images)
+        scores = confidence(outputs, self.beta_sm)
         labels = model_outputs(self.classifier, images).argmax(dim=1)
+        if self.agreement:
+            scores = torch.where(outputs.argmax(dim=1).to(labels.device) == labels, scores, 0.0)
         return scores, torch.where(scores >= self.threshold, labels, JUNK), labels
 
     def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "beta_sm": self.beta_sm, "false_rejection": self.false_rejection}
+        return {"threshold": self.threshold, "beta_sm": self.beta_sm, "false_rejection": self.false_rejection,
+                "agreement": self.agreement}  # fmt: skip
 
     def save(
         self,
@@ -127,6 +153,7 @@ class Detector:
             saved["threshold"],
             saved.get("beta_sm", PAPER_BETA_SM),
             false_rejection=saved.get("false_rejection"),
+            agreement=bool(saved.get("agreement", False)),
         )
 
 

@@ -45,3 +45,12 @@ def test_cli_attack_bad_budget_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["attack", "x", "--out", str(tmp_path), "--linf", "a,b"])
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_without_foolbox_the_command_says_which_extra(tiny_reproduction, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "foolbox", None)  # as if not installed: import raises ImportError
+    assert cli.main(["attack", str(tiny_reproduction / "runs" / "n2"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "dam[attacks]"' in err and len(err.strip().splitlines()) == 1

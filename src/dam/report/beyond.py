@@ -71,18 +71,23 @@ def _detector_html(folder: Path) -> str:
     from dam.report.build import _e, _img, _table
 
     report = _read(folder / "detector.json")
+    agreement = folder.name.endswith("agreement")
+    title = "The junk detector, also rejecting disagreement" if agreement else "The junk detector (the paper's rule)"
     if report is None:
-        return "<h3>The junk detector</h3><p>Not run.</p>"
+        skipped = _read(folder / "skipped.json")
+        return f"<h3>{title}</h3><p>Not run{': ' + _e(skipped['reason']) if skipped else ''}.</p>"
     data = report["data"]
+    rule = (" It also rejects every input on which the guard's label differs from the classifier's (score 0)."
+            if report.get("agreement") else "")  # fmt: skip
     html = (
-        "<h3>The junk detector</h3>"
+        f"<h3>{title}</h3>"
         f"<p>Classifier <code>{_e(Path(report.get('classifier', '?')).name)}</code>, guard "
         f"<code>{_e(Path(report.get('guard', '?')).name)}</code>: an input is junk when the guard's confidence "
         f"(softmax of {report['beta_sm']:g} Y) is below {report['threshold']:.4g}, the threshold that rejects at "
         f"most {_pct(report['false_rejection'])} of {data['calibration_images']} held-out clean test images (it "
         f"rejects {_pct(data['calibration_false_rejection_rate'])} of them). Measured on the other "
         f"{data['evaluation_images']} clean images, {data['noise_images']} Gaussian and uniform noise images each, "
-        f"the probes' adversarial and rubbish sets, and {_e(data.get('attacks', 'no attack outputs'))}.</p>"
+        f"the probes' adversarial and rubbish sets, and {_e(data.get('attacks', 'no attack outputs'))}.{rule}</p>"
     )
     rows = []
     for name, r in report["sets"].items():
@@ -93,7 +98,7 @@ def _detector_html(folder: Path) -> str:
                      f"{r['roc']['auc']:.3f}" if "roc" in r else "-"])  # fmt: skip
     header = ["set", "kind", "images", "accepted", "rejected", "accuracy on accepted", "classifier alone", "safe",
               "ROC AUC vs clean"]  # fmt: skip
-    html += _table(header, rows, "detector", 2)
+    html += _table(header, rows, folder.name, 2)
     html += "<p class='rule'>safe = rejected or classified correctly (attack sets, true labels).</p>"
     return html + _img(folder / "detector.png", "detector: ROC against clean images and guard-score histograms")
 
@@ -138,6 +143,7 @@ def beyond_section(out: Path) -> str:
     body = (
         _attacks_html(folder / "attacks")
         + _detector_html(folder / "detector")
+        + (_detector_html(folder / "detector-agreement") if (folder / "detector-agreement").is_dir() else "")
         + _adversarial_html(folder / "adversarial")
     )
     return _section("beyond", "Past the paper: standard attacks, gradient masking, the detector", body, [], None)

@@ -393,6 +393,11 @@ def build_report(out: str | Path) -> Path:
               ("tables", "beyond/attacks", "*.csv"), ("tables", "beyond/attacks", "robustness.json"),
               ("figures", "beyond/attacks", "*.png"), ("tables", "beyond/detector", "detector.json"),
               ("figures", "beyond/detector", "*.png")]  # fmt: skip
+    for path in (out / "beyond" / "detector-agreement").glob("detector.*"):
+        (report / "tables").mkdir(parents=True, exist_ok=True)
+        (report / "figures").mkdir(parents=True, exist_ok=True)
+        sub = "figures" if path.suffix == ".png" else "tables"
+        shutil.copy2(path, report / sub / f"detector-agreement{path.suffix}")
     for sub, folder, pattern in copies:
         (report / sub).mkdir(parents=True, exist_ok=True)
         for path in (out / folder).glob(pattern):
