@@ -274,7 +274,7 @@ def detector_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Pat
     roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     edges = report["histogram_edges"]
     for i, (name, r) in enumerate(report["sets"].items()):
-        colour = f"C{i}"
+        colour = plt.get_cmap("tab20")(i % 20)  # more sets than the 10 default colours
         if "roc" in r:
             roc, point = r["roc"], r["roc"]["operating_point"]
             roc_ax.plot(roc["fpr"], roc["tpr"], color=colour, label=f"{name} (AUC {roc['auc']:.3f})")

@@ -40,13 +40,20 @@ def _attacks_html(folder: Path) -> str:
     )
     for norm in ("linf", "l2"):
         eps = suite[norm]
-        rows = []
+        header = ["model", "clean", *(f"eps {e:g}" for e in eps)]
+        summary_rows, detail_rows = [], []
         for name, m in summary["models"].items():
             t = m["tables"][norm]
-            rows.append([name, "worst case", _pct(t["clean_accuracy"]), *(_pct(a) for a in t["worst_case"])])
-            rows += [["", a, "", *(_pct(v) for v in accs)] for a, accs in t["attacks"].items()]
-        header = ["model", "attack", "clean", *(f"eps {e:g}" for e in eps)]
-        html += f"<h4>{'L-inf' if norm == 'linf' else 'L2'} budgets</h4>" + _table(header, rows, f"robust {norm}", 2)
+            summary_rows.append([name, _pct(t["clean_accuracy"]), *(_pct(a) for a in t["worst_case"])])
+            detail_rows += [[name if i == 0 else "", a, *(_pct(v) for v in accs)]
+                            for i, (a, accs) in enumerate(t["attacks"].items())]  # fmt: skip
+        html += (
+            f"<h4>{'L-inf' if norm == 'linf' else 'L2'} budgets: worst case over all attacks</h4>"
+            + _table(header, summary_rows, f"robust {norm}")
+            + f"<details><summary>each attack ({norm})</summary>"
+            + _table(["model", "attack", *header[2:]], detail_rows, f"robust {norm} per attack", 2)
+            + "</details>"
+        )
     html += _img(folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)")
     rows = []
     for name, m in summary["models"].items():
