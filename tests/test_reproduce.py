@@ -134,14 +134,14 @@ def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
     beyond = reproduction / "beyond"
     assert (beyond / "baselines" / "mlp-relu" / "model.safetensors").exists()
     robustness = json.loads((beyond / "attacks" / "robustness.json").read_text())
-    assert set(robustness["models"]) == {*MODELS, "mlp-relu"}
+    assert set(robustness["models"]) == {*MODELS, "n2-adv", "mlp-relu"}  # the fine-tuned model is attacked too
     assert robustness["sources"] == ["mlp-relu"] and robustness["images"]["count"] == 16
     n30 = robustness["models"]["n30"]["tables"]["linf"]["attacks"]
     assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"} == set(n30)
     detector = json.loads((beyond / "detector" / "detector.json").read_text())
     assert detector["classifier"].endswith("n2") and detector["guard"].endswith("n30")
     assert {"clean", "gaussian noise", "uniform noise"} <= set(detector["sets"])
-    adversarial = json.loads((beyond / "adversarial" / "n2" / "robustness.json").read_text())
+    adversarial = json.loads((beyond / "adversarial" / "n2-adv" / "robustness.json").read_text())
     assert adversarial["base"]["model_md5"] != adversarial["finetuned"]["model_md5"]
-    for name in ("robust_accuracy_linf.csv", "masking.csv", "detector.json", "adversarial_training_n2.json"):
+    for name in ("robust_accuracy_linf.csv", "masking.csv", "detector.json", "adversarial_training_n2-adv.json"):
         assert (reproduction / "report" / "tables" / name).exists()

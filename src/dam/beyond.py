@@ -4,7 +4,8 @@
     attacks/              standard attacks on every DAM and baseline, masking verdicts (``dam attack``)
     detector/             the junk detector: DAM_2's labels guarded by DAM_30 (``dam detect``)
     detector-agreement/   the same, also rejecting inputs on which the two disagree (``--agreement``)
-    adversarial/<name>    adversarially fine-tuned DAMs with before/after robustness (``dam adversarial-train``)
+    adversarial/<name>-adv  adversarially fine-tuned DAMs with before/after robustness (``dam adversarial-train``),
+                          attacked like the others
 
 Like the paper's stages, each is skipped when its outputs exist and were made from the same weights and
 settings.  Without the `attacks` extra the attack stage is skipped with a log line and the report says so.
@@ -80,6 +81,28 @@ def run_beyond(
         stages.run(f"train {name}", train, lambda run=run, m=model_cfg, t=train_cfg: _baseline_done(run, m, t))
         baselines.append(run)
 
+    settings = dict(plan.adversarial or {})
+    names, eval_images = settings.pop("models", []), settings.pop("eval_images", 500)
+    tuned_runs: list[Path] = []  # attacked below beside the models they came from
+    for name in names:
+        if name not in by_name:
+            continue
+        from dam.adversarial_training import AdversarialTrainConfig, adversarial_finetune, robustness_report
+
+        config = AdversarialTrainConfig.from_dict({"seed": plan.seed, **settings})
+        base, tuned = by_name[name], beyond / "adversarial" / f"{name}-adv"
+        key = {"base": model_md5(base), "config": settings, "eval_images": eval_images}
+
+        def finetune(base: Path = base, tuned: Path = tuned, config: Any = config, key: dict = key) -> None:
+            adversarial_finetune(base, tuned, config, data_dir=data_dir, device=device, resume=True,
+                                 progress=progress)  # fmt: skip
+            robustness_report(base, tuned, eval_images=eval_images, eval_seed=plan.seed, data_dir=data_dir,
+                              device=device)  # fmt: skip
+            atomic_write_json(tuned / "key.json", key)
+
+        stages.run(f"adversarial {name}", finetune, lambda tuned=tuned, key=key: _same_key(tuned / "key.json", key))
+        tuned_runs.append(tuned)
+
     if plan.attacks is not None:
         from dam.attacks.runner import AttackSuite, run_attacks
         from dam.attacks.standard import MissingExtraError, require_foolbox
@@ -90,7 +113,7 @@ def run_beyond(
             log(f"[attacks] skipped: {exc}")
         else:
             suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
-            targets = [str(r) for r in [*runs, *baselines]]
+            targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
             stages.run("attacks", lambda: run_attacks(targets, beyond / "attacks", suite,
                                                       sources=[str(b) for b in baselines], data_dir=data_dir,
                                                       device=device, log=log))  # fmt: skip
@@ -118,22 +141,3 @@ def run_beyond(
 
             stages.run(stem, detect, lambda folder=folder, key=key: _same_key(folder / "key.json", key))
 
-    settings = dict(plan.adversarial or {})
-    names, eval_images = settings.pop("models", []), settings.pop("eval_images", 500)
-    for name in names:
-        if name not in by_name:
-            continue
-        from dam.adversarial_training import AdversarialTrainConfig, adversarial_finetune, robustness_report
-
-        config = AdversarialTrainConfig.from_dict({"seed": plan.seed, **settings})
-        base, tuned = by_name[name], beyond / "adversarial" / name
-        key = {"base": model_md5(base), "config": settings, "eval_images": eval_images}
-
-        def finetune(base: Path = base, tuned: Path = tuned, config: Any = config, key: dict = key) -> None:
-            adversarial_finetune(base, tuned, config, data_dir=data_dir, device=device, resume=True,
-                                 progress=progress)  # fmt: skip
-            robustness_report(base, tuned, eval_images=eval_images, eval_seed=plan.seed, data_dir=data_dir,
-                              device=device)  # fmt: skip
-            atomic_write_json(tuned / "key.json", key)
-
-        stages.run(f"adversarial {name}", finetune, lambda tuned=tuned, key=key: _same_key(tuned / "key.json", key))
