@@ -54,3 +54,9 @@ def test_without_foolbox_the_command_says_which_extra(tiny_reproduction, tmp_pat
     assert cli.main(["attack", str(tiny_reproduction / "runs" / "n2"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert 'pip install "dam[attacks]"' in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_attack_missing_run_is_one_line_before_any_data(tmp_path, capsys):
+    assert cli.main(["attack", str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--data-dir", "/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and len(err.strip().splitlines()) == 1

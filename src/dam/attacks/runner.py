@@ -23,7 +23,7 @@ from dam.attacks.masking import GradientHealth, gradient_health, masking_verdict
 from dam.attacks.standard import FGSM, PGD, Attack, AttackResult, HopSkipJump, Transfer, require_foolbox
 from dam.data import load_dataset
 from dam.io import atomic_write_json
-from dam.loading import load_model
+from dam.loading import load_model, run_kind
 from dam.probes.runner import model_md5, model_name, tensor_md5
 from dam.runinfo import environment_info
 
@@ -128,10 +128,12 @@ def run_attacks(
     Finished models are reused from ``OUT/models`` when their key (weights, sources, suite, images) matches.
     """
     require_foolbox()
+    sources = sources or []
+    for run in [*runs, *sources]:  # a typo fails at once, before data are read
+        run_kind(run)
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir)
-    sources = sources or []
     source_md5 = {model_name(s): model_md5(s) for s in sources}
     source_results: dict[str, dict[str, AttackResult]] | None = None
     models: dict[str, Any] = {}
