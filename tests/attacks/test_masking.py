@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from dam.attacks import PGD, HopSkipJump, RobustnessTable, gradient_health, masking_verdict, robust_accuracy
+from dam.attacks import (
+    PGD,
+    GradientHealth,
+    HopSkipJump,
+    RobustnessTable,
+    gradient_health,
+    masking_verdict,
+    robust_accuracy,
+)
 from dam.loading import load_model
 
 
@@ -39,6 +47,12 @@ def test_verdict_rules_on_tables():
     assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
     assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
     assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
+    # a norm without gradient-free attacks is said to be unchecked, not cleared
+    partial = masking_verdict([_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, norm="l2")], healthy)
+    assert not partial["masked"] and "not checked in l2" in partial["verdict"] and "in linf" in partial["verdict"]
+    # bad gradients alone: flagged for them, without claiming a gradient-free attack did better
+    sick = masking_verdict(_table([0.8, 0.3], [0.8, 0.3]), [GradientHealth("float32", 100, 0.5, 0.0)])
+    assert sick["masked"] and "50% of input gradients" in sick["verdict"] and "overstate its robustness by" not in sick["verdict"]
     # a gap in any norm's table counts, and the verdict names it
     both = [_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, transfer=[0.9, 0.5], norm="l2")]
     verdict = masking_verdict(both, healthy)
@@ -48,8 +62,6 @@ def test_verdict_rules_on_tables():
 
 
 def _healthy():
-    from dam.attacks import GradientHealth
-
     return GradientHealth("float32", 100, 0.0, 0.0)
 
 

@@ -99,35 +99,43 @@ def masking_verdict(
     if not tables or len({t.model for t in tables}) != 1:
         raise ValueError("masking_verdict needs one or more tables of one model")
     model = tables[0].model
-    reasons: list[str] = []
-    for h in health:
-        bad = h.zero_fraction + h.nonfinite_fraction
-        if bad > zero_limit:
-            reasons.append(f"{bad:.0%} of input gradients are zero or non-finite in {h.dtype}")
+    sick = [f"{h.zero_fraction + h.nonfinite_fraction:.0%} of input gradients are zero or non-finite in {h.dtype}"
+            for h in health if h.zero_fraction + h.nonfinite_fraction > zero_limit]  # fmt: skip
     gaps = [g for t in tables for g in _gaps(t, floor)]
+    checked = [t.norm for t in tables if any(t.gradient_free.values())]
+    unchecked = [t.norm for t in tables if not any(t.gradient_free.values())]
+    reasons = list(sick)
     for norm in dict.fromkeys(g["norm"] for g in gaps):
         g = max((g for g in gaps if g["norm"] == norm), key=lambda g: g["white_box"] - g["black_box"])
         reasons.append(
             f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
             f"gradient attacks {g['white_box']:.1%}"
         )
-    gradient_free_run = any(free for t in tables for free in t.gradient_free.values())
     masked = bool(reasons)
-    if masked:
-        overstated = max((g["white_box"] - g["black_box"] for g in gaps), default=0.0)
-        by = f" by up to {100 * overstated:.1f} points of robust accuracy" if gaps else ""
-        verdict = (
-            f"{model}: gradient masking suspected ({'; '.join(reasons)}). Gradient attacks overstate its "
-            f"robustness{by}: it does not fully survive attacks that need no gradients; trust the worst-case numbers."
+    parts = []
+    if gaps:
+        overstated = max(g["white_box"] - g["black_box"] for g in gaps)
+        parts.append(
+            f"gradient masking suspected: {'; '.join(reasons[len(sick):])}. Gradient attacks overstate its "
+            f"robustness by up to {100 * overstated:.1f} points of robust accuracy (masked gradients, or gradient "
+            "attacks too weak at their step budget); trust the worst-case numbers, which include the "
+            "gradient-free attacks"
         )
-    elif not gradient_free_run:
-        verdict = f"{model}: no gradient-free attack was run, so masking cannot be ruled out."
-    else:
-        verdict = (
-            f"{model}: no sign of gradient masking: gradients are finite and non-zero and attacks that "
-            "need no gradients do no better than gradient attacks at the same budgets, so its robustness "
-            "survives them (within their query budgets)."
+    if sick:
+        parts.append(f"gradient masking suspected: {'; '.join(sick)}, so gradient attacks cannot be trusted here")
+    if not gaps and checked:
+        parts.append(
+            f"no sign that gradient attacks overstate its robustness in {' and '.join(checked)}: attacks that need "
+            "no gradients do no better at the same budgets (within their query budgets)"
         )
+    if health and not sick:
+        parts.append("its input gradients are finite and non-zero")
+    if unchecked:
+        parts.append(
+            f"masking not checked in {' and '.join(unchecked)}: no gradient-free attack was run there, so it "
+            "cannot be ruled out"
+        )
+    verdict = f"{model}: " + "; ".join(parts) + "."
     worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
     return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
             "worst_case": worst, "gradient_health": [h.to_json() for h in health]}  # fmt: skip
