@@ -86,25 +86,30 @@ def run_beyond(
     tuned_runs: list[Path] = []  # attacked below beside the models they came from
     for name in names:
         if name not in by_name:
+            log(f"[adversarial {name}] skipped: {name} is not among this reproduction's models")
             continue
         from dam.adversarial_training import AdversarialTrainConfig, adversarial_finetune, robustness_report
+        from dam.probes.boundary import BoundarySearch
+        from dam.probes.runner import training_m
 
         config = AdversarialTrainConfig.from_dict({"seed": plan.seed, **settings})
         base, tuned = by_name[name], beyond / "adversarial" / f"{name}-adv"
-        key = {"base": model_md5(base), "config": settings, "eval_images": eval_images}
+        key = {"base": model_md5(base), "config": settings, "eval_images": eval_images,
+               "search_options": plan.search_options}  # fmt: skip
 
         def finetune(base: Path = base, tuned: Path = tuned, config: Any = config, key: dict = key) -> None:
             adversarial_finetune(base, tuned, config, data_dir=data_dir, device=device, resume=True,
                                  progress=progress)  # fmt: skip
+            search = BoundarySearch(**{"m": training_m(base), **plan.search_options, "progress": False})
             robustness_report(base, tuned, eval_images=eval_images, eval_seed=plan.seed, data_dir=data_dir,
-                              device=device)  # fmt: skip
+                              device=device, search=search)  # fmt: skip
             atomic_write_json(tuned / "key.json", key)
 
         stages.run(f"adversarial {name}", finetune, lambda tuned=tuned, key=key: _same_key(tuned / "key.json", key))
         tuned_runs.append(tuned)
 
     if plan.attacks is not None:
-        from dam.attacks.runner import AttackSuite, run_attacks
+        from dam.attacks.runner import AttackSuite, attacks_done, run_attacks
         from dam.attacks.standard import MissingExtraError, require_foolbox
 
         try:
@@ -114,25 +119,31 @@ def run_beyond(
         else:
             suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
             targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
-            stages.run("attacks", lambda: run_attacks(targets, beyond / "attacks", suite,
-                                                      sources=[str(b) for b in baselines], data_dir=data_dir,
-                                                      device=device, log=log))  # fmt: skip
+            sources = [str(b) for b in baselines]
+            folder = beyond / "attacks"
+
+            def attack() -> None:
+                run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log)
+
+            done = lambda: attacks_done(targets, folder, suite, sources=sources, data_dir=data_dir)  # noqa: E731
+            stages.run("attacks", attack, done)
 
     if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
-        from dam.detection import run_detection
+        from dam.detection import foolbox_available, run_detection
         from dam.detector import DetectorError
 
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
         for stem, agreement in (("detector", False), ("detector-agreement", True)):
             folder = beyond / stem
             key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": plan.detector,
-                   "probes": [model_md5(r) for r in runs], "agreement": agreement}  # fmt: skip
+                   "probes": [model_md5(r) for r in runs], "agreement": agreement,
+                   "foolbox": foolbox_available()}  # fmt: skip
 
             def detect(folder: Path = folder, key: dict = key, agreement: bool = agreement) -> None:
                 (folder / "skipped.json").unlink(missing_ok=True)
                 try:
                     run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
-                                  data_dir=data_dir, agreement=agreement, **plan.detector)  # fmt: skip
+                                  data_dir=data_dir, agreement=agreement, device=device, **plan.detector)  # fmt: skip
                 except DetectorError as exc:  # e.g. weak models that disagree on too many clean images
                     log(f"[{folder.name}] not run: {exc}")
                     (folder / "detector.json").unlink(missing_ok=True)

@@ -10,8 +10,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dam.attacks.standard import MissingExtraError
 from dam.data import DatasetError
+from dam.extras import MissingExtraError
 from dam.model import CheckpointError, InputError
 from dam.report.browser import ReportCheckError
 

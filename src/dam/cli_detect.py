@@ -17,6 +17,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,
         images=args.images, noise=args.noise, probes=args.probes, attack_eps=args.attack_eps,
         attack_images=args.attack_images, seed=args.seed, data_dir=args.data_dir, agreement=args.agreement,
+        device=args.device,
     )  # fmt: skip
     out = Path(args.out)
     _print_table(report)
@@ -65,6 +66,7 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-images", type=int, default=500, help="evaluation images attacked (default 500)")
     p.add_argument("--agreement", action="store_true",
                    help="also reject inputs on which the guard's label differs from the classifier's")  # fmt: skip
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="folder for detector.json and detector.png")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration split and the noise")

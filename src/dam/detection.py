@@ -74,6 +74,12 @@ def probe_sets(
     return sets, used, skipped
 
 
+def foolbox_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("foolbox") is not None
+
+
 def attack_sets(
     classifier: nn.Module, images: Tensor, labels: Tensor, epsilons: tuple[float, ...], seed: int = 0
 ) -> dict[str, tuple[Tensor, Tensor | None]]:
@@ -82,11 +88,8 @@ def attack_sets(
     Empty when Foolbox (the `attacks` extra) is not installed: the detector is still measured on the rest.
     """
     from dam.attacks import PGD
-    from dam.attacks.standard import MissingExtraError, require_foolbox
 
-    try:
-        require_foolbox()
-    except MissingExtraError:
+    if not foolbox_available():
         return {}
     result = PGD(classifier, list(epsilons), seed=seed)(images, labels)
     sets: dict[str, tuple[Tensor, Tensor | None]] = {}
@@ -111,6 +114,7 @@ def run_detection(
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
     agreement: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report.
 
@@ -138,7 +142,7 @@ def run_detection(
         raise ValueError(f"noise and attack image counts must be >= 0, got {noise} and {attack_images}")
     for folder in probes or []:  # before the slow part, so that a typo fails at once
         _probe_folders(Path(folder))
-    classifier, guard = load_model(classifier_run), load_model(guard_run)
+    classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
     x_test, y_test = load_dataset("mnist", "test", data_dir=data_dir)
     x_test = x_test.reshape(len(x_test), -1)
     if not 2 <= images <= len(x_test):
@@ -154,8 +158,16 @@ def run_detection(
     found, used, skipped = probe_sets(probes or [], x_test, y_test, calibration)
     sets.update(found)
     attacked = evaluation[:attack_images]
+    attacks_note = "none asked for"
     if attack_images and attack_eps:
-        sets.update(attack_sets(classifier, x_test[attacked], y_test[attacked], attack_eps, seed))
+        made = attack_sets(classifier, x_test[attacked], y_test[attacked], attack_eps, seed)
+        sets.update(made)
+        attacks_note = (
+            f"Foolbox L-inf PGD (40 steps) against the classifier on the first {len(attacked)} evaluation images at "
+            f"eps {', '.join(f'{e:g}' for e in attack_eps)}; successful adversarials only, true labels"
+            if made or foolbox_available()
+            else 'not run: Foolbox is not installed (pip install "dam[attacks]")'
+        )
 
     report = evaluate_detector(detector, sets)
     report.update(run_folders(str(classifier_run), str(guard_run)))
@@ -166,8 +178,7 @@ def run_detection(
         "calibration_false_rejection_rate": float((~detector.accept(x_test[calibration])).double().mean()),
         "noise_images": noise,
         "noise": "gaussian: pixels N(0.5, 0.25^2) clipped to [0, 1]; uniform: pixels U[0, 1]",
-        "attacks": f"Foolbox L-inf PGD (40 steps) against the classifier on the first {len(attacked)} evaluation "
-        f"images at eps {', '.join(f'{e:g}' for e in attack_eps)}; successful adversarials only, true labels",
+        "attacks": attacks_note,
     }  # fmt: skip
     report["probes"] = {"folders": probes or [], "used": used, "skipped": skipped}
     report["environment"] = environment_info()

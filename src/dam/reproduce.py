@@ -49,10 +49,11 @@ class ReproducePreset:
     # Past the paper.  baselines: name -> MLPConfig and MLPTrainConfig fields; attacks: AttackSuite fields;
     # detector: dam.detection.run_detection options; adversarial: model names plus AdversarialTrainConfig
     # fields and ``eval_images``.
+    # None (the default) leaves that stage out; {} runs it with its defaults.
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
-    attacks: dict[str, Any] = field(default_factory=dict)
-    detector: dict[str, Any] = field(default_factory=dict)
-    adversarial: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, Any] | None = None
+    detector: dict[str, Any] | None = None
+    adversarial: dict[str, Any] | None = None
 
 
 # K = 2000 hidden units like the DAMs.  Degree 2 is the dual network of DAM_3.  The duals of DAM_20 and

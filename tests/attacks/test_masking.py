@@ -17,14 +17,16 @@ from dam.loading import load_model
 
 
 class Saturating(nn.Module):
-    """Same decisions as ``base``, but its logits are clamped by tanh far into saturation: zero gradients."""
+    """``base`` with its logits scaled by 1e4: the same decisions, but the softmax saturates, so the
+    cross-entropy gradient (p - onehot) is exactly zero on every confidently right image (as with
+    defensive distillation's high temperature)."""
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
         self.base = base
 
     def forward(self, images: Tensor) -> Tensor:
-        return 1e3 * torch.tanh(1e3 * self.base(images))
+        return 1e4 * self.base(images)
 
 
 def _table(
@@ -72,13 +74,14 @@ def test_saturating_model_is_flagged_and_the_healthy_one_is_not(mlp_run, test_su
     assert health.zero_fraction == 0 and health.nonfinite_fraction == 0
     saturating = Saturating(base)
     sick = [gradient_health(saturating, x, y, dtype) for dtype in (torch.float32, torch.float64)]
-    assert all(h.zero_fraction > 0.9 for h in sick)
+    assert all(h.zero_fraction > 0.5 for h in sick)
     eps = [0.15, 0.3]
     hsj = HopSkipJump(saturating, eps, steps=6, initial_gradient_eval_steps=20, max_gradient_eval_steps=50)
-    attacks = [PGD(saturating, eps, steps=10), hsj]
+    attacks = [PGD(saturating, eps, steps=10, random_start=False), hsj]
     table, _ = robust_accuracy(saturating, "saturating", x, y, attacks)
-    # PGD cannot move without gradient (only its random start breaks a few); the decision-based attack needs none
-    assert table.attacks["hopskipjump"][1] < table.attacks["pgd"][1] - 0.1
+    # PGD cannot move without gradient; the decision-based attack needs none
+    assert table.attacks["pgd"][1] == table.clean_accuracy
+    assert table.attacks["hopskipjump"][1] < table.attacks["pgd"][1] - 0.3
     verdict = masking_verdict(table, sick)
     assert verdict["masked"]
-    assert "zero or non-finite" in verdict["verdict"]
+    assert "zero or non-finite" in verdict["verdict"] and "decision-based attack" in verdict["verdict"]

@@ -58,13 +58,6 @@ class RobustnessTable:
         return cls(**data)
 
 
-def clean_accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        predicted = attack_logits(model).eval()(images.to(device)).argmax(dim=1).cpu()
-    return float((predicted == labels.cpu()).float().mean())
-
-
 def robust_accuracy(
     model: nn.Module, name: str, images: Tensor, labels: Tensor, attacks: Sequence[Attacker]
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
@@ -75,11 +68,17 @@ def robust_accuracy(
     if len(norms) != 1:
         raise ValueError(f"attacks in one table must share norm and budgets, got {sorted(norms)}")
     norm, epsilons = norms.pop()
-    table = RobustnessTable(name, norm, list(epsilons), len(images), clean_accuracy(model, images, labels))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        wrong = (attack_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu())
+    table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.float().mean()))
     results: dict[str, AttackResult] = {}
     broken = torch.zeros(len(epsilons), len(images), dtype=torch.bool)
     for attack in attacks:
         result = attack(images, labels)
+        # An image the model already gets wrong is never robust, whatever the attack made of it (a
+        # transferred adversarial, say, may happen to be classified correctly).
+        result.success = result.success | wrong
         results[attack.name] = result
         table.attacks[attack.name] = result.robust_accuracy()
         table.gradient_free[attack.name] = not attack.uses_gradients

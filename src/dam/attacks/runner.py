@@ -42,7 +42,8 @@ class AttackSuite:
     hsj_norms: tuple[str, ...] = ("linf",)  # HopSkipJump is the costly one: queries, not gradients
 
     def __post_init__(self) -> None:
-        if self.images < 1 or not self.linf or not self.l2 or self.pgd_steps < 1 or self.hsj_steps < 0:
+        if (self.images < 1 or not self.linf or not self.l2 or self.pgd_steps < 1 or self.hsj_steps < 0
+                or self.hsj_max_evals < 1):  # fmt: skip
             raise ValueError(f"invalid AttackSuite {self}")
         if not set(self.hsj_norms) <= {"linf", "l2"}:
             raise ValueError(f"hsj_norms must name linf and/or l2, got {self.hsj_norms}")
@@ -111,6 +112,27 @@ def _saved(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def attacks_done(
+    runs: list[str],
+    out: str | os.PathLike[str],
+    suite: AttackSuite,
+    *,
+    sources: list[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Whether :func:`run_attacks` would reuse every model's result (and only rewrite the summary)."""
+    out = Path(out)
+    if not (out / "robustness.json").exists():
+        return False
+    images = attack_images(suite, data_dir)[0]
+    source_md5 = {model_name(s): model_md5(s) for s in sources or []}
+    for run in runs:
+        saved = _saved(out / "models" / f"{model_name(run)}.json")
+        if saved is None or saved.get("key") != _key(run, source_md5, suite, images):
+            return False
+    return True
 
 
 def run_attacks(

@@ -19,13 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from dam.attacks.logits import attack_logits
+from dam.extras import MissingExtraError
 from dam.model import InputError, flatten_images
 
 NORMS = ("linf", "l2")
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message says which extra provides it."""
 
 
 def require_foolbox() -> Any:

@@ -55,18 +55,25 @@ def _attacks_html(folder: Path) -> str:
             + "</details>"
         )
     html += _img(folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)")
+    from dam.attacks.evaluation import RobustnessTable
+    from dam.attacks.masking import GradientHealth, masking_verdict
+
     rows = []
     for name, m in summary["models"].items():
+        # re-derived from the measurements, so the verdict follows this dam's rule whenever the results were made
+        health = [GradientHealth(**g) for g in m["gradient_health"]]
+        m["verdict"] = masking_verdict([RobustnessTable.from_json(t) for t in m["tables"].values()], health)
         h = {g["dtype"]: g for g in m["gradient_health"]}
         bad = [_pct(h[d]["zero_fraction"] + h[d]["nonfinite_fraction"]) for d in ("float32", "float64")]
         v = m["verdict"]
         rows.append([name, *bad, "masking suspected" if v["masked"] else "no sign of masking", v["verdict"]])
     html += (
         "<h3>Gradient-masking diagnostics</h3><p>Zero or non-finite input gradients of the cross-entropy on the "
-        "attack logits, and white-box (FGSM, PGD) against gradient-free (HopSkipJump, transfer) robust accuracy "
-        "at the same L-inf budgets: a gradient-free attack that does better than the gradient attacks, beyond two "
-        "standard errors (at least 3 points), means the gradients mislead and the white-box numbers overstate "
-        "robustness.</p>"
+        "attack logits, and white-box (FGSM, PGD) against gradient-free robust accuracy at the same budgets, in "
+        f"every norm that has a gradient-free attack (HopSkipJump: {', '.join(suite['hsj_norms']) or 'none'}; "
+        f"transfer: {'L-inf and L2' if summary['sources'] else 'none'}): a gradient-free attack that does better "
+        "than the gradient attacks, beyond two standard errors (at least 3 points), means the white-box numbers "
+        "overstate robustness (masked gradients, or gradient attacks too weak at their step budget).</p>"
         + _table(
             ["model", "bad gradients float32", "bad gradients float64", "diagnosis", "verdict"], rows, "masking", 1
         )
@@ -119,24 +126,36 @@ def _adversarial_html(folder: Path) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    # Scored by the boundary search it was trained against, fine-tuning is favoured; the standard attacks'
+    # worst case (when the attack stage covered the fine-tuned model) is shown beside it.
+    attacked = (_read(folder.parent / "attacks" / "robustness.json") or {}).get("models", {})
+
+    def worst(name: str, norm: str) -> str:
+        t = attacked.get(name, {}).get("tables", {}).get(norm)
+        return " / ".join(_pct(a) for a in t["worst_case"]) if t else "-"
+
     rows = []
     n = "?"
     for path in runs:
         r = _read(path)
         n = r.get("eval_images", n)
-        for when, label in (("base", "before"), ("finetuned", "after")):
+        tuned = path.parent.name
+        for when, label, name in (("base", "before", tuned.removesuffix("-adv")), ("finetuned", "after", tuned)):
             m = r[when]
-            rows.append([path.parent.name if when == "base" else "", label, _pct(m.get("test_error")),
+            rows.append([tuned if when == "base" else "", label, _pct(m.get("test_error")),
                          _pct(m.get("success_rate")), num(m.get("l2_median")), num(m.get("l2_median_all")),
-                         num(m.get("linf_median"))])  # fmt: skip
+                         num(m.get("linf_median")), worst(name, "linf"), worst(name, "l2")])  # fmt: skip
     html = (
         "<h3>Adversarial training</h3><p>The extension the paper proposes: the trained DAM is trained further "
         "with its own update rule on clean images plus images one step past its decision boundary (made on the "
         "current model, labelled with the true class). Robustness is the distance the boundary search must move "
         f"a test image to change its label (larger is more robust), on {n} seeded test images.</p>"
     )
+    suite = (_read(folder.parent / "attacks" / "robustness.json") or {}).get("suite", {})
+    budgets = {norm: "/".join(f"{e:g}" for e in suite.get(norm, [])) for norm in ("linf", "l2")}
     header = ["model", "", "test error", "boundary found", "median L2 (found)", "median L2 (all; not found = far)",
-              "median L-inf (found)"]  # fmt: skip
+              "median L-inf (found)", f"worst-case robust acc., L-inf {budgets['linf']}",
+              f"L2 {budgets['l2']}"]  # fmt: skip
     return html + _table(header, rows, "adversarial training", 2)
 
 
