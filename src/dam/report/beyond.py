@@ -7,24 +7,14 @@ Each part is shown when its outputs exist and says plainly when they do not (for
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+
+from dam.report.build import _e, _img, _pct, _read, _section, _table
 
 BEYOND = "beyond"  # OUT/beyond/{baselines,attacks,detector,adversarial}
 
 
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def _attacks_html(folder: Path) -> str:
-    from dam.report.build import _e, _img, _table
-
     summary = _read(folder / "robustness.json")
     if summary is None:
         return '<h3>Standard attacks</h3><p>Not run (they need Foolbox: <code>pip install "dam[attacks]"</code>).</p>'
@@ -82,8 +72,6 @@ def _attacks_html(folder: Path) -> str:
 
 
 def _detector_html(folder: Path) -> str:
-    from dam.report.build import _e, _img, _table
-
     report = _read(folder / "detector.json")
     agreement = folder.name.endswith("agreement")
     title = "The junk detector, also rejecting disagreement" if agreement else "The junk detector (the paper's rule)"
@@ -118,8 +106,6 @@ def _detector_html(folder: Path) -> str:
 
 
 def _adversarial_html(folder: Path) -> str:
-    from dam.report.build import _table
-
     runs = sorted(p for p in folder.glob("*/robustness.json")) if folder.is_dir() else []
     if not runs:
         return "<h3>Adversarial training</h3><p>Not run.</p>"
@@ -161,8 +147,6 @@ def _adversarial_html(folder: Path) -> str:
 
 def beyond_section(out: Path) -> str:
     """The whole section, or an empty string when OUT/beyond does not exist (older reproductions)."""
-    from dam.report.build import _section
-
     folder = out / BEYOND
     if not folder.is_dir():
         return ""

@@ -154,8 +154,8 @@ def _claims_html(claims: list[Claim]) -> str:
     )
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _transfer_rows(table: dict[str, Any], key: str) -> list[list[Any]]:
