@@ -119,6 +119,10 @@ def test_resume_matches_uninterrupted_run(base_run, tmp_path) -> None:
         adversarial_finetune(base_run, tmp_path / "cut", SMALL, progress=False)
     with pytest.raises(CheckpointError, match="differ"):
         adversarial_finetune(base_run, tmp_path / "cut", AdversarialTrainConfig(fraction=0.2), resume=True)
+    from dam.training import train
+
+    with pytest.raises(CheckpointError, match="adversarial-train"):  # plain training would lose its settings
+        train(None, tmp_path / "cut", resume=True, progress=False)
     resumed = adversarial_finetune(base_run, tmp_path / "cut", None, progress=False, resume=True)
     assert torch.equal(resumed.memories, full.memories)
     assert _lines(tmp_path / "cut") == _lines(tmp_path / "full")

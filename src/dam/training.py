@@ -351,6 +351,11 @@ def train(
     state_exists = run_state_exists(folder, resume)
     if resume and state_exists:
         saved_run = read_run_config(folder)
+        if "adversarial" in saved_run:  # plain training would drop the fine-tuning's settings and state
+            raise CheckpointError(
+                f"{folder}: holds an adversarial fine-tuning; continue it with dam adversarial-train "
+                f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
+            )
         if data_dir is None and saved_run.get("data_dir") and Path(saved_run["data_dir"]).is_dir():
             data_dir = saved_run["data_dir"]  # resume reads the data the run started with
         try:
