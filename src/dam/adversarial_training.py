@@ -43,20 +43,20 @@ from dam.runinfo import environment_info
 from dam.training import (
     METRICS_FILE,
     TrainConfig,
-    _epoch_permutation,
-    _load_state,
-    _progress,
-    _run_config,
-    _save_state,
     as_unit_float,
     dam_loss,
+    epoch_permutation,
     error_rate,
     finished_epochs,
     keep_metrics_until,
+    load_train_state,
     minibatch_step,
     prepare_data,
+    progress_bar,
     read_run_config,
+    run_config_record,
     run_state_exists,
+    save_train_state,
     training_device,
 )
 
@@ -190,7 +190,7 @@ def adversarial_epoch(
     """One pass in seeded minibatches; the first ``fraction`` of each (already shuffled) minibatch is
     searched on the current weights and its adversarials join the minibatch."""
     lr, dev = settings.lr_at(epoch), images.device
-    order = _epoch_permutation(len(images), settings.seed, epoch).to(dev)
+    order = epoch_permutation(len(images), settings.seed, epoch).to(dev)
     clean_loss = torch.zeros((), dtype=torch.float64, device=dev)
     adv_loss, adv_l2 = torch.zeros_like(clean_loss), torch.zeros_like(clean_loss)
     wrong = torch.zeros((), dtype=torch.long, device=dev)
@@ -275,13 +275,13 @@ def adversarial_finetune(
     velocity = torch.zeros_like(model.memories.data)  # the base run's momentum is not carried over
     start_epoch = 0
     if resume and state_exists:
-        memories, saved_velocity, start_epoch = _load_state(folder)
+        memories, saved_velocity, start_epoch = load_train_state(folder)
         with torch.no_grad():
             model.memories.copy_(memories.to(device, model.memories.dtype))
             velocity.copy_(saved_velocity.to(device, velocity.dtype))
     data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
     run_info = {
-        **_run_config(settings, model, device, data_dir),
+        **run_config_record(settings, model, device, data_dir),
         "adversarial": asdict(config),
         "base_run": str(Path(base_run).resolve()),
         "base_model_md5": base_md5,
@@ -293,7 +293,7 @@ def adversarial_finetune(
 
     data = prepare_data(settings, data_dir, device)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = _progress(config.epochs, start_epoch, f"adversarial n={settings.n}", progress)
+    bar = progress_bar(config.epochs, start_epoch, f"adversarial n={settings.n}", progress)
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
@@ -306,7 +306,7 @@ def adversarial_finetune(
                 raise FloatingPointError(f"epoch {epoch + 1}: non-finite training statistics {stats}")
             # metrics, then state, as in dam.training: a kill in between replays the epoch
             append_jsonl(folder / METRICS_FILE, record)
-            _save_state(folder, model, velocity, epoch + 1)
+            save_train_state(folder, model, velocity, epoch + 1)
             model.save(folder, run_info)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "test_error", "adversarial_fraction")})

@@ -204,11 +204,11 @@ def train_mlp(
     from dam.io import append_jsonl
     from dam.runinfo import environment_info
     from dam.training import (
-        _epoch_permutation,
-        _progress,
         as_unit_float,
+        epoch_permutation,
         keep_metrics_until,
         prepare_data,
+        progress_bar,
         read_run_config,
         run_state_exists,
         training_device,
@@ -237,11 +237,11 @@ def train_mlp(
     model.save(folder, run_info)
     data = prepare_data(train_config, data_dir, device)  # type: ignore[arg-type]  (same data fields)
     end = train_config.epochs if stop_after is None else min(train_config.epochs, stop_after)
-    bar = _progress(train_config.epochs, start, f"train {model_config.name}", progress)
+    bar = progress_bar(train_config.epochs, start, f"train {model_config.name}", progress)
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
-            order = _epoch_permutation(len(data.train_images), train_config.seed, epoch).to(device)
+            order = epoch_permutation(len(data.train_images), train_config.seed, epoch).to(device)
             total, wrong = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
             for i in range(0, len(order), train_config.batch_size):
                 idx = order[i : i + train_config.batch_size]

@@ -186,7 +186,7 @@ def prepare_data(config: TrainConfig, data_dir: str | os.PathLike[str] | None, d
     )
 
 
-def _epoch_permutation(num: int, seed: int, epoch: int) -> Tensor:
+def epoch_permutation(num: int, seed: int, epoch: int) -> Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
     return torch.randperm(num, generator=g)
 
@@ -216,7 +216,7 @@ def train_one_epoch(
     """One pass over the data in seeded minibatches; returns loss and running train error."""
     model.temperature = config.temperature_at(epoch)
     lr = config.lr_at(epoch)
-    order = _epoch_permutation(len(images), config.seed, epoch).to(images.device)
+    order = epoch_permutation(len(images), config.seed, epoch).to(images.device)
     # accumulated on the device: no host sync per minibatch on a GPU
     total_loss = torch.zeros((), dtype=torch.float64, device=images.device)
     wrong = torch.zeros((), dtype=torch.long, device=images.device)
@@ -238,7 +238,7 @@ def train_one_epoch(
 # -- run folders ---------------------------------------------------------------------------------
 
 
-def _save_state(folder: Path, model: DenseAssociativeMemory, velocity: Tensor, epoch: int) -> None:
+def save_train_state(folder: Path, model: DenseAssociativeMemory, velocity: Tensor, epoch: int) -> None:
     from safetensors.torch import save as st_save
 
     tensors = {"memories": model.memories.detach().cpu().contiguous(), "velocity": velocity.cpu().contiguous()}
@@ -246,7 +246,7 @@ def _save_state(folder: Path, model: DenseAssociativeMemory, velocity: Tensor, e
     atomic_write_bytes(folder / STATE_FILE, st_save(tensors, metadata=meta))
 
 
-def _load_state(folder: Path) -> tuple[Tensor, Tensor, int]:
+def load_train_state(folder: Path) -> tuple[Tensor, Tensor, int]:
     from safetensors import SafetensorError, safe_open
 
     path = folder / STATE_FILE
@@ -259,7 +259,7 @@ def _load_state(folder: Path) -> tuple[Tensor, Tensor, int]:
         raise CheckpointError(f"{path}: unreadable training state ({exc}); cannot resume") from None
 
 
-def _run_config(
+def run_config_record(
     config: TrainConfig, model: DenseAssociativeMemory, device: torch.device, data_dir: str | None
 ) -> dict[str, Any]:
     return {
@@ -321,7 +321,7 @@ def keep_metrics_until(folder: Path, epoch: int) -> None:
     atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
+def progress_bar(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 
     disable = not sys.stderr.isatty() if enabled is None else not enabled
@@ -384,7 +384,7 @@ def train(
     velocity = torch.zeros_like(model.memories.data)
     start_epoch = 0
     if resume and state_exists:
-        memories, saved_velocity, start_epoch = _load_state(folder)
+        memories, saved_velocity, start_epoch = load_train_state(folder)
         if memories.shape != model.memories.shape:
             raise CheckpointError(
                 f"{folder / STATE_FILE}: weights of shape {tuple(memories.shape)} do not match config"
@@ -396,11 +396,11 @@ def train(
     folder.mkdir(parents=True, exist_ok=True)
     keep_metrics_until(folder, start_epoch)
     data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
-    atomic_write_json(folder / CONFIG_FILE, _run_config(config, model, device, data_dir))
+    atomic_write_json(folder / CONFIG_FILE, run_config_record(config, model, device, data_dir))
 
     data = prepare_data(config, data_dir, device)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = _progress(config.epochs, start_epoch, f"train n={config.n}", progress)
+    bar = progress_bar(config.epochs, start_epoch, f"train n={config.n}", progress)
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
@@ -414,8 +414,8 @@ def train(
             # Metrics first, then the state: a kill in between replays the epoch, whose line is then
             # dropped and rewritten, rather than losing it.
             append_jsonl(folder / METRICS_FILE, record)
-            _save_state(folder, model, velocity, epoch + 1)
-            model.save(folder, _run_config(config, model, device, data_dir))
+            save_train_state(folder, model, velocity, epoch + 1)
+            model.save(folder, run_config_record(config, model, device, data_dir))
             bar.update(1)
             shown = {k: record[k] for k in ("loss", "train_error", f"{data.eval_name}_error") if k in record}
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
@@ -424,5 +424,5 @@ def train(
     finally:
         bar.close()
     if start_epoch >= end_epoch:  # nothing left to do: make sure the model files match the state
-        model.save(folder, _run_config(config, model, device, data_dir))
+        model.save(folder, run_config_record(config, model, device, data_dir))
     return model
