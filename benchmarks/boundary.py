@@ -17,7 +17,7 @@ import torch
 
 from dam import DenseAssociativeMemory, load_dataset
 from dam.probes import BoundarySearch
-from dam.training import read_run_config
+from dam.runs import read_run_config
 
 
 def main() -> None:
@@ -37,10 +37,10 @@ def main() -> None:
     m = args.m or (read_run_config(args.run).get("train") or {}).get("m", 3)
     images, _ = load_dataset("mnist", "test", data_dir=args.data_dir)
     images = images[: args.images]
-    search = BoundarySearch(eps=args.eps, max_steps=args.max_steps, m=m, batch_size=args.batch_size,
+    search = BoundarySearch(model, eps=args.eps, max_steps=args.max_steps, m=m, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype))  # fmt: skip
     t0 = time.perf_counter()
-    result = search(model, images)
+    result = search(images)
     seconds = time.perf_counter() - t0
     crossed = result.crossing_step >= 0
     dist = result.distances("boundary")

@@ -32,8 +32,8 @@ def _sync(device: torch.device) -> None:
 def worker(n: int, device_name: str, data_dir: str | None, batch_size: int, memories: int, repeats: int) -> dict:
     from dam.data import load_dataset
     from dam.model import DenseAssociativeMemory
-    from dam.presets import preset
-    from dam.training import train_one_epoch
+    from dam.training import DAMTrainer, TrainData
+    from dam.training.presets import preset
 
     device = torch.device(device_name)
     images, labels = load_dataset("mnist", "train", data_dir=data_dir)
@@ -41,9 +41,10 @@ def worker(n: int, device_name: str, data_dir: str | None, batch_size: int, memo
     config = preset(f"n{n}", "cpu", num_memories=memories, batch_size=batch_size)
     model = DenseAssociativeMemory(n, memories, config.temperature_at(0),
                                    generator=torch.Generator().manual_seed(0)).to(device)  # fmt: skip
-    velocity = torch.zeros_like(model.memories.data)
+    trainer = DAMTrainer(model, config)
     warm = 3 * batch_size
-    train_one_epoch(model, velocity, images[:warm], labels[:warm], config, epoch=0)  # compile, warm caches
+    trainer.train_epoch(0, TrainData(images[:warm], labels[:warm], images[:0], labels[:0], "test"))  # compile, warm
+    data = TrainData(images, labels, images[:0], labels[:0], "test")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     # Epochs and floors alternate so that each pair sees the same state of a noisy host; the ratio
@@ -54,7 +55,7 @@ def worker(n: int, device_name: str, data_dir: str | None, batch_size: int, memo
     for r in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        stats = train_one_epoch(model, velocity, images, labels, config, epoch=1 + r)
+        stats = trainer.train_epoch(1 + r, data)
         _sync(device)
         epoch_times.append(time.perf_counter() - t0)
         # The floor: per minibatch, the forward product and the weight-gradient product, nothing else.

@@ -9,4 +9,5 @@ if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
     export DAM_DATA_DIR=$(cd ../shared/datasets && pwd)
 fi
 ruff check src tests benchmarks
+ruff format --check src tests benchmarks
 python -m pytest "$@"

@@ -49,7 +49,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def tiny_reproduction(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``dam reproduce`` of tiny models on real MNIST, shared by the reproduction and report tests."""
-    from dam.reproduce import reproduce
+    from dam.experiments.reproduce import reproduce
     from fakes import TINY_REPRODUCTION
 
     out = tmp_path_factory.mktemp("reproduction")

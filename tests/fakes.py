@@ -96,7 +96,7 @@ def prototype_images(model, count: int = 20, noise: float = 0.15, seed: int = 1)
 
 
 def _tiny_reproduction():
-    from dam.reproduce import ReproducePreset
+    from dam.experiments.reproduce import ReproducePreset
 
     return ReproducePreset(
         "tiny",
@@ -108,7 +108,12 @@ def _tiny_reproduction():
         search_options={"max_steps": 25},
         baselines={"mlp-relu": {"degree": 1, "hidden": 16, "epochs": 1, "train_subset": 2000}},
         attacks={
-            "images": 16, "linf": [0.1, 0.3], "l2": [1.0, 3.0], "pgd_steps": 3, "hsj_steps": 2, "hsj_max_evals": 20
+            "images": 16,
+            "linf": [0.1, 0.3],
+            "l2": [1.0, 3.0],
+            "pgd_steps": 3,
+            "hsj_steps": 2,
+            "hsj_max_evals": 20,
         },
         detector={"images": 200, "noise": 50, "attack_images": 20},
         adversarial={"models": ["n2"], "epochs": 1, "train_subset": 300, "max_steps": 25, "eval_images": 20},

@@ -1,4 +1,4 @@
-"""An independent float64 NumPy transcription of the paper's equations, written from NOTES.md with loops
+"""An independent float64 NumPy transcription of the paper's equations, written from docs/model.md with loops
 over classes and no shared code with ``dam.model``: eq. (1) for the outputs and the NIPS 2016 Appendix A
 gradient of the loss C = sum (Y - t)^(2m) with respect to the memories and the input pixels."""
 

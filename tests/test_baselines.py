@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dam.baselines import MLPClassifier, MLPConfig, MLPTrainConfig, train_mlp
+from dam.baselines import MLPClassifier, MLPConfig
 from dam.cli import main
-from dam.loading import load_model
+from dam.errors import RunFolderError
 from dam.model import CheckpointError, DenseAssociativeMemory, InputError
+from dam.runs import load_model
+from dam.training import MLPTrainConfig, train_mlp
 from fakes import prototype_model, tiny_mnist
 
 
@@ -62,7 +64,7 @@ def test_training_learns_and_resume_equals_uninterrupted(tmp_path: Path):
     cfg, tcfg = MLPConfig(degree=2, hidden=32), MLPTrainConfig(epochs=3, batch_size=50, train_subset=600)
     full = train_mlp(cfg, tcfg, tmp_path / "full", data_dir=data, progress=False)
     train_mlp(cfg, tcfg, tmp_path / "part", data_dir=data, progress=False, stop_after=1)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RunFolderError, match="--resume"):
         train_mlp(cfg, tcfg, tmp_path / "part", data_dir=data, progress=False)
     resumed = train_mlp(cfg, tcfg, tmp_path / "part", data_dir=data, progress=False, resume=True)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):

@@ -4,15 +4,14 @@ The paper's discussion compares DAM_n with feed-forward networks whose hidden un
 polynomials of degree n - 1 (the dual network of DAM_n has this activation) and with ReLU networks
 (degree 1).  Both take images in [0, 1] shaped (B, 784) or (B, 1, 28, 28) and return logits, like
 :class:`dam.model.DenseAssociativeMemory`, and live in the same kind of run folder (safetensors weights,
-config.json with ``"kind": "mlp"``, metrics.jsonl, a resumable training state).
+config.json with ``"kind": "mlp"``, metrics.jsonl, a resumable training state); they are trained by
+:func:`dam.training.mlp.train_mlp` through the package's one training loop.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dam.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, CheckpointError, InputError, flatten_images
+from dam.model import (
+    ACCEPTED_NOTE,
+    ACCEPTED_PIXELS,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    CheckpointError,
+    InputError,
+    check_pixel_range,
+    check_pixels,
+    flatten_images,
+)
 
 KIND = "mlp"
 
@@ -37,7 +47,7 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         if self.degree < 1 or self.hidden < 1 or self.num_pixels < 1 or self.num_classes < 2:
-            raise ValueError(f"invalid MLPConfig {self}: need degree >= 1, hidden >= 1, num_classes >= 2")
+            raise InputError(f"invalid MLPConfig {self}: need degree >= 1, hidden >= 1, num_classes >= 2")
 
     @property
     def name(self) -> str:
@@ -60,9 +70,27 @@ class MLPClassifier(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = flatten_images(images, self.config.num_pixels, self.hidden.weight.dtype)
-        h = F.relu(self.hidden(x))
-        return self.out(h if self.config.degree == 1 else h.pow(self.config.degree))
+        """Logits (B, 10), with the input rule of :meth:`dam.model.DenseAssociativeMemory.scores`: NaN or
+        infinite pixels, pixels outside ``ACCEPTED_PIXELS`` = [-10, 10], and logits that overflow to NaN or
+        infinity raise InputError (one device sync, after the computation)."""
+        flat = flatten_images(images, self.config.num_pixels, None)
+        h = F.relu(self.hidden(flat.to(self.hidden.weight.dtype)))
+        logits = self.out(h if self.config.degree == 1 else h.pow(self.config.degree))
+        if flat.numel():
+            lo, hi = torch.aminmax(flat.detach())
+            finite = torch.isfinite(logits.detach()).all()
+            lo, hi, ok = torch.stack([lo.double(), hi.double(), finite.double()]).tolist()
+            check_pixel_range(lo, hi, *ACCEPTED_PIXELS, note=ACCEPTED_NOTE)
+            if not ok:
+                raise InputError(
+                    f"logits overflow to NaN or infinity for pixels in [{lo:.4g}, {hi:.4g}] "
+                    f"(degree {self.config.degree})"
+                )
+        return logits
+
+    def logits(self, images: Tensor) -> Tensor:
+        """The logits (the forward pass itself); see :func:`dam.model.as_logits`."""
+        return self(images)
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
@@ -70,13 +98,8 @@ class MLPClassifier(nn.Module):
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
     def check_images(self, images: Tensor) -> None:
-        flat = flatten_images(images, self.config.num_pixels, self.hidden.weight.dtype)
-        if not torch.isfinite(flat).all():
-            raise InputError("images contain NaN or infinite pixels")
-        if float(flat.min()) < -1e-6 or float(flat.max()) > 1 + 1e-6:
-            raise InputError(
-                f"pixels must lie in [0, 1]; got values in [{float(flat.min()):.4g}, {float(flat.max()):.4g}]"
-            )
+        """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (the strict check of real images)."""
+        check_pixels(flatten_images(images, self.config.num_pixels, None), 0.0, 1.0, tol=1e-6)
 
     def save(self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None) -> Path:
         """``model.safetensors`` and ``config.json`` (with ``run_info``), both written atomically; no pickle."""
@@ -132,139 +155,3 @@ class MLPClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"degree={self.config.degree}, hidden={self.config.hidden}"
-
-
-# -- training ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MLPTrainConfig:
-    """Conventional training: cross-entropy, Adam, seeded minibatches."""
-
-    epochs: int = 20
-    batch_size: int = 100
-    lr: float = 1e-3
-    seed: int = 0
-    dataset: str = "mnist"
-    train_subset: int | None = None
-    validation: bool = False
-    eval_every: int = 1
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.eval_every < 1:
-            raise ValueError(f"invalid MLPTrainConfig {self}")
-
-
-def _save_state(folder: Path, model: MLPClassifier, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    from safetensors.torch import save as st_save
-
-    from dam.io import atomic_write_bytes
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    state = optimizer.state_dict()
-    for index, entry in state["state"].items():
-        for key, value in entry.items():
-            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = {"epochs_done": str(epoch), "param_groups": json.dumps(state["param_groups"])}
-    atomic_write_bytes(folder / "train_state.safetensors", st_save(tensors, metadata=meta))
-
-
-def _load_state(folder: Path, model: MLPClassifier, optimizer: torch.optim.Optimizer) -> int:
-    from safetensors import SafetensorError, safe_open
-
-    path = folder / "train_state.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        return int(meta["epochs_done"])
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: unreadable training state ({exc}); cannot resume") from None
-
-
-def train_mlp(
-    model_config: MLPConfig,
-    train_config: MLPTrainConfig,
-    out: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    resume: bool = False,
-    progress: bool | None = None,
-    stop_after: int | None = None,
-) -> MLPClassifier:
-    """Train a baseline into run folder ``out`` (resumable after a kill, like :func:`dam.training.train`)."""
-    from dam.io import append_jsonl
-    from dam.runinfo import environment_info
-    from dam.training import (
-        as_unit_float,
-        epoch_permutation,
-        keep_metrics_until,
-        prepare_data,
-        progress_bar,
-        read_run_config,
-        run_state_exists,
-        training_device,
-    )
-
-    device = training_device(device)
-    folder = Path(out)
-    state_exists = run_state_exists(folder, resume)
-    if resume and state_exists:
-        saved = read_run_config(folder)
-        if saved.get("kind") != KIND:
-            raise CheckpointError(f"{folder}: holds a {saved.get('kind', 'dam')!r} run, not an MLP baseline")
-        saved_model, saved_train = MLPConfig(**saved["model"]), MLPTrainConfig(**saved["train"])
-        if saved_model != model_config or {**asdict(saved_train), "epochs": 0} != {**asdict(train_config), "epochs": 0}:
-            raise CheckpointError(f"{folder}: resume with settings that differ from the saved run")
-        if data_dir is None and saved.get("data_dir"):
-            data_dir = saved["data_dir"]
-    model = MLPClassifier(model_config, torch.Generator().manual_seed(train_config.seed)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    start = _load_state(folder, model, optimizer) if resume and state_exists else 0
-    data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
-    run_info = {"train": asdict(train_config), "seed": train_config.seed, "device": str(device), "data_dir": data_dir,
-                "environment": environment_info()}  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    keep_metrics_until(folder, start)
-    model.save(folder, run_info)
-    data = prepare_data(train_config, data_dir, device)  # type: ignore[arg-type]  (same data fields)
-    end = train_config.epochs if stop_after is None else min(train_config.epochs, stop_after)
-    bar = progress_bar(train_config.epochs, start, f"train {model_config.name}", progress)
-    try:
-        for epoch in range(start, end):
-            t0 = time.perf_counter()
-            order = epoch_permutation(len(data.train_images), train_config.seed, epoch).to(device)
-            total, wrong = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
-            for i in range(0, len(order), train_config.batch_size):
-                idx = order[i : i + train_config.batch_size]
-                x = as_unit_float(data.train_images[idx])
-                logits = model(x)
-                loss = F.cross_entropy(logits, data.train_labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(idx)
-                wrong += (logits.detach().argmax(dim=1) != data.train_labels[idx]).sum()
-            n = len(order)
-            record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(total) / n, "train_error": float(wrong) / n}
-            if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"epoch {epoch + 1}: non-finite loss; lower --lr or the degree")
-            if (epoch + 1) % train_config.eval_every == 0 or epoch + 1 == train_config.epochs:
-                wrong_eval = (model.predict(as_unit_float(data.eval_images)) != data.eval_labels).sum()
-                record[f"{data.eval_name}_error"] = float(wrong_eval) / len(data.eval_labels)
-            record["seconds"] = time.perf_counter() - t0
-            append_jsonl(folder / "metrics.jsonl", record)
-            _save_state(folder, model, optimizer, epoch + 1)
-            model.save(folder, run_info)
-            bar.update(1)
-    finally:
-        bar.close()
-    return model

@@ -1,26 +1,69 @@
-"""Atomic file writes: a killed process leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a killed process leaves either the old file or the new one, never half of one.
+
+A write that fails (read-only folder, full disk, no permission) raises :class:`dam.errors.RunFolderError`
+naming the file and the reason, with the ``OSError`` as its ``__cause__``, and leaves no temporary file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from dam.errors import RunFolderError
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    # os.umask can only be read by setting it.  Between the two calls another thread that creates a file
+    # would get umask 0 (world-writable), so this runs once per process; /proc is preferred where it exists.
+    mask = os.umask(0o077)  # the strictest mask while it is briefly in effect, not 0
+    os.umask(mask)
+    return mask
+
+
+def current_umask() -> int:
+    """The process's umask: from ``/proc/self/status`` (Linux >= 4.7, no side effect, sees later changes),
+    else read once per process by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_setting()
+
+
+def _write_error(path: Path, exc: OSError, action: str = "cannot write") -> RunFolderError:
+    return RunFolderError(f"{path}: {action} ({exc.strerror or exc})")
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place, with the permissions that the
+    umask gives a newly created file (0644 under umask 022; mkstemp alone would give 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 
@@ -29,11 +72,31 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync, so that a finished epoch's metrics survive a kill."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and fsync, so that a finished epoch's metrics survive a kill.
+
+    A write that fails part-way is cut back off, so that the file never holds a torn line followed by
+    later, complete ones; the error is a RunFolderError naming the file.
+    """
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _write_error(Path(path), exc) from exc
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    except OSError as exc:
+        raise _write_error(Path(path), exc) from exc
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The Dense Associative Memory classifier DAM_n of Krotov & Hopfield, in one file.
 
-Equations (numbers as in ``shared/paper/NOTES.md``)::
+Equations (numbered as in ``docs/model.md``)::
 
     v      = 2 x - 1                                  pixels from [0, 1] onto [-1, 1]
     h_mu   = xi_mu . v - sum_gamma xi_mu,gamma        every label neuron "off"
@@ -27,19 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dam.errors import CheckpointError, InputError
+
 NUM_PIXELS = 784
 NUM_CLASSES = 10
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class CheckpointError(RuntimeError):
-    """A run folder or checkpoint that cannot be loaded: missing, corrupt or incompatible."""
-
-
-class InputError(ValueError):
-    """Images that the model cannot classify: wrong shape, dtype, range or non-finite values."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +49,11 @@ class DAMConfig:
     def __post_init__(self) -> None:
         # n = 1 would make F_n' a step function that the kernel's x^(n-1) does not represent.
         if not (isinstance(self.n, int) and self.n >= 2):
-            raise ValueError(f"n must be an integer >= 2, got {self.n!r}")
+            raise InputError(f"n must be an integer >= 2, got {self.n!r}")
         if not (isinstance(self.num_memories, int) and self.num_memories >= 1):
-            raise ValueError(f"num_memories must be a positive integer, got {self.num_memories!r}")
+            raise InputError(f"num_memories must be a positive integer, got {self.num_memories!r}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be positive and finite, got {self.temperature!r}")
+            raise InputError(f"temperature must be positive and finite, got {self.temperature!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,9 +67,10 @@ class DAMConfig:
 # K is the innermost, contiguous axis so that the reductions vectorise.
 
 
-def flatten_images(images: Tensor, pixels: int, dtype: torch.dtype) -> Tensor:
-    """Images shaped (B, pixels), (B, side, side) or (B, 1, side, side) as (B, pixels) of ``dtype``; InputError
-    names the problem otherwise (the contract every classifier of this package shares)."""
+def flatten_images(images: Tensor, pixels: int, dtype: torch.dtype | None) -> Tensor:
+    """Images shaped (B, pixels), (B, side, side) or (B, 1, side, side) as (B, pixels) of ``dtype`` (None: their
+    own floating dtype); InputError names the problem otherwise (the contract every classifier of this package
+    shares).  Pixel values are not looked at: see :func:`check_pixels`."""
     if not isinstance(images, Tensor):
         raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
     side = math.isqrt(pixels)
@@ -91,7 +86,37 @@ def flatten_images(images: Tensor, pixels: int, dtype: torch.dtype) -> Tensor:
         raise InputError(
             f"images must be floating point in [0, 1], got dtype {flat.dtype} (divide uint8 images by 255 first)"
         )
-    return flat.to(dtype)
+    return flat if dtype is None else flat.to(dtype)
+
+
+# Pixels that scores() and the baselines' forward accept: [0, 1] with a wide margin, because searches that
+# do not clip (``dam probes --no-clip``) step outside [0, 1]: to [-1.4, 2.1] on small, briefly trained
+# DAM_2 to DAM_30 (measured with the default eps and max_steps).  Values beyond (images scaled 0..255 by
+# mistake, 1e15, 3e38) are refused rather than turned into overflowing scores.
+ACCEPTED_PIXELS = (-10.0, 10.0)
+ACCEPTED_NOTE = " (images in [0, 1], with a margin for searches that do not clip)"
+
+
+def check_pixels(flat: Tensor, low: float, high: float, *, tol: float = 0.0, note: str = "") -> tuple[float, float]:
+    """(min, max) of ``flat``; InputError for NaN or infinite pixels or for pixels outside [low, high] (+- tol).
+
+    One device sync.  The extremes are taken in the images' own dtype and compared as Python (float64)
+    numbers, so a large finite pixel (3e38 in float32, 1e300 in float64) is reported as out of range with
+    its value, never as infinite.
+    """
+    if not flat.numel():
+        return low, low
+    lo, hi = torch.stack(torch.aminmax(flat.detach())).tolist()  # NaN propagates into both
+    check_pixel_range(lo, hi, low, high, tol=tol, note=note)
+    return lo, hi
+
+
+def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: float = 0.0, note: str = "") -> None:
+    """InputError unless the pixel extremes ``lo``, ``hi`` are finite and within [low, high] (+- tol)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError("images contain NaN or infinite pixels")
+    if lo < low - tol or hi > high + tol:
+        raise InputError(f"pixels must lie in [{low:g}, {high:g}]{note}; got values in [{lo:.4g}, {hi:.4g}]")
 
 
 def _ipow(x: Tensor, n: int) -> Tensor:
@@ -272,6 +297,9 @@ class DenseAssociativeMemory(nn.Module):
         weights = torch.empty(num_memories, num_pixels + num_classes, dtype=dtype)
         weights.normal_(init_mean, init_std, generator=generator)
         self.memories = nn.Parameter(weights.to(device))
+        # The loss power m the model was trained with (eq. 3), when known: the probes' searches minimise
+        # the same objective.  Set by training and by load() from the run's config.json; not a weight.
+        self.loss_power: int | None = None
 
     # -- read access -------------------------------------------------------------------------
     @property
@@ -303,20 +331,18 @@ class DenseAssociativeMemory(nn.Module):
 
     # -- computation -------------------------------------------------------------------------
     def to_spins(self, images: Tensor) -> Tensor:
-        """Validate images in [0, 1] and map them onto the model's [-1, 1] pixel space, (B, 784)."""
+        """Images (shape and dtype checked, values not) mapped onto the model's [-1, 1] pixel space, (B, 784)."""
         return 2.0 * self._flatten(images) - 1.0
 
     def _flatten(self, images: Tensor) -> Tensor:
         return flatten_images(images, self.config.num_pixels, self.memories.dtype)
 
     def check_images(self, images: Tensor) -> None:
-        """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (one device sync; not on hot paths)."""
-        flat = self._flatten(images)
-        if not torch.isfinite(flat).all():
-            raise InputError("images contain NaN or infinite pixels")
-        lo, hi = float(flat.min()), float(flat.max())
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise InputError(f"pixels must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]")
+        """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (one device sync; not on hot paths).
+
+        The strict check of real images; :meth:`scores` accepts a margin around [0, 1].
+        """
+        check_pixels(flatten_images(images, self.config.num_pixels, None), 0.0, 1.0, tol=1e-6)
 
     def scores_from_spins(self, v: Tensor) -> Tensor:
         """Energy gaps s (B, 10) from pixels already in [-1, 1] (the paper's v), shape (B, 784)."""
@@ -351,19 +377,36 @@ class DenseAssociativeMemory(nn.Module):
     def scores(self, images: Tensor) -> Tensor:
         """Pre-tanh scores (scaled energy gaps) of images in [0, 1]: logits for attacks and softmax.
 
-        NaN or infinite pixels raise InputError rather than give NaN scores.  Values outside [0, 1]
-        are not refused (searches that do not clip step outside); :meth:`check_images` is the strict check.
+        Input rule: pixels must be finite and lie in ``ACCEPTED_PIXELS`` = [-10, 10], the image range with a
+        margin for searches that do not clip (:meth:`check_images` is the strict [0, 1] check).  NaN or
+        infinite pixels raise InputError ("NaN or infinite pixels"), finite pixels outside [-10, 10] raise
+        InputError naming their min and max.  Scores are never NaN: within the accepted range the model
+        computes in float64 where its dtype could overflow, and scores that are still not finite (extreme n
+        or T) raise InputError naming the pixel range.  Costs two device syncs (range, finiteness).
         """
-        v = self.to_spins(images)
-        if not v.numel():
-            return self._scores(v, 1.0)
-        vmax = float(_abs_max(v))  # max propagates NaN and inf: one reduction serves both checks
-        if not math.isfinite(vmax):
-            raise InputError("images contain NaN or infinite pixels")
-        return self._scores(v, vmax)
+        flat = flatten_images(images, self.config.num_pixels, None)
+        if not flat.numel():
+            return self._scores(self.to_spins(flat), 1.0)
+        lo, hi = check_pixels(flat, *ACCEPTED_PIXELS, note=ACCEPTED_NOTE)
+        s = self._scores(self.to_spins(flat), max(abs(2.0 * lo - 1.0), abs(2.0 * hi - 1.0)))
+        if not bool(torch.isfinite(s.detach()).all()):
+            raise InputError(
+                f"scores overflow to NaN or infinity for pixels in [{lo:.4g}, {hi:.4g}] "
+                f"(n = {self.config.n}, T = {self.config.temperature:g})"
+            )
+        return s
+
+    def logits(self, images: Tensor) -> Tensor:
+        """The logits of this classifier for softmax and attack libraries: the pre-tanh scores.
+
+        Y = tanh(scores) sits at +-1 to within float precision on confidently classified digits, so a loss on
+        Y has tiny or exactly zero gradients; the scores rank the classes exactly as Y does and do not
+        saturate.  Attack libraries get :func:`as_logits` of a model, which calls this.
+        """
+        return self.scores(images)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Outputs Y = tanh(scores) in [-1, 1], shape (B, 10) (eq. 1)."""
+        """Outputs Y = tanh(scores) in [-1, 1], shape (B, 10) (eq. 1); :meth:`logits` for attacks."""
         return torch.tanh(self.scores(images))
 
     @torch.no_grad()
@@ -398,6 +441,7 @@ class DenseAssociativeMemory(nn.Module):
     ) -> DenseAssociativeMemory:
         """Rebuild a model from a run folder written by :meth:`save`; clear errors for bad folders."""
         config, weights = load_checkpoint(folder)
+        m = _saved_loss_power(folder)
         model = cls(
             config.n,
             config.num_memories,
@@ -408,11 +452,21 @@ class DenseAssociativeMemory(nn.Module):
         )
         with torch.no_grad():
             model.memories.copy_(weights)
+        model.loss_power = m
         return model.to(device) if device is not None else model
 
     def extra_repr(self) -> str:
         c = self.config
         return f"n={c.n}, num_memories={c.num_memories}, temperature={c.temperature:g}"
+
+
+def _saved_loss_power(folder: str | os.PathLike[str]) -> int | None:
+    """The training loss power m recorded in a run folder's config.json (None when it records none)."""
+    try:
+        m = (json.loads((Path(folder) / CONFIG_FILE).read_text()).get("train") or {}).get("m")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(m) if isinstance(m, int) and m >= 1 else None
 
 
 def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
@@ -435,7 +489,7 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
         raise CheckpointError(f"{config_path}: no 'model' section; not a dam run folder")
     if raw.get("kind", "dam") != "dam":
         raise CheckpointError(
-            f"{config_path}: holds a {raw['kind']!r} model, not a DAM; load it with dam.loading.load_model"
+            f"{config_path}: holds a {raw['kind']!r} model, not a DAM; load it with dam.runs.load_model"
         )
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
@@ -467,3 +521,23 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
     if not torch.isfinite(weights).all():
         raise CheckpointError(f"{weights_path}: memories contain NaN or infinite values")
     return config, weights
+
+
+class Logits(nn.Module):
+    """A classifier seen through its logits: same input contract (images in [0, 1]), logits out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        method = getattr(self.model, "logits", None)
+        return method(images) if callable(method) else self.model(images)
+
+
+def as_logits(model: nn.Module) -> nn.Module:
+    """The one way to hand any classifier of this package to an attack library: a module whose forward
+    returns logits of images in [0, 1].  For a DAM these are the pre-tanh scores (its forward returns the
+    saturating Y = tanh(scores)); for the MLP baselines, their ordinary logits; any other module is taken
+    to return logits from its forward.  Idempotent."""
+    return model if isinstance(model, Logits) else Logits(model)

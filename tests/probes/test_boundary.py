@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dam.model import DenseAssociativeMemory
 from dam.probes import BoundarySearch
 from fakes import prototype_images, prototype_model
 
@@ -11,8 +12,8 @@ from fakes import prototype_images, prototype_model
 def test_boundary_images_sit_on_the_boundary(n: int) -> None:
     model = prototype_model(n)
     x, _ = prototype_images(model, 8)
-    search = BoundarySearch(eps=0.1, max_steps=400, m=2, boundary_tol=1e-4)
-    r = search(model, x)
+    search = BoundarySearch(model, eps=0.1, max_steps=400, m=2, boundary_tol=1e-4)
+    r = search(x)
     assert r.success.float().mean() >= 0.9, (r.crossing_step, r.boundary_gap, r.stalled)
     ok = r.success
     with torch.no_grad():
@@ -38,7 +39,7 @@ def test_until_converged_goes_on_to_the_second_class() -> None:
     x, _ = prototype_images(model, 3)
     # This hand-built model converges slowly past the boundary (C^second ~ 0.6 after 1500 steps),
     # so the tolerance is loose; what is tested is that the search continues past the crossing.
-    r = BoundarySearch(eps=0.1, max_steps=800, m=2, until="converged", tol=1.0)(model, x)
+    r = BoundarySearch(model, eps=0.1, max_steps=800, m=2, until="converged", tol=1.0)(x)
     assert r.converged.all()
     assert (r.steps > r.crossing_step).all()
     assert torch.equal(model(r.final).argmax(dim=1), r.second)
@@ -49,7 +50,7 @@ def test_local_minimum_is_reported_stuck_not_robust() -> None:
     C^second before the boundary.  It must say so rather than report the image as robust."""
     model = prototype_model(20)
     x, _ = prototype_images(model, 3)
-    r = BoundarySearch(eps=0.1, max_steps=600, m=2, patience=50)(model, x)
+    r = BoundarySearch(model, eps=0.1, max_steps=600, m=2, patience=50)(x)
     assert r.stuck.all() and not r.success.any() and (r.crossing_step == -1).all()
     assert (r.steps < 600).all(), "stuck searches stop early instead of burning the budget"
 
@@ -59,10 +60,24 @@ def test_saturated_model_is_reported_stalled() -> None:
 
     model = saturating_model()
     x = 0.5 + 0.01 * torch.randn(5, 784, generator=torch.Generator().manual_seed(0))
-    r = BoundarySearch(max_steps=20, m=30)(model, x)
+    r = BoundarySearch(model, max_steps=20, m=30)(x)
     assert r.stalled.all() and not r.success.any()
 
 
 def test_bad_arguments() -> None:
+    model = DenseAssociativeMemory(2, 8, 100.0)
     with pytest.raises(ValueError, match="until"):
-        BoundarySearch(until="forever")
+        BoundarySearch(model, m=2, until="forever")
+
+
+def test_objective_power_comes_from_the_models_run(tmp_path) -> None:
+    from dam.errors import InputError
+    from dam.probes import RubbishSearch
+
+    model = DenseAssociativeMemory(20, 8, 540.0)
+    with pytest.raises(InputError, match="give m="):  # no silent default m = 3
+        BoundarySearch(model)
+    model.save(tmp_path / "run", {"train": {"m": 30}})
+    loaded = DenseAssociativeMemory.load(tmp_path / "run")
+    assert BoundarySearch(loaded).m == 30 and RubbishSearch(loaded).m == 30
+    assert BoundarySearch(loaded, m=2).m == 2  # an explicit m still wins

@@ -22,8 +22,8 @@ def test_rubbish_reaches_every_target_class() -> None:
     model = prototype_model(3)
     targets = torch.arange(10).repeat(2)
     # the hand-built model's objective converges slowly, hence the loose tolerance
-    search = RubbishSearch(eps=0.1, max_steps=500, tol=1.5, m=2)
-    result = search(model, targets, torch.Generator().manual_seed(0))
+    search = RubbishSearch(model, eps=0.1, max_steps=500, tol=1.5, m=2)
+    result = search(targets, torch.Generator().manual_seed(0))
     assert result.images.shape == (20, 784) and result.objective.shape == (20, 501)
     assert result.success.all(), (result.converged, result.predictions)
     assert not result.stalled.any() and not result.stuck.any()
@@ -42,8 +42,8 @@ def test_every_step_has_length_eps() -> None:
     assert usable.all()
     torch.testing.assert_close((new - v).norm(dim=1), torch.full((5,), 0.07))
     model = prototype_model(3)
-    search = RubbishSearch(eps=0.07, max_steps=1, tol=1e-12, m=2, clip=False)
-    result = search(model, torch.arange(4), torch.Generator().manual_seed(0))
+    search = RubbishSearch(model, eps=0.07, max_steps=1, tol=1e-12, m=2, clip=False)
+    result = search(torch.arange(4), torch.Generator().manual_seed(0))
     # one step of length eps in [-1, 1] pixel units is eps / 2 in [0, 1] image units
     torch.testing.assert_close((result.images - result.start).norm(dim=1), torch.full((4,), 0.035))
 
@@ -52,7 +52,7 @@ def test_zero_gradient_is_a_failure_not_robustness() -> None:
     """A model built to saturate: tanh is flat, the gradient is exactly zero, the search must say so."""
     model = saturating_model()
     assert (model(torch.full((4, 784), 0.5)).abs() == 1).all()
-    result = RubbishSearch(eps=0.1, max_steps=50, m=30)(model, torch.arange(10), torch.Generator().manual_seed(0))
+    result = RubbishSearch(model, eps=0.1, max_steps=50, m=30)(torch.arange(10), torch.Generator().manual_seed(0))
     assert result.stalled.all() and not result.success.any()
     assert (result.steps == 0).all()
     zero, usable = unit_step(torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [float("nan"), 1, 1]]), 0.1, False)
@@ -61,5 +61,5 @@ def test_zero_gradient_is_a_failure_not_robustness() -> None:
 
 def test_float64_option_runs_in_float64() -> None:
     model = prototype_model(20)
-    result = RubbishSearch(max_steps=5, m=2, dtype=torch.float64)(model, torch.arange(3))
+    result = RubbishSearch(model, max_steps=5, m=2, dtype=torch.float64)(torch.arange(3))
     assert result.images.dtype == torch.float32 and model.memories.dtype == torch.float32

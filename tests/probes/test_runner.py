@@ -27,7 +27,7 @@ def test_calibration_of_a_model_without_a_calibrated_beta_is_recorded(tmp_path):
 
 def test_weights_fingerprint_ignores_how_the_file_was_written(tmp_path):
     """Saving the same weights again must not make finished probe results stale; other weights must."""
-    from dam.probes.runner import model_md5
+    from dam.runs import model_md5
 
     model = prototype_model(3)
     model.save(tmp_path / "a")

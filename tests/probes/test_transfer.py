@@ -12,17 +12,20 @@ from fakes import prototype_images, prototype_model
 def test_tables_from_two_models(tmp_path) -> None:
     models = {"n2": prototype_model(2), "n3": prototype_model(3)}
     clean, labels = prototype_images(models["n2"], 10)
-    search = BoundarySearch(eps=0.1, max_steps=400, m=2)
-    sets = {name: search(model, clean).past for name, model in models.items()}
+    sets = {name: BoundarySearch(model, eps=0.1, max_steps=400, m=2)(clean).past for name, model in models.items()}
     table = adversarial_table(models, sets, labels, clean)
     assert table["models"] == ["n2", "n3"] and len(table["error"]) == 2
     # own adversarial set: the model labels (almost) every image as its second choice, i.e. wrongly
     assert table["error"][0][0] >= 0.9 and table["error"][1][1] >= 0.9
     assert all(0 <= e <= 1 for e in table["clean_error"])
 
-    rubbish = RubbishSearch(eps=0.1, max_steps=200, tol=1.5, m=2)
     targets = torch.arange(10)
-    rsets = {name: rubbish(model, targets, torch.Generator().manual_seed(0)).images for name, model in models.items()}
+    rsets = {
+        name: RubbishSearch(model, eps=0.1, max_steps=200, tol=1.5, m=2)(
+            targets, torch.Generator().manual_seed(0)
+        ).images
+        for name, model in models.items()
+    }
     rt = rubbish_table(models, rsets)
     assert rt["beta_sm"] == [3.2, 3.2]
     assert all(0.1 <= v <= 1 for row in rt["mean_confidence"] for v in row)

@@ -3,6 +3,7 @@
 from dam.data.datasets import load_dataset, locate_dataset, train_val_split
 from dam.data.idx import DatasetError, parse_idx, read_idx
 from dam.data.sources import DATASETS, cache_dir, download_dataset, download_file
+from dam.data.subsets import seeded_subset, subset_indices
 
 __all__ = [
     "DATASETS",
@@ -14,5 +15,7 @@ __all__ = [
     "locate_dataset",
     "parse_idx",
     "read_idx",
+    "seeded_subset",
+    "subset_indices",
     "train_val_split",
 ]

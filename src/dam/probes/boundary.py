@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dam.probes.gradient import NoProgress, as_probe_model, class_objective, objective_and_gradient, unit_step
+from dam.errors import InputError
+from dam.probes.gradient import (
+    NoProgress,
+    as_probe_model,
+    class_objective,
+    objective_and_gradient,
+    objective_power,
+    search_settings,
+    unit_step,
+)
 
 
 @dataclass
@@ -61,10 +71,14 @@ class BoundaryResult:
 class BoundarySearch:
     """Follow -u(dC^second/dv) from each clean image until it crosses, then (optionally) converges.
 
+    Called like an attack: the model and the hyperparameters in the constructor, the images per call:
+    ``BoundarySearch(model, eps=0.05)(images)``.
+
     Args:
+        model: the classifier (any module of this package's input contract whose outputs are Y in [-1, 1]).
         eps: step length in [-1, 1] pixel units.
         max_steps: step budget per image.
-        m: power of the objective (use the model's training m).
+        m: power of the objective; None (default) takes the model's training m (``model.loss_power``).
         until: "crossing" stops each image one step past the boundary (enough for the transfer sets);
             "converged" goes on until C^second < tol, giving the paper's third image of Fig. 4.
         tol: convergence tolerance on C^second.
@@ -77,9 +91,10 @@ class BoundarySearch:
 
     def __init__(
         self,
+        model: nn.Module,
         eps: float = 0.05,
         max_steps: int = 1000,
-        m: int = 3,
+        m: int | None = None,
         until: str = "crossing",
         tol: float = 1e-3,
         boundary_tol: float = 1e-4,
@@ -91,16 +106,22 @@ class BoundarySearch:
         progress: bool | None = None,
     ) -> None:
         if until not in ("crossing", "converged"):
-            raise ValueError(f"until must be 'crossing' or 'converged', got {until!r}")
-        if eps <= 0 or max_steps < 1 or m < 1 or tol <= 0 or boundary_tol <= 0 or batch_size < 1:
-            raise ValueError("BoundarySearch needs eps > 0, max_steps >= 1, m >= 1 and positive tolerances")
+            raise InputError(f"until must be 'crossing' or 'converged', got {until!r}")
+        m = objective_power(model, m)
+        if not (eps > 0 and max_steps >= 1 and tol > 0 and boundary_tol > 0 and batch_size >= 1):
+            raise InputError("BoundarySearch needs eps > 0, max_steps >= 1, batch_size >= 1 and positive tolerances")
+        self.model = model
         self.eps, self.max_steps, self.m, self.until, self.tol = eps, max_steps, m, until, tol
         self.boundary_tol, self.clip, self.dtype, self.batch_size = boundary_tol, clip, dtype, batch_size
         self.bisection_steps, self.patience, self.progress = bisection_steps, patience, progress
 
-    def __call__(self, model: nn.Module, images: Tensor) -> BoundaryResult:
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters, JSON-ready (what a saved result's reuse key records)."""
+        return search_settings(self)
+
+    def __call__(self, images: Tensor) -> BoundaryResult:
         """Search the boundary for every image (in [0, 1], (N, 784) or (N, 1, 28, 28))."""
-        probe = as_probe_model(model, self.dtype)
+        probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
         x = images.reshape(len(images), -1).to(param.device, param.dtype)
         parts = [self._search(probe, 2 * x[i : i + self.batch_size] - 1) for i in range(0, len(x), self.batch_size)]

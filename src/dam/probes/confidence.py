@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dam.errors import InputError
+
 PAPER_BETA_SM = 3.2  # e^b / (e^b + 9 e^-b) = 0.985 at b ~ 3.2: the single value of the rubbish table
 
 
@@ -39,16 +41,16 @@ def calibrate_beta_sm(
     """
     if outputs is None:
         if model is None or images is None:
-            raise ValueError("give a model and images, or outputs")
+            raise InputError("give a model and images, or outputs")
         outputs = model_outputs(model, images)
     labels = labels.to(outputs.device)
     accuracy = float((outputs.argmax(dim=1) == labels).double().mean())
     num_classes = outputs.shape[1]
     if not 1 / num_classes < accuracy < 1:
-        raise ValueError(f"accuracy {accuracy:.4f} leaves no beta_sm with mean confidence equal to it")
+        raise InputError(f"accuracy {accuracy:.4f} leaves no beta_sm with mean confidence equal to it")
     mean_z = lambda b: float(confidence(outputs, b).mean())  # noqa: E731
     if mean_z(hi) < accuracy:
-        raise ValueError(f"mean confidence stays below the accuracy {accuracy:.4f} up to beta_sm = {hi}")
+        raise InputError(f"mean confidence stays below the accuracy {accuracy:.4f} up to beta_sm = {hi}")
     a, b = torch.tensor(lo).log().item(), torch.tensor(hi).log().item()
     for _ in range(200):
         mid = (a + b) / 2

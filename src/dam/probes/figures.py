@@ -1,4 +1,4 @@
-"""The paper's pictures as PNG files (headless matplotlib): Fig. 2-7."""
+"""The paper's pictures as PNG files: Fig. 2-7, drawn without pyplot (see :mod:`dam.plotting`)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,18 @@ from typing import Any
 import torch
 
 from dam.model import DenseAssociativeMemory
+from dam.plotting import new_figure, save_figure
 from dam.probes.boundary import BoundaryResult
 from dam.probes.rubbish import RubbishResult
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
 def memories_figure(model: DenseAssociativeMemory, path: str | os.PathLike[str], count: int = 64) -> Path:
     """Fig. 2: visible parts of the first ``count`` memories as 28x28 images, diverging colours in [-1, 1]."""
-    plt = _plt()
     k = min(count, model.num_memories)
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.6), squeeze=False)
+    fig = new_figure((1.1 * cols, 1.1 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
     weights = model.visible_memories.detach().cpu()
     labels = model.label_memories.detach().cpu().argmax(dim=1)
     image = None
@@ -48,13 +32,13 @@ def memories_figure(model: DenseAssociativeMemory, path: str | os.PathLike[str],
             ax.set_title(str(int(labels[i])), fontsize=7, pad=1)
     fig.suptitle(f"DAM$_{{{model.n}}}$: visible part of {k} memories (title: strongest label weight)")
     fig.colorbar(image, ax=axes, shrink=0.6, label="weight")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def rubbish_figure(result: RubbishResult, path: str | os.PathLike[str], title: str, per_class: int = 4) -> Path:
     """Fig. 3: rubbish images, one column per target class, with the model's label and success."""
-    plt = _plt()
-    fig, axes = plt.subplots(per_class, 10, figsize=(11, 1.2 * per_class + 0.6), squeeze=False)
+    fig = new_figure((11, 1.2 * per_class + 0.6))
+    axes = fig.subplots(per_class, 10, squeeze=False)
     for c in range(10):
         idx = torch.nonzero(result.targets.cpu() == c).flatten()[:per_class]
         for r in range(per_class):
@@ -68,17 +52,17 @@ def rubbish_figure(result: RubbishResult, path: str | os.PathLike[str], title: s
     fig.suptitle(
         f"{title}: rubbish images from noise, columns = target class 0-9 (title: model label; x = C did not converge)"
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def boundary_figure(result: BoundaryResult, path: str | os.PathLike[str], title: str, examples: int = 4) -> Path:
     """Fig. 4: clean image, image on the boundary, converged image, and the log C curves of the path."""
-    plt = _plt()
     idx = torch.nonzero(result.success.cpu()).flatten()[:examples].tolist()
     failed = not idx  # show the failed searches rather than no picture at all
     if failed:
         idx = list(range(min(examples, len(result.success))))
-    fig, axes = plt.subplots(len(idx), 4, figsize=(10, 2.3 * max(len(idx), 1)), squeeze=False)
+    fig = new_figure((10, 2.3 * max(len(idx), 1)))
+    axes = fig.subplots(len(idx), 4, squeeze=False)
     for row, i in enumerate(idx):
         top, second = int(result.top[i]), int(result.second[i])
         panels = [("clean", result.clean[i], top), ("on the boundary", result.boundary[i], f"{top}|{second}"),
@@ -98,16 +82,16 @@ def boundary_figure(result: BoundaryResult, path: str | os.PathLike[str], title:
         ax.legend(fontsize=7)
     note = " (no search reached the boundary: failed paths shown)" if failed else ""
     fig.suptitle(f"{title}: decision-boundary search{note}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap_figure(table: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Fig. 5 / 6: a transfer table as an annotated heat map."""
-    plt = _plt()
     key = "error" if "error" in table else "mean_confidence"
     values = torch.tensor(table[key], dtype=torch.float64)
     names = table["models"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 1.8))
+    fig = new_figure((1.2 * len(names) + 2.5, 1.0 * len(names) + 1.8))
+    ax = fig.subplots()
     image = ax.imshow(values.numpy(), cmap="viridis", vmin=0, vmax=1)
     for r in range(len(names)):
         for c in range(len(names)):
@@ -125,13 +109,13 @@ def heatmap_figure(table: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     else:
         betas = ", ".join(f"{b:.3g}" for b in table["beta_sm"])
         ax.set_title(f"Rubbish transfer, beta_sm = {betas}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confidence_figure(calibrations: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Fig. 7: test error per confidence bin, one line per model (each at its calibrated beta_sm)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.subplots()
     for name, cal in calibrations.items():
         if cal.get("beta_sm") is None:  # no calibrated beta_sm for this model (accuracy at chance or 100%)
             continue
@@ -146,14 +130,15 @@ def confidence_figure(calibrations: dict[str, dict[str, Any]], path: str | os.Pa
     ax.set_ylabel("test error rate in bin")
     ax.set_title("Error falls as confidence rises")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figures_for(out: str | os.PathLike[str], runs: list[str]) -> list[Path]:
     """Every picture that the probe outputs in ``out`` allow, for the models of ``runs``."""
     import json
 
-    from dam.probes.runner import load_result, model_name
+    from dam.probes.runner import load_result
+    from dam.runs import model_name
 
     out = Path(out)
     written = []

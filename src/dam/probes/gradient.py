@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dam.errors import InputError
+
 
 def class_objective(outputs: Tensor, targets: Tensor, m: int) -> Tensor:
     """C^alpha = sum_gamma (Y_gamma - t^(alpha)_gamma)^(2m) per example, t = +1 at alpha, -1 elsewhere."""
@@ -44,6 +46,25 @@ def unit_step(v: Tensor, grad: Tensor, eps: float, clip: bool) -> tuple[Tensor, 
     if clip:
         new = new.clamp(-1.0, 1.0)
     return new, usable
+
+
+def objective_power(model: nn.Module, m: int | None) -> int:
+    """The m of a search's objective C = sum (Y - t)^(2m): the one given, else the loss power the model was
+    trained with (``model.loss_power``, set by training and by loading a run folder); never a default."""
+    if m is None:
+        m = getattr(model, "loss_power", None)
+    if m is None:
+        raise InputError("this model does not record its training loss power m (not loaded from a run folder): give m=")
+    if not isinstance(m, int) or m < 1:
+        raise InputError(f"m must be an integer >= 1, got {m!r}")
+    return m
+
+
+def search_settings(search: object) -> dict[str, object]:
+    """A search's hyperparameters as JSON-ready values (what a result's reuse key records)."""
+    settings = {k: v for k, v in vars(search).items() if k not in ("model", "progress")}
+    settings["dtype"] = str(settings.get("dtype"))
+    return settings
 
 
 def as_probe_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dam.probes.gradient import NoProgress, as_probe_model, objective_and_gradient, unit_step
+from dam.errors import InputError
+from dam.probes.gradient import (
+    NoProgress,
+    as_probe_model,
+    objective_and_gradient,
+    objective_power,
+    search_settings,
+    unit_step,
+)
 
 
 @dataclass
@@ -37,11 +46,14 @@ class RubbishResult:
 class RubbishSearch:
     """Eq. (5): v <- v - eps * u(dC^alpha/dv), from v ~ N(0, noise_std) in the [-1, 1] pixel space.
 
+    Called like an attack: ``RubbishSearch(model, eps=0.1)(targets, generator)``.
+
     Args:
+        model: the classifier whose rubbish images are searched (outputs Y in [-1, 1]).
         eps: step length in [-1, 1] pixel units (every step has exactly this length unless clipped).
         max_steps: step budget per image.
         tol: an image has converged when C^alpha < tol.
-        m: power of the objective (use the model's training m).
+        m: power of the objective; None (default) takes the model's training m (``model.loss_power``).
         noise_std: standard deviation of the starting noise (the paper: 0.1).
         clip: keep pixels in [-1, 1] after each step.  Default True: only then are the results images
             that the models (and a person) can be shown; unclipped searches drift outside the pixel range.
@@ -54,10 +66,11 @@ class RubbishSearch:
 
     def __init__(
         self,
+        model: nn.Module,
         eps: float = 0.1,
         max_steps: int = 2000,
         tol: float = 1e-3,
-        m: int = 3,
+        m: int | None = None,
         noise_std: float = 0.1,
         clip: bool = True,
         dtype: torch.dtype | None = torch.float64,
@@ -65,15 +78,21 @@ class RubbishSearch:
         patience: int = 200,
         progress: bool | None = None,
     ) -> None:
-        if eps <= 0 or max_steps < 0 or tol <= 0 or m < 1 or noise_std < 0 or batch_size < 1:
-            raise ValueError("RubbishSearch needs eps > 0, max_steps >= 0, tol > 0, m >= 1, noise_std >= 0")
+        m = objective_power(model, m)
+        if not (eps > 0 and max_steps >= 0 and tol > 0 and noise_std >= 0 and batch_size >= 1):
+            raise InputError("RubbishSearch needs eps > 0, max_steps >= 0, tol > 0, noise_std >= 0, batch_size >= 1")
+        self.model = model
         self.eps, self.max_steps, self.tol, self.m = eps, max_steps, tol, m
         self.noise_std, self.clip, self.dtype, self.batch_size = noise_std, clip, dtype, batch_size
         self.patience, self.progress = patience, progress
 
-    def __call__(self, model: nn.Module, targets: Tensor, generator: torch.Generator | None = None) -> RubbishResult:
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters, JSON-ready (what a saved result's reuse key records)."""
+        return search_settings(self)
+
+    def __call__(self, targets: Tensor, generator: torch.Generator | None = None) -> RubbishResult:
         """Search one rubbish image per entry of ``targets`` (class indices)."""
-        probe = as_probe_model(model, self.dtype)
+        probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
         targets = targets.to(param.device, torch.long)
         start = torch.randn(len(targets), 784, generator=generator, dtype=torch.float64) * self.noise_std

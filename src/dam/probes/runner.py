@@ -4,7 +4,6 @@ killed job resumes without redoing finished models."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -14,22 +13,16 @@ import torch
 from torch import Tensor
 
 from dam.data import load_dataset
+from dam.environment import environment_info
+from dam.errors import InputError
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.model import DenseAssociativeMemory
 from dam.probes.boundary import BoundaryResult, BoundarySearch
 from dam.probes.confidence import PAPER_BETA_SM, calibrate_beta_sm, confidence_binned_error, model_outputs
 from dam.probes.rubbish import RubbishResult, RubbishSearch
 from dam.probes.transfer import adversarial_table, rubbish_table, save_table
-from dam.runinfo import environment_info
-from dam.training import read_run_config
-
-
-def model_name(run: str | os.PathLike[str]) -> str:
-    return Path(run).resolve().name
-
-
-def training_m(run: str | os.PathLike[str]) -> int:
-    return int((read_run_config(run).get("train") or {}).get("m", 3))
+from dam.results import tensor_md5
+from dam.runs import model_md5, model_name
 
 
 def save_result(result: Any, path: Path, summary: dict[str, Any]) -> None:
@@ -48,26 +41,6 @@ def load_result(cls: type, path: Path) -> Any:
     return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
 
-def model_md5(run: str | os.PathLike[str]) -> str:
-    """Fingerprint of a run's weights: a result made with other weights (a retrained model) is stale.
-
-    The tensors are hashed, not the file: safetensors writes its metadata in no fixed order, so the same
-    weights saved twice can differ byte for byte.
-    """
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(Path(run) / "model.safetensors"))
-    digest = hashlib.md5(usedforsecurity=False)
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tensor_md5(t: Tensor) -> str:
-    return hashlib.md5(t.detach().cpu().contiguous().numpy().tobytes(), usedforsecurity=False).hexdigest()
-
-
 def _saved(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -76,7 +49,7 @@ def _saved(path: Path) -> dict[str, Any] | None:
     return json.loads(path.with_suffix(".json").read_text())
 
 
-def _done(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
+def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
     """Whether a finished result of these search settings and inputs is on disk.
 
     Other search settings are an error (the user asked for something else in the same folder); other
@@ -86,18 +59,18 @@ def _done(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
     saved = _saved(path)
     if saved is None:
         return False
-    if saved.get("search") != _settings(search):
-        raise ValueError(
+    if saved.get("search") != search.settings():
+        raise InputError(
             f"{path.with_suffix('.json')} was made with other search settings ({saved.get('search')}); "
             "use another --out, or delete that model's results to recompute them"
         )
     return all(saved.get(k) == v for k, v in inputs.items())
 
 
-def _matches(path: Path, search: Any, inputs: dict[str, Any]) -> bool:
+def _matches(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
     """Like :func:`_done`, but other search settings are a plain mismatch rather than an error."""
     saved = _saved(path)
-    return saved is not None and saved.get("search") == _settings(search) and _done(path, search, inputs)
+    return saved is not None and saved.get("search") == search.settings() and _done(path, search, inputs)
 
 
 def _boundary_inputs(images: Tensor, weights: str) -> dict[str, Any]:
@@ -108,15 +81,9 @@ def _rubbish_inputs(seed: int, per_class: int, weights: str) -> dict[str, Any]:
     return {"seed": seed, "per_class": per_class, "model_md5": weights}
 
 
-def _settings(search: Any) -> dict[str, Any]:
-    settings = {k: v for k, v in vars(search).items() if k != "progress"}
-    settings["dtype"] = str(settings.get("dtype"))
-    return settings
-
-
 def _summary(run: str | os.PathLike[str], search: Any, result: Any, **extra: Any) -> dict[str, Any]:
     """What every probe's JSON holds: the model, the search's settings, how the search went, versions."""
-    settings = _settings(search)
+    settings = search.settings()
     rates = {
         f"{k}_rate": float(getattr(result, k).float().mean()) for k in ("success", "converged", "stalled", "stuck")
     }
@@ -125,15 +92,23 @@ def _summary(run: str | os.PathLike[str], search: Any, result: Any, **extra: Any
 
 
 def run_rubbish(
-    run: str | os.PathLike[str], out: Path, search: RubbishSearch, per_class: int, seed: int, device: str = "cpu"
+    run: str | os.PathLike[str],
+    out: Path,
+    options: dict[str, Any],
+    per_class: int,
+    seed: int,
+    device: str = "cpu",
 ) -> RubbishResult:
+    """Rubbish images of one run, ``per_class`` per class from seeded noise; ``options`` are
+    :class:`RubbishSearch` settings (m: the run's training m unless given).  Reused when done."""
     path = out / model_name(run) / "rubbish"
     inputs = _rubbish_inputs(seed, per_class, model_md5(run))
+    model = DenseAssociativeMemory.load(run, device=device)
+    search = RubbishSearch(model, **options)
     if _done(path, search, inputs):
         return load_result(RubbishResult, path)
-    model = DenseAssociativeMemory.load(run, device=device)
     targets = torch.arange(10).repeat_interleave(per_class)
-    result = search(model, targets, torch.Generator().manual_seed(seed))
+    result = search(targets, torch.Generator().manual_seed(seed))
     summary = _summary(run, search, result, **inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_result(result, path, summary)
@@ -143,18 +118,21 @@ def run_rubbish(
 def run_boundary(
     run: str | os.PathLike[str],
     out: Path,
-    search: BoundarySearch,
+    options: dict[str, Any],
     images: Tensor,
     labels: Tensor,
     device: str = "cpu",
     stem: str = "boundary",
 ) -> BoundaryResult:
+    """Boundary images of ``images`` for one run; ``options`` are :class:`BoundarySearch` settings (m: the
+    run's training m unless given).  Reused when done with the same settings, weights and images."""
     path = out / model_name(run) / stem
     inputs = _boundary_inputs(images, model_md5(run))
+    model = DenseAssociativeMemory.load(run, device=device)
+    search = BoundarySearch(model, **options)
     if _done(path, search, inputs):
         return load_result(BoundaryResult, path)
-    model = DenseAssociativeMemory.load(run, device=device)
-    result = search(model, images)
+    result = search(images)
     d = result.distances("boundary")
     crossed = result.crossing_step[result.crossing_step >= 0].float()
     summary = _summary(
@@ -197,9 +175,11 @@ def run_calibration(
     return result
 
 
-def test_images(images: int, data_dir: str | None) -> tuple[Tensor, Tensor]:
-    """The first ``images`` MNIST test images, flat, with their labels."""
-    x, y = load_dataset("mnist", "test", data_dir=data_dir)
+def test_images(images: int, data_dir: str | None, dataset: str = "mnist") -> tuple[Tensor, Tensor]:
+    """The first ``images`` test images of ``dataset`` (the runs' data set), flat, with their labels."""
+    x, y = load_dataset(dataset, "test", data_dir=data_dir)
+    if not 1 <= images <= len(x):
+        raise InputError(f"images must be between 1 and {len(x)}, got {images}")
     return x[:images].reshape(-1, 784), y[:images]
 
 
@@ -221,13 +201,13 @@ def run_model_probes(
     ``converged_examples``: also follow the first this many images past the crossing until C^second
     converges (``boundary_converged``), for the third image of Fig. 4's triplets.
     """
-    kwargs = {"m": training_m(run), **(search_options or {})}
+    kwargs = dict(search_options or {})  # m: the run's training m (the loaded model's loss_power) unless given
     if converged_examples:
-        search = BoundarySearch(**{**kwargs, "until": "converged"})
         n = converged_examples
-        run_boundary(run, out, search, images[:n], labels[:n], device, stem="boundary_converged")
-    boundary = run_boundary(run, out, BoundarySearch(**kwargs), images, labels, device)
-    rubbish = run_rubbish(run, out, RubbishSearch(**kwargs), per_class, seed, device)
+        run_boundary(run, out, {**kwargs, "until": "converged"}, images[:n], labels[:n], device,
+                     stem="boundary_converged")  # fmt: skip
+    boundary = run_boundary(run, out, kwargs, images, labels, device)
+    rubbish = run_rubbish(run, out, kwargs, per_class, seed, device)
     calibration = run_calibration(run, out, images, labels, device)
     return boundary, rubbish, calibration
 
@@ -243,14 +223,15 @@ def model_probes_done(
     converged_examples: int = 0,
 ) -> bool:
     """Whether :func:`run_model_probes` would reuse every result (same settings, weights and inputs)."""
-    kwargs = {"m": training_m(run), **(search_options or {})}
+    kwargs = dict(search_options or {})  # m: the run's training m (the loaded model's loss_power) unless given
     folder, weights = out / model_name(run), model_md5(run)
+    model = DenseAssociativeMemory.load(run)
     wanted = [
-        (folder / "boundary", BoundarySearch(**kwargs), _boundary_inputs(images, weights)),
-        (folder / "rubbish", RubbishSearch(**kwargs), _rubbish_inputs(seed, per_class, weights)),
+        (folder / "boundary", BoundarySearch(model, **kwargs), _boundary_inputs(images, weights)),
+        (folder / "rubbish", RubbishSearch(model, **kwargs), _rubbish_inputs(seed, per_class, weights)),
     ]
     if converged_examples:
-        search = BoundarySearch(**{**kwargs, "until": "converged"})
+        search = BoundarySearch(model, **{**kwargs, "until": "converged"})
         wanted.append((folder / "boundary_converged", search, _boundary_inputs(images[:converged_examples], weights)))
     calibration = folder / "calibration.json"
     if not calibration.exists():
@@ -295,9 +276,10 @@ def run_transfer(
     data_dir: str | None = None,
     search_options: dict[str, Any] | None = None,
     device: str = "cpu",
+    dataset: str = "mnist",
 ) -> dict[str, Any]:
     """Both transfer tables for ``runs``; each model's searches run first, or are reused from ``out``."""
-    x, y = test_images(images, data_dir)
+    x, y = test_images(images, data_dir, dataset)
     for r in runs:
         run_model_probes(r, out, x, y, per_class=per_class, seed=seed, search_options=search_options, device=device)
     return transfer_tables(runs, out, x, y, device=device)

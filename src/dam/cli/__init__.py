@@ -1,0 +1,69 @@
+"""The ``dam`` command (and ``python -m dam``): one subcommand per verb, each in a module of this package.
+
+Errors the user can fix (:class:`dam.errors.DamError`) print one line naming the problem and exit with
+status 2; anything else is a bug and keeps its traceback.  ``--debug`` or ``DAM_DEBUG=1`` shows the
+traceback of user errors too.  The library logs through :mod:`logging`; the command shows INFO lines on
+stderr (``--quiet``: warnings only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from dam.errors import DamError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dam import __version__
+    from dam.cli.adversarial import add_adversarial_commands
+    from dam.cli.attacks import add_attack_commands
+    from dam.cli.detect import add_detect_command
+    from dam.cli.probes import add_probe_commands
+    from dam.cli.report import add_report_commands
+    from dam.cli.train import add_train_commands
+
+    parser = argparse.ArgumentParser(prog="dam", description="Dense Associative Memory classifiers and probes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors too (or DAM_DEBUG=1)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_commands(sub)
+    add_probe_commands(sub)
+    add_report_commands(sub)
+    add_adversarial_commands(sub)
+    add_attack_commands(sub)
+    add_detect_command(sub)
+    return parser
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("DAM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad flag: argparse printed one line; return its status rather than exit
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    try:
+        return int(args.func(args) or 0)
+    except DamError as exc:
+        if _debug(args):
+            raise
+        print(f"dam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
+        print(f"dam {args.command}: interrupted; finished epochs and results are saved ({how})", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

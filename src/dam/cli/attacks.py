@@ -1,0 +1,61 @@
+"""``dam attack``: standard attacks, robust accuracy against budget and the gradient-masking verdict."""
+
+from __future__ import annotations
+
+import argparse
+
+from dam.cli.args import device, positive_floats, positive_int
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from dam.robustness.attacks.runner import AttackSuite, run_attacks
+    from dam.runs import OutputFolder, read_run_config
+
+    for run in [*args.runs, *args.transfer_from]:
+        read_run_config(run)
+    out = OutputFolder(args.out, "attack output folder")
+    out.check_writable()
+
+    suite = AttackSuite(images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
+                        hsj_steps=args.hsj_steps, hsj_max_evals=args.hsj_max_evals,
+                        hsj_norms=tuple(args.hsj_norms.split(",")) if args.hsj_norms else ())  # fmt: skip
+    with out.lock():
+        summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
+                              device=args.device)  # fmt: skip
+    for norm in ("linf", "l2"):
+        eps = summary["suite"][norm]
+        print(f"\nrobust accuracy, {norm}, worst case over all attacks ({summary['images']['count']} images)")
+        print(f"{'model':<14}{'clean':>8}" + "".join(f"{e:>9g}" for e in eps))
+        for name, m in summary["models"].items():
+            t = m["tables"][norm]
+            print(f"{name:<14}{t['clean_accuracy']:>8.1%}" + "".join(f"{a:>9.1%}" for a in t["worst_case"]))
+    print()
+    for m in summary["models"].values():
+        print(m["verdict"]["verdict"])
+    print(f"\nwrote {args.out}/robustness.json, robust_accuracy_*.csv, masking.csv, robust_accuracy.png")
+    return 0
+
+
+def add_attack_commands(sub: argparse._SubParsersAction) -> None:
+    from dam.robustness.attacks.runner import AttackSuite
+
+    d = AttackSuite()
+    p = sub.add_parser(
+        "attack", help="FGSM, PGD, HopSkipJump and transfer attacks; masking diagnostics (needs dam[attacks])"
+    )
+    p.add_argument("runs", nargs="+", help="run folders (DAMs or baselines) to attack")
+    p.add_argument("--out", required=True, help="output folder (finished models are reused)")
+    p.add_argument("--transfer-from", nargs="*", default=[], metavar="RUN",
+                   help="source models whose PGD adversarials are shown to every other model")  # fmt: skip
+    p.add_argument("--images", type=positive_int, default=d.images, help="size of the seeded test subset")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--linf", type=positive_floats, default=d.linf, help="L-inf budgets, comma-separated")
+    p.add_argument("--l2", type=positive_floats, default=d.l2, help="L2 budgets, comma-separated")
+    p.add_argument("--pgd-steps", type=positive_int, default=d.pgd_steps)
+    p.add_argument("--hsj-steps", type=int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
+    p.add_argument("--hsj-max-evals", type=int, default=d.hsj_max_evals,
+                   help="HopSkipJump's cap on queries per gradient estimate")  # fmt: skip
+    p.add_argument("--hsj-norms", default=",".join(d.hsj_norms), help="norms HopSkipJump runs in: linf, l2 or linf,l2")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", type=device, default="cpu")
+    p.set_defaults(func=cmd_attack)

@@ -1,0 +1,86 @@
+"""``dam detect``: calibrate a junk detector (classifier + large-n guard) and measure it on clean, noise, probe
+and attack images (the work is :func:`dam.robustness.detector_sets.run_detection`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dam.cli.args import device, nonnegative_int, positive_float, positive_floats, positive_int
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from dam.robustness.detector_sets import run_detection
+    from dam.runs import OutputFolder, read_run_config
+
+    read_run_config(args.classifier), read_run_config(args.guard)
+    folder = OutputFolder(args.out, "detector output folder")
+    folder.check_writable()
+    with folder.lock():
+        report = run_detection(
+        args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,
+        images=args.images, noise=args.noise, probes=args.probes, attack_eps=args.attack_eps,
+        attack_images=args.attack_images, seed=args.seed, data_dir=args.data_dir, agreement=args.agreement,
+        device=args.device,
+        )  # fmt: skip
+    out = Path(args.out)
+    _print_table(report)
+    print(f"written {out / 'detector.json'} and {out / 'detector.png'}")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    data = report["data"]
+    print(f"threshold {report['threshold']:.6g} on guard confidence (beta_sm {report['beta_sm']:.3g}): rejects "
+          f"{data['calibration_false_rejection_rate']:.1%} of {data['calibration_images']} held-out clean images "
+          f"(target {report['false_rejection']:.1%})")  # fmt: skip
+    row = "{:<24s} {:<7s} {:>7} {:>9s} {:>17s} {:>7s} {:>6s}".format
+    print(row("set", "kind", "images", "accepted", "acc. on accepted", "safe", "AUC"))
+    for name, r in report["sets"].items():
+        auc = f"{r['roc']['auc']:.3f}" if "roc" in r else "-"
+        print(row(name, r["kind"], r["count"], _percent(r["acceptance_rate"]),
+                  _percent(r.get("accuracy_on_accepted")), _percent(r.get("safe_rate")), auc))  # fmt: skip
+
+
+def add_detect_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="junk detector: a classifier's label where a large-n guard is confident, junk otherwise",
+        description="Choose the guard's confidence threshold on half of the first --images MNIST test images "
+        "for the given false-rejection rate, then measure the detector on the other half, on noise, and on the "
+        "adversarial and rubbish images found in --probes folders. Writes OUT/detector.json and OUT/detector.png.",
+    )  # fmt: skip
+    p.add_argument("--classifier", required=True, help="run folder of the classifier whose labels are used")
+    p.add_argument("--guard", required=True, help="run folder of the guard (a large-n DAM)")
+    p.add_argument("--false-rejection", type=float, default=0.05,
+                   help="largest fraction of held-out clean images rejected (default 0.05)")  # fmt: skip
+    p.add_argument(
+        "--beta-sm", type=positive_float, help="softmax beta of the guard's confidence (default: the paper's 3.2)"
+    )
+    p.add_argument(
+        "--images", type=positive_int, default=2000, help="first N test images, split in half (default 2000)"
+    )
+    p.add_argument(
+        "--noise", type=nonnegative_int, default=1000, help="Gaussian and uniform noise images, each (default 1000)"
+    )
+    p.add_argument(
+        "--probes", nargs="+", metavar="DIR",
+        help="probe output folders: the --out of dam boundary/rubbish/transfer, or a reproduction's probes/",
+    )  # fmt: skip
+    p.add_argument("--attack-eps", type=positive_floats, default=(0.1, 0.2, 0.3),
+                   help="L-inf budgets of PGD against the classifier (needs dam[attacks]; '' for none)")  # fmt: skip
+    p.add_argument(
+        "--attack-images", type=nonnegative_int, default=500, help="evaluation images attacked (default 500)"
+    )
+    p.add_argument("--agreement", action="store_true",
+                   help="also reject inputs on which the guard's label differs from the classifier's")  # fmt: skip
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--out", required=True, help="folder for detector.json and detector.png")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration split and the noise")
+    p.set_defaults(func=cmd_detect)

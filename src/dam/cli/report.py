@@ -1,0 +1,78 @@
+"""``dam reproduce`` and ``dam report``: the whole paper in one command, and its HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dam.errors import InputError
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from dam.experiments.reproduce import reproduce
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    check = True if args.check else (False if args.no_check else None)
+    report = reproduce(
+        args.preset,
+        args.out or f"runs/{args.preset}",
+        data_dir=args.data_dir,
+        device=args.device,
+        progress=False if args.no_progress else None,
+        check=check,
+        log=log,
+    )
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dam.experiments.report import build_report, check_report
+
+    out = Path(args.out)
+    if not (out / "reproduce.json").exists():
+        raise InputError(f"{out}/reproduce.json: not a folder written by dam reproduce")
+    report = build_report(out)
+    print(f"report: {report}")
+    if args.check:
+        result = check_report(report, args.screenshot or report.parent / "screenshot.png")
+        print(f"screenshot: {result.screenshot} (page height {result.page_height} px)")
+        if not result.ok:
+            print("rendered report is incomplete: " + "; ".join(result.problems), file=sys.stderr)
+            return 1
+        print("browser check: every figure rendered, every table has rows")
+    return 0
+
+
+def add_report_commands(sub: argparse._SubParsersAction) -> None:
+    from dam.experiments.reproduce import PRESETS
+
+    p = sub.add_parser(
+        "reproduce",
+        help="train the four models, run every probe, write the HTML report",
+        description="Reproduce the paper: DAM_2, 3, 20, 30, all probes, report. Each finished stage "
+        "is reused, so running the same command again resumes after a kill.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="quick",
+        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()),
+    )
+    p.add_argument("--out", help="output folder (default: runs/PRESET)")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $DAM_DATA_DIR, cache, download)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="require the headless-Chromium check of the report")
+    g.add_argument("--no-check", action="store_true", help="skip it (default: run it when Chromium is installed)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="(re)build the HTML report of a dam reproduce folder")
+    p.add_argument("out", help="the folder given to dam reproduce --out")
+    p.add_argument("--check", action="store_true", help="render it in headless Chromium; fail if anything is missing")
+    p.add_argument("--screenshot", help="where to save the full-page screenshot (default: beside the report)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,24 @@
+"""The one rule for choosing a seeded subset of a data set, shared by training (``train_subset``), the
+attacks, the detector and adversarial fine-tuning, so that "500 images, seed 0" names the same images
+everywhere: the first ``count`` indices of ``torch.randperm(len(images))`` drawn from a generator seeded
+with ``seed`` (the global random state is never touched)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dam.errors import InputError
+
+
+def subset_indices(total: int, count: int, seed: int) -> Tensor:
+    """Indices of the seeded subset: the first ``count`` of a seeded permutation of ``range(total)``."""
+    if not isinstance(count, int) or not 1 <= count <= total:
+        raise InputError(f"subset size must be between 1 and {total}, got {count}")
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
+
+
+def seeded_subset(images: Tensor, labels: Tensor, count: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` images and labels chosen by :func:`subset_indices`, with the indices."""
+    index = subset_indices(len(images), count, seed)
+    return images[index], labels[index], index

@@ -1,0 +1,152 @@
+"""The stages of ``dam reproduce`` that go past the paper, under OUT/beyond/:
+
+    baselines/<name>      MLP baselines (``dam train --model mlp-relu|mlp-repu``)
+    attacks/              standard attacks on every DAM and baseline, masking verdicts (``dam attack``)
+    detector/             the junk detector: DAM_2's labels guarded by DAM_30 (``dam detect``)
+    detector-agreement/   the same, also rejecting inputs on which the two disagree (``--agreement``)
+    adversarial/<name>-adv  adversarially fine-tuned DAMs with before/after robustness (``dam adversarial-train``),
+                          attacked like the others
+
+Like the paper's stages, each is skipped when its outputs exist and were made from the same weights and
+settings.  Without the `attacks` extra the attack stage is skipped with a log line and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from dam.io import atomic_write_json
+
+DETECTOR_CLASSIFIER, DETECTOR_GUARD = "n2", "n30"  # the paper's pairing: accurate but vulnerable, and large n
+
+
+def _baseline_configs(settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    from dam.baselines import MLPConfig, MLPTrainConfig
+
+    model_keys = {f.name for f in fields(MLPConfig)}
+    model = MLPConfig(**{k: v for k, v in settings.items() if k in model_keys})
+    train = MLPTrainConfig(**{"seed": seed, **{k: v for k, v in settings.items() if k not in model_keys}})
+    return model, train
+
+
+def _baseline_done(run: Path, model: Any, train: Any) -> bool:
+    from dataclasses import asdict
+
+    from dam.runs import finished_epochs, read_run_config
+
+    status = finished_epochs(run)
+    if status is None or status[0] < status[1]:
+        return False
+    saved = read_run_config(run)
+    return saved.get("model") == asdict(model) and saved.get("train") == asdict(train)
+
+
+def _same_key(path: Path, key: dict[str, Any]) -> bool:
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(key))
+    except (OSError, ValueError):
+        return False
+
+
+def run_beyond(
+    plan: Any,
+    out: Path,
+    runs: list[Path],
+    stages: Any,
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    device: str = "cpu",
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond."""
+    from dam.baselines import train_mlp
+    from dam.runs import model_md5
+
+    beyond = out / "beyond"
+    by_name = {r.name: r for r in runs}
+    baselines = []
+    for name, settings in plan.baselines.items():
+        run = beyond / "baselines" / name
+        model_cfg, train_cfg = _baseline_configs(settings, plan.seed)
+
+        def train(run: Path = run, m: Any = model_cfg, t: Any = train_cfg) -> None:
+            train_mlp(m, t, run, data_dir=data_dir, device=device, resume=True, progress=progress)
+
+        stages.run(f"train {name}", train, lambda run=run, m=model_cfg, t=train_cfg: _baseline_done(run, m, t))
+        baselines.append(run)
+
+    settings = dict(plan.adversarial or {})
+    names, eval_images = settings.pop("models", []), settings.pop("eval_images", 500)
+    tuned_runs: list[Path] = []  # attacked below beside the models they came from
+    for name in names:
+        if name not in by_name:
+            log(f"[adversarial {name}] skipped: {name} is not among this reproduction's models")
+            continue
+        from dam.robustness.adversarial_training import AdversarialTrainConfig, adversarial_finetune, robustness_report
+        from dam.runs import training_m
+
+        config = AdversarialTrainConfig.from_dict({"seed": plan.seed, **settings})
+        base, tuned = by_name[name], beyond / "adversarial" / f"{name}-adv"
+        key = {"base": model_md5(base), "config": settings, "eval_images": eval_images,
+               "search_options": plan.search_options}  # fmt: skip
+
+        def finetune(base: Path = base, tuned: Path = tuned, config: Any = config, key: dict = key) -> None:
+            adversarial_finetune(base, tuned, config, data_dir=data_dir, device=device, resume=True,
+                                 progress=progress)  # fmt: skip
+            options = {"m": training_m(base), **plan.search_options}
+            robustness_report(base, tuned, eval_images=eval_images, eval_seed=plan.seed, data_dir=data_dir,
+                              device=device, search_options=options)  # fmt: skip
+            atomic_write_json(tuned / "key.json", key)
+
+        stages.run(f"adversarial {name}", finetune, lambda tuned=tuned, key=key: _same_key(tuned / "key.json", key))
+        tuned_runs.append(tuned)
+
+    if plan.attacks is not None:
+        from dam.robustness.attacks.runner import AttackSuite, attacks_done, run_attacks
+        from dam.robustness.attacks.standard import MissingExtraError, require_foolbox
+
+        try:
+            require_foolbox()
+        except MissingExtraError as exc:
+            log(f"[attacks] skipped: {exc}")
+        else:
+            suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
+            targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
+            sources = [str(b) for b in baselines]
+            folder = beyond / "attacks"
+
+            def attack() -> None:
+                run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log)
+
+            done = lambda: attacks_done(targets, folder, suite, sources=sources, data_dir=data_dir)  # noqa: E731
+            stages.run("attacks", attack, done)
+
+    if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
+        from dam.robustness.detector import DetectorError
+        from dam.robustness.detector_sets import foolbox_available, run_detection
+
+        classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
+        for stem, agreement in (("detector", False), ("detector-agreement", True)):
+            folder = beyond / stem
+            key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": plan.detector,
+                   "probes": [model_md5(r) for r in runs], "agreement": agreement,
+                   "foolbox": foolbox_available()}  # fmt: skip
+
+            def detect(folder: Path = folder, key: dict = key, agreement: bool = agreement) -> None:
+                (folder / "skipped.json").unlink(missing_ok=True)
+                try:
+                    run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
+                                  data_dir=data_dir, agreement=agreement, device=device, **plan.detector)  # fmt: skip
+                except DetectorError as exc:  # e.g. weak models that disagree on too many clean images
+                    log(f"[{folder.name}] not run: {exc}")
+                    (folder / "detector.json").unlink(missing_ok=True)
+                    atomic_write_json(folder / "skipped.json", {"reason": str(exc)})
+                atomic_write_json(folder / "key.json", key)
+
+            stages.run(stem, detect, lambda folder=folder, key=key: _same_key(folder / "key.json", key))

@@ -1,0 +1,179 @@
+"""The data of the report's "Past the paper" section: standard attacks and baselines, gradient-masking
+verdicts, the junk detector and adversarial training, read from what ``dam reproduce`` wrote under OUT/beyond/.
+
+Each part is shown when its outputs exist and says plainly when they do not (for instance without the
+`attacks` extra), so the rest of the report never depends on it. The prose is in the template
+``templates/past_paper.html``; this module gives it plain values only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dam.experiments.report.formatting import (
+    figure,
+    fmt,
+    fmt_or,
+    joined,
+    number,
+    pct,
+    read_json,
+    reading,
+    table,
+    text,
+)
+
+BEYOND = "beyond"  # OUT/beyond/{baselines,attacks,detector,adversarial}
+
+
+def _attacks(folder: Path) -> dict[str, Any] | None:
+    path = folder / "robustness.json"
+    summary = read_json(path)
+    if summary is None:
+        return None
+    with reading(path):
+        return _attacks_context(folder, summary)
+
+
+def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    from dam.robustness.attacks.accuracy import RobustnessTable
+    from dam.robustness.masking import GradientHealth, masking_verdict
+
+    suite, images = summary["suite"], summary["images"]
+    norms = []
+    for norm in ("linf", "l2"):
+        header = ["model", "clean", *(f"eps {fmt(e, 'g')}" for e in suite[norm])]
+        summary_rows, detail_rows = [], []
+        for name, m in summary["models"].items():
+            t = m["tables"][norm]
+            summary_rows.append([name, pct(t["clean_accuracy"]), *(pct(a) for a in t["worst_case"])])
+            detail_rows += [[name if i == 0 else "", a, *(pct(v) for v in accs)]
+                            for i, (a, accs) in enumerate(t["attacks"].items())]  # fmt: skip
+        norms.append(
+            {
+                "norm": norm,
+                "title": "L-inf" if norm == "linf" else "L2",
+                "summary": table(header, summary_rows, f"robust {norm}"),
+                "detail": table(["model", "attack", *header[2:]], detail_rows, f"robust {norm} per attack", 2),
+            }
+        )
+    rows = []
+    for name, m in summary["models"].items():
+        # re-derived from the measurements, so the verdict follows this dam's rule whenever the results were made
+        health = [GradientHealth(**g) for g in m["gradient_health"]]
+        v = masking_verdict([RobustnessTable.from_json(t) for t in m["tables"].values()], health)
+        h = {g["dtype"]: g for g in m["gradient_health"]}
+        bad = [pct(number(h[d]["zero_fraction"]) + number(h[d]["nonfinite_fraction"])) if d in h else "-"
+               for d in ("float32", "float64")]  # fmt: skip
+        rows.append([name, *bad, "masking suspected" if v["masked"] else "no sign of masking", v["verdict"]])
+    header = ["model", "bad gradients float32", "bad gradients float64", "diagnosis", "verdict"]
+    return {
+        "count": text(images["count"]),
+        "how": text(images["how"]),
+        "seed": text(images["seed"]),
+        "pgd_steps": text(suite["pgd_steps"]),
+        "hsj_steps": text(suite["hsj_steps"]),
+        "hsj_norms": joined(suite["hsj_norms"], "no norm"),
+        "hsj_norms_checked": joined(suite["hsj_norms"], "none"),
+        "sources": joined(summary["sources"], "no source model"),
+        "transfer_norms": "L-inf and L2" if summary["sources"] else "none",
+        "logits": text(summary["logits"]),
+        "norms": norms,
+        "figure": figure(
+            folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)"
+        ),
+        "masking": table(header, rows, "masking", 1),
+    }
+
+
+def _detector(folder: Path) -> dict[str, Any]:
+    agreement = folder.name.endswith("agreement")
+    title = "The junk detector, also rejecting disagreement" if agreement else "The junk detector (the paper's rule)"
+    path = folder / "detector.json"
+    report = read_json(path)
+    if report is None:
+        with reading(folder / "skipped.json"):
+            skipped = read_json(folder / "skipped.json")
+            reason = text(skipped["reason"]) if skipped else None
+        return {"title": title, "result": None, "skipped": reason}
+    with reading(path):
+        data = report["data"]
+        rows = []
+        for name, r in report["sets"].items():
+            rejected = 1 - number(r["acceptance_rate"])
+            rows.append([name, r["kind"], r["count"], pct(r["acceptance_rate"]),
+                         pct(rejected) if r["kind"] != "clean" else "-", pct(r.get("accuracy_on_accepted")),
+                         pct(r.get("classifier_accuracy")), pct(r.get("safe_rate")),
+                         fmt(r["roc"]["auc"], ".3f") if "roc" in r else "-"])  # fmt: skip
+        header = ["set", "kind", "images", "accepted", "rejected", "accuracy on accepted", "classifier alone", "safe",
+                  "ROC AUC vs clean"]  # fmt: skip
+        result = {
+            "classifier": Path(report.get("classifier", "?")).name,
+            "guard": Path(report.get("guard", "?")).name,
+            "beta_sm": fmt(report["beta_sm"], "g"),
+            "threshold": fmt(report["threshold"], ".4g"),
+            "false_rejection": pct(report["false_rejection"]),
+            "calibration_images": text(data["calibration_images"]),
+            "calibration_rate": pct(data["calibration_false_rejection_rate"]),
+            "evaluation_images": text(data["evaluation_images"]),
+            "noise_images": text(data["noise_images"]),
+            "attacks": text(data.get("attacks", "no attack outputs")),
+            "agreement": bool(report.get("agreement")),
+            "table": table(header, rows, folder.name, 2),
+            "figure": figure(folder / "detector.png", "detector: ROC against clean images and guard-score histograms"),
+        }
+    return {"title": title, "result": result, "skipped": None}
+
+
+def _adversarial(folder: Path) -> dict[str, Any] | None:
+    runs = sorted(p for p in folder.glob("*/robustness.json")) if folder.is_dir() else []
+    if not runs:
+        return None
+    # Scored by the boundary search it was trained against, fine-tuning is favoured; the standard attacks'
+    # worst case (when the attack stage covered the fine-tuned model) is shown beside it.
+    attacks_path = folder.parent / "attacks" / "robustness.json"
+    with reading(attacks_path):
+        attacks = read_json(attacks_path) or {}
+        attacked = attacks.get("models", {})
+        suite = attacks.get("suite", {})
+        budgets = {norm: "/".join(fmt(e, "g") for e in suite.get(norm, [])) for norm in ("linf", "l2")}
+
+    def worst(name: str, norm: str) -> str:
+        with reading(attacks_path):
+            t = attacked.get(name, {}).get("tables", {}).get(norm)
+            return " / ".join(pct(a) for a in t["worst_case"]) if t else "-"
+
+    rows = []
+    n: Any = "?"
+    for path in runs:
+        r = read_json(path)
+        with reading(path):
+            n = r.get("eval_images", n)
+            tuned = path.parent.name
+            for when, label, name in (("base", "before", tuned.removesuffix("-adv")), ("finetuned", "after", tuned)):
+                m = r[when]
+                rows.append([tuned if when == "base" else "", label, pct(m.get("test_error")),
+                             pct(m.get("success_rate")), fmt_or(m.get("l2_median"), ".3f"),
+                             fmt_or(m.get("l2_median_all"), ".3f"), fmt_or(m.get("linf_median"), ".3f"),
+                             worst(name, "linf"), worst(name, "l2")])  # fmt: skip
+    header = ["model", "", "test error", "boundary found", "median L2 (found)", "median L2 (all; not found = far)",
+              "median L-inf (found)", f"worst-case robust acc., L-inf {budgets['linf']}",
+              f"L2 {budgets['l2']}"]  # fmt: skip
+    return {"images": text(n), "table": table(header, rows, "adversarial training", 2)}
+
+
+def past_paper_context(out: Path) -> dict[str, Any] | None:
+    """The section's values, or None when OUT/beyond does not exist (older reproductions): the page then
+    has no such section."""
+    folder = Path(out) / BEYOND
+    if not folder.is_dir():
+        return None
+    detectors = [_detector(folder / "detector")]
+    if (folder / "detector-agreement").is_dir():
+        detectors.append(_detector(folder / "detector-agreement"))
+    return {
+        "attacks": _attacks(folder / "attacks"),
+        "detectors": detectors,
+        "adversarial": _adversarial(folder / "adversarial"),
+    }

@@ -1,0 +1,89 @@
+"""Robust accuracy against budget on a fixed, seeded subset of the test set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from dam.data import seeded_subset
+from dam.errors import InputError
+from dam.model import as_logits
+from dam.robustness.attacks.standard import AttackResult
+
+
+class Attacker(Protocol):
+    name: str
+    norm: str
+    epsilons: list[float]
+    uses_gradients: bool
+
+    def __call__(self, images: Tensor, labels: Tensor) -> AttackResult: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def evaluation_subset(images: Tensor, labels: Tensor, size: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """The fixed test subset attacks are measured on: :func:`dam.data.seeded_subset` (the package's one
+    rule, so the same images for every model, run and stage)."""
+    return seeded_subset(images, labels, size, seed)
+
+
+@dataclass
+class RobustnessTable:
+    """Robust accuracy (fraction of images still classified correctly) per attack and budget, one norm.
+
+    ``worst_case``: an image counts as robust only if every attack failed on it at that budget.
+    """
+
+    model: str
+    norm: str
+    epsilons: list[float]
+    images: int
+    clean_accuracy: float
+    attacks: dict[str, list[float]] = field(default_factory=dict)
+    gradient_free: dict[str, bool] = field(default_factory=dict)
+    queries_per_image: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worst_case: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RobustnessTable:
+        return cls(**data)
+
+
+def robust_accuracy(
+    model: nn.Module, name: str, images: Tensor, labels: Tensor, attacks: Sequence[Attacker]
+) -> tuple[RobustnessTable, dict[str, AttackResult]]:
+    """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy."""
+    if not attacks:
+        raise InputError("no attacks given")
+    norms = {(a.norm, tuple(a.epsilons)) for a in attacks}
+    if len(norms) != 1:
+        raise InputError(f"attacks in one table must share norm and budgets, got {sorted(norms)}")
+    norm, epsilons = norms.pop()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
+    table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.float().mean()))
+    results: dict[str, AttackResult] = {}
+    broken = torch.zeros(len(epsilons), len(images), dtype=torch.bool)
+    for attack in attacks:
+        result = attack(images, labels)
+        # An image the model already gets wrong is never robust, whatever the attack made of it (a
+        # transferred adversarial, say, may happen to be classified correctly).
+        result.success = result.success | wrong
+        results[attack.name] = result
+        table.attacks[attack.name] = result.robust_accuracy()
+        table.gradient_free[attack.name] = not attack.uses_gradients
+        table.queries_per_image[attack.name] = result.queries_per_image
+        table.settings[attack.name] = attack.describe()
+        broken |= result.success
+    table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
+    return table, results

@@ -1,0 +1,252 @@
+"""Attacks over run folders, with outputs on disk: what ``dam attack`` and ``dam reproduce`` call.
+
+Per model: robust accuracy against budget (L-inf and L2) under FGSM, PGD, HopSkipJump and transfer
+from the source models, the gradient-health check in float32 and float64, and the masking verdict,
+written to ``OUT/models/<name>.json`` once finished and reused while the model's weights, the sources'
+weights, the image subset and the settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dam.data import load_dataset
+from dam.environment import environment_info
+from dam.errors import InputError
+from dam.io import atomic_write_json
+from dam.results import tensor_md5
+from dam.robustness.attacks.accuracy import RobustnessTable, evaluation_subset, robust_accuracy
+from dam.robustness.attacks.standard import (
+    FGSM,
+    LOGITS_NOTE,
+    PGD,
+    Attack,
+    AttackResult,
+    HopSkipJump,
+    Transfer,
+    require_foolbox,
+)
+from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict
+from dam.runs import common_dataset, load_model, model_md5, model_name, run_kind
+
+
+@dataclass(frozen=True)
+class AttackSuite:
+    """Which attacks, budgets and images.  Budgets are in [0, 1] pixel units."""
+
+    images: int = 500
+    seed: int = 0
+    linf: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    l2: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    pgd_steps: int = 40
+    hsj_steps: int = 20
+    hsj_max_evals: int = 400
+    hsj_norms: tuple[str, ...] = ("linf",)  # HopSkipJump is the costly one: queries, not gradients
+
+    def __post_init__(self) -> None:
+        if (self.images < 1 or not self.linf or not self.l2 or self.pgd_steps < 1 or self.hsj_steps < 0
+                or self.hsj_max_evals < 1):  # fmt: skip
+            raise InputError(f"invalid AttackSuite {self}")
+        if not set(self.hsj_norms) <= {"linf", "l2"}:
+            raise InputError(f"hsj_norms must name linf and/or l2, got {self.hsj_norms}")
+
+    def budgets(self, norm: str) -> list[float]:
+        return list(self.linf if norm == "linf" else self.l2)
+
+    def white_box(self, model: nn.Module, norm: str) -> list[Attack]:
+        eps = self.budgets(norm)
+        return [
+            FGSM(model, eps, norm=norm, seed=self.seed),
+            PGD(model, eps, norm=norm, steps=self.pgd_steps, seed=self.seed),
+        ]
+
+    def decision_based(self, model: nn.Module, norm: str) -> list[Attack]:
+        if norm not in self.hsj_norms or self.hsj_steps == 0:
+            return []
+        return [HopSkipJump(model, self.budgets(norm), norm=norm, steps=self.hsj_steps,
+                            initial_gradient_eval_steps=min(100, self.hsj_max_evals),
+                max_gradient_eval_steps=self.hsj_max_evals, seed=self.seed)]  # fmt: skip
+
+    def source_attack(self, model: nn.Module, norm: str) -> Attack:
+        return PGD(model, self.budgets(norm), norm=norm, steps=self.pgd_steps, seed=self.seed)
+
+
+def attack_images(
+    suite: AttackSuite, data_dir: str | os.PathLike[str] | None, dataset: str = "mnist"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The seeded test subset every model is attacked on, from the runs' data set."""
+    x, y = load_dataset(dataset, "test", data_dir=data_dir)
+    return evaluation_subset(x.reshape(-1, 784), y, suite.images, suite.seed)
+
+
+def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
+    import json
+
+    key = {"weights": model_md5(run), "sources": sources, "suite": asdict(suite), "images_md5": tensor_md5(images)}
+    return json.loads(json.dumps(key))  # as it reads back from disk (tuples become lists)
+
+
+def attack_model(
+    run: str,
+    images: Tensor,
+    labels: Tensor,
+    suite: AttackSuite,
+    source_results: dict[str, dict[str, AttackResult]],
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Everything for one model; ``source_results[norm][source]`` are the sources' PGD results to transfer."""
+    name = model_name(run)
+    model = load_model(run, device=device).eval()
+    tables: dict[str, RobustnessTable] = {}
+    for norm in ("linf", "l2"):
+        attacks: list[Any] = [*suite.white_box(model, norm), *suite.decision_based(model, norm)]
+        attacks += [Transfer(model, suite.source_attack(model, norm), src, result)
+                    for src, result in source_results.get(norm, {}).items() if src != name]  # fmt: skip
+        table, _ = robust_accuracy(model, name, images, labels, attacks)
+        tables[norm] = table
+    health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
+    verdict = masking_verdict(list(tables.values()), health)
+    return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},
+            "gradient_health": [h.to_json() for h in health], "verdict": verdict}  # fmt: skip
+
+
+def _saved(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def attacks_done(
+    runs: list[str],
+    out: str | os.PathLike[str],
+    suite: AttackSuite,
+    *,
+    sources: list[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Whether :func:`run_attacks` would reuse every model's result (and only rewrite the summary)."""
+    out = Path(out)
+    if not (out / "robustness.json").exists():
+        return False
+    images = attack_images(suite, data_dir, common_dataset(runs))[0]
+    source_md5 = {model_name(s): model_md5(s) for s in sources or []}
+    for run in runs:
+        saved = _saved(out / "models" / f"{model_name(run)}.json")
+        if saved is None or saved.get("key") != _key(run, source_md5, suite, images):
+            return False
+    return True
+
+
+def run_attacks(
+    runs: list[str],
+    out: str | os.PathLike[str],
+    suite: AttackSuite,
+    *,
+    sources: list[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Attack every run (transfer from every source) and write OUT/robustness.json, CSVs and the figure.
+
+    Finished models are reused from ``OUT/models`` when their key (weights, sources, suite, images) matches.
+    """
+    require_foolbox()
+    sources = sources or []
+    for run in [*runs, *sources]:  # a typo fails at once, before data are read
+        run_kind(run)
+    out = Path(out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
+    source_md5 = {model_name(s): model_md5(s) for s in sources}
+    source_results: dict[str, dict[str, AttackResult]] | None = None
+    models: dict[str, Any] = {}
+    for run in runs:
+        name = model_name(run)
+        path = out / "models" / f"{name}.json"
+        key = _key(run, source_md5, suite, images)
+        saved = _saved(path)
+        if saved is not None and saved.get("key") == key:
+            log(f"attack {name}: reused {path}")
+            # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
+            tables = [RobustnessTable.from_json(t) for t in saved["tables"].values()]
+            saved["verdict"] = masking_verdict(tables, [GradientHealth(**h) for h in saved["gradient_health"]])
+            models[name] = saved
+            continue
+        if source_results is None:  # made once, only when some model needs them
+            source_results = {norm: {} for norm in ("linf", "l2")}
+            for src in sources:
+                source = load_model(src, device=device).eval()
+                for norm in source_results:
+                    source_results[norm][model_name(src)] = suite.source_attack(source, norm)(images, labels)
+        log(f"attack {name}: {len(images)} images ...")
+        result = {**attack_model(run, images, labels, suite, source_results, device), "key": key}
+        atomic_write_json(path, result)
+        log(f"  {result['verdict']['verdict']}")
+        models[name] = result
+    summary = {
+        "suite": asdict(suite),
+        "images": {
+            "count": len(images),
+            "seed": suite.seed,
+            "test_indices_md5": tensor_md5(index),
+            "how": "the first `count` of torch.randperm(10000) seeded with `seed`, MNIST test set",
+        },
+        "logits": LOGITS_NOTE,
+        "sources": sorted(source_md5),
+        "environment": environment_info(),
+        "models": models,
+    }
+    atomic_write_json(out / "robustness.json", summary)
+    write_tables(summary, out)
+    from dam.robustness.attacks.figures import robust_accuracy_figure
+
+    robust_accuracy_figure(summary, out / "robust_accuracy.png")
+    return summary
+
+
+def write_tables(summary: dict[str, Any], out: Path) -> None:
+    """robust_accuracy_<norm>.csv (model, attack, one column per budget) and masking.csv (one verdict per model)."""
+    import csv
+    import io
+
+    from dam.io import atomic_write_bytes
+
+    for norm in ("linf", "l2"):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        eps = summary["suite"][norm]
+        w.writerow(["model", "attack", "clean", *[f"eps={e:g}" for e in eps]])
+        for name, m in summary["models"].items():
+            t = m["tables"][norm]
+            for attack, accs in {**t["attacks"], "worst case": t["worst_case"]}.items():
+                w.writerow([name, attack, f"{t['clean_accuracy']:.4f}", *[f"{a:.4f}" for a in accs]])
+        atomic_write_bytes(out / f"robust_accuracy_{norm}.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        [
+            "model",
+            "zero_grad_float32",
+            "zero_grad_float64",
+            "nonfinite_float32",
+            "nonfinite_float64",
+            "masked",
+            "verdict",
+        ]
+    )
+    for name, m in summary["models"].items():
+        h = {g["dtype"]: g for g in m["gradient_health"]}
+        zero, nonfinite = [h[d]["zero_fraction"] for d in h], [h[d]["nonfinite_fraction"] for d in h]
+        w.writerow([name, *zero, *nonfinite, m["verdict"]["masked"], m["verdict"]["verdict"]])
+    atomic_write_bytes(out / "masking.csv", buf.getvalue().encode())

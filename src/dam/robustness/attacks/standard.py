@@ -1,0 +1,283 @@
+"""Standard attacks from Foolbox 3, with this package's calling convention.
+
+An attack is built on one model with its hyperparameters and a list of budgets ``epsilons`` (L-inf or L2
+in [0, 1] pixel units), and is called on (images, labels).  It returns an :class:`AttackResult`: the
+adversarial images per budget, which of them are misclassified (``success``; a clean image already
+misclassified counts as a success at every budget, so 1 - success is robust accuracy), their distances
+from the clean images and how many model evaluations per image the attack spent.  The attacks
+themselves are Foolbox's; this module only fixes the model view (:func:`as_logits`), the seeding and
+the bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dam.errors import MissingExtraError
+from dam.model import InputError, as_logits, flatten_images
+
+NORMS = ("linf", "l2")
+
+LOGITS_NOTE = (
+    "every model is attacked through dam.model.as_logits: a DAM's pre-tanh scores s (Y = tanh(s) saturates "
+    "at +-1 and would starve gradient attacks of gradient; s ranks the classes exactly as Y does), an MLP "
+    "baseline's logits"
+)
+
+
+def require_foolbox() -> Any:
+    """Import Foolbox or say in one line how to get it."""
+    try:
+        import foolbox
+    except ImportError:
+        raise MissingExtraError('the standard attacks need Foolbox 3: pip install "dam[attacks]"') from None
+    return foolbox
+
+
+@dataclass
+class AttackResult:
+    """Per budget (first axis, E) and image (second axis, B); images flattened to 784 pixels in [0, 1]."""
+
+    attack: str
+    norm: str
+    epsilons: list[float]
+    adversarials: Tensor  # (E, B, 784)
+    success: Tensor  # (E, B) bool: the model's label differs from the true label
+    distances: Tensor  # (E, B) in the attack's norm
+    queries_per_image: float  # forward evaluations of the model per image (a gradient costs one more)
+
+    def robust_accuracy(self) -> list[float]:
+        return [1.0 - float(s.float().mean()) for s in self.success] if self.success.shape[1] else []
+
+
+class _Counting(nn.Module):
+    """Counts the images the attacked model is evaluated on (queries), whatever the attack does."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.rows += images.shape[0]
+        return self.model(images)
+
+
+def _as_batch(images: Tensor, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    x = flatten_images(images, 784, torch.float32)
+    if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
+        raise InputError("attack images must be finite and lie in [0, 1]")
+    if labels.dtype != torch.long or labels.shape != (x.shape[0],):
+        raise InputError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    return x.to(device), labels.to(device)
+
+
+def _distance(norm: str, a: Tensor, b: Tensor) -> Tensor:
+    diff = (a - b).flatten(1)
+    return diff.abs().amax(dim=1) if norm == "linf" else diff.norm(dim=1)
+
+
+class Attack:
+    """Base: runs a Foolbox attack batch by batch, seeded, on the model's logits."""
+
+    name: ClassVar[str] = "attack"
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self, model: nn.Module, epsilons: Sequence[float], *, norm: str = "linf", batch_size: int = 250, seed: int = 0
+    ) -> None:
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not epsilons or any(e < 0 for e in epsilons):
+            raise InputError(f"epsilons must be a non-empty list of budgets >= 0, got {list(epsilons)}")
+        self.model, self.norm, self.epsilons = model, norm, [float(e) for e in epsilons]
+        self.batch_size, self.seed = batch_size, seed
+
+    def _foolbox_attack(self, fb: Any) -> Any:
+        raise NotImplementedError
+
+    def _attack_batch(self, attack: Any, fmodel: Any, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(adversarials (E, B, 784), success (E, B)) for one batch."""
+        _, clipped, success = attack(fmodel, x, y, epsilons=self.epsilons)
+        return torch.stack([c.detach() for c in clipped]), success.detach()
+
+    def describe(self) -> dict[str, Any]:
+        """Name and hyperparameters, for the records."""
+        return {"attack": self.name, "norm": self.norm, "epsilons": self.epsilons, "gradients": self.uses_gradients}
+
+    def __call__(self, images: Tensor, labels: Tensor) -> AttackResult:
+        fb = require_foolbox()
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        x, y = _as_batch(images, labels, device)
+        counting = _Counting(as_logits(self.model)).eval()
+        fmodel = fb.PyTorchModel(counting, bounds=(0.0, 1.0), device=device)
+        attack = self._foolbox_attack(fb)
+        advs, wins = [], []
+        # Foolbox draws its random starts and directions from torch's global generator: fork it so the
+        # result depends on ``seed`` only and the caller's random state is left alone.
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for i in range(0, len(x), self.batch_size):
+                adv, success = self._attack_batch(attack, fmodel, counting, x[i : i + self.batch_size],
+                                                  y[i : i + self.batch_size])  # fmt: skip
+                advs.append(adv)
+                wins.append(success)
+        adversarials = torch.cat(advs, dim=1) if advs else x.new_empty(len(self.epsilons), 0, 784)
+        success = torch.cat(wins, dim=1) if wins else torch.zeros(len(self.epsilons), 0, dtype=torch.bool)
+        distances = torch.stack([_distance(self.norm, a, x) for a in adversarials])
+        return AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(), success.cpu(), distances.cpu(),
+                            counting.rows / max(len(x), 1))  # fmt: skip
+
+
+class FGSM(Attack):
+    """Fast gradient (sign) method: one step of size eps along the loss gradient (L2: the normalised gradient)."""
+
+    name = "fgsm"
+
+    def _foolbox_attack(self, fb: Any) -> Any:
+        return fb.attacks.FGSM() if self.norm == "linf" else fb.attacks.FGM()
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al.) on cross-entropy, with a random start inside the ball."""
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        epsilons: Sequence[float],
+        *,
+        norm: str = "linf",
+        steps: int = 40,
+        rel_stepsize: float = 2.5 / 40,
+        random_start: bool = True,
+        batch_size: int = 250,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
+        if steps < 1 or rel_stepsize <= 0:
+            raise InputError("PGD needs steps >= 1 and rel_stepsize > 0")
+        self.steps, self.rel_stepsize, self.random_start = steps, rel_stepsize, random_start
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "steps": self.steps, "rel_stepsize": self.rel_stepsize,
+                "random_start": self.random_start}  # fmt: skip
+
+    def _foolbox_attack(self, fb: Any) -> Any:
+        cls = fb.attacks.LinfPGD if self.norm == "linf" else fb.attacks.L2PGD
+        return cls(steps=self.steps, rel_stepsize=self.rel_stepsize, random_start=self.random_start)
+
+
+class HopSkipJump(Attack):
+    """HopSkipJump (Chen, Jordan & Wainwright 2020): decision-based, sees only the predicted labels.
+
+    It needs no gradient of the model at all, so vanishing or useless gradients cannot stop it.  It
+    minimises the distance to an adversarial; success at a budget means the distance found is within it.
+    """
+
+    name = "hopskipjump"
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        epsilons: Sequence[float],
+        *,
+        norm: str = "linf",
+        steps: int = 32,
+        initial_gradient_eval_steps: int = 100,
+        max_gradient_eval_steps: int = 1000,
+        batch_size: int = 250,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
+        if steps < 1 or initial_gradient_eval_steps < 1 or max_gradient_eval_steps < initial_gradient_eval_steps:
+            raise InputError("HopSkipJump needs steps >= 1 and 1 <= initial <= max gradient-estimation steps")
+        self.steps = steps
+        self.initial_gradient_eval_steps, self.max_gradient_eval_steps = (
+            initial_gradient_eval_steps,
+            max_gradient_eval_steps,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "steps": self.steps,
+                "initial_gradient_eval_steps": self.initial_gradient_eval_steps,
+                "max_gradient_eval_steps": self.max_gradient_eval_steps}  # fmt: skip
+
+    def _attack_batch(self, attack: Any, fmodel: Any, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Start each image from the nearest image of the batch that the model labels otherwise.
+
+        Foolbox's default start (blending in uniform noise) fails outright on models that refuse to
+        label noise as anything in particular, which is exactly the large-n DAMs; other digits work.  An
+        image for which the batch holds no such start (a model that labels the whole batch alike) cannot
+        be attacked: it is returned unchanged and counted as not broken.
+        """
+        with torch.no_grad():
+            predicted = logits(x).argmax(dim=1)
+        other = predicted[None, :] != y[:, None]  # (B, B): image j is a valid start for image i
+        dist = torch.cdist(x, x).masked_fill(~other, float("inf"))
+        startable = other.any(dim=1)
+        adv = x[None].repeat(len(self.epsilons), 1, 1)
+        success = torch.zeros(len(self.epsilons), len(x), dtype=torch.bool, device=x.device)
+        if startable.any():
+            starts = x[dist.argmin(dim=1)][startable]
+            _, clipped, won = attack(fmodel, x[startable], y[startable], epsilons=self.epsilons, starting_points=starts)
+            adv[:, startable] = torch.stack([c.detach() for c in clipped])
+            success[:, startable] = won.detach()
+        return adv, success
+
+    def _foolbox_attack(self, fb: Any) -> Any:
+        return fb.attacks.HopSkipJumpAttack(
+            steps=self.steps,
+            initial_gradient_eval_steps=self.initial_gradient_eval_steps,
+            max_gradient_eval_steps=self.max_gradient_eval_steps,
+            constraint=self.norm,
+        )
+
+
+class Transfer:
+    """Adversarials made by ``source_attack`` on another model, shown to ``model`` (a black-box attack).
+
+    Success means ``model`` misclassifies the source's adversarial at that budget; the queries to
+    ``model`` are one per image and budget.  ``source_result``: the source attack's result on the same
+    images, when already computed (several targets share one source run).
+    """
+
+    uses_gradients: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source_attack: Attack,
+        source_name: str = "source",
+        source_result: AttackResult | None = None,
+    ) -> None:
+        self.model, self.source_attack, self.source_result = model, source_attack, source_result
+        self.norm, self.epsilons = source_attack.norm, source_attack.epsilons
+        self.name = f"transfer:{source_name}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"attack": self.name, "norm": self.norm, "epsilons": self.epsilons, "gradients": False,
+                "source": self.source_attack.describe()}  # fmt: skip
+
+    def __call__(self, images: Tensor, labels: Tensor) -> AttackResult:
+        src = self.source_result
+        if src is None:
+            src = self.source_attack(images, labels)
+        elif src.adversarials.shape[1] != len(images) or src.epsilons != self.epsilons:
+            raise InputError("source_result was computed on other images or budgets")
+        device = next(self.model.parameters()).device
+        logits = as_logits(self.model).eval()
+        y = labels.to(device)
+        with torch.no_grad():
+            success = torch.stack([logits(a.to(device)).argmax(dim=1) != y for a in src.adversarials]).cpu()
+        return AttackResult(self.name, self.norm, self.epsilons, src.adversarials, success, src.distances,
+                            float(len(self.epsilons)))  # fmt: skip

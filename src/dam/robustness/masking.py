@@ -1,0 +1,142 @@
+"""Gradient-masking diagnostics: is a model robust, or are its gradients merely useless to an attacker?
+
+Two symptoms (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On evaluating adversarial
+robustness"): input gradients that vanish or overflow, and gradient attacks that do worse than attacks
+which never look at a gradient (decision-based or transferred from another model) at the same budget.
+A model whose white-box robust accuracy exceeds its black-box robust accuracy is not robust; the
+black-box number is the honest one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dam.errors import InputError
+from dam.model import as_logits
+from dam.robustness.attacks.accuracy import RobustnessTable
+
+
+@dataclass
+class GradientHealth:
+    """Fractions of images whose cross-entropy input gradient is exactly zero or not finite."""
+
+    dtype: str
+    images: int
+    zero_fraction: float
+    nonfinite_fraction: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gradient_health(
+    model: nn.Module, images: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32, batch_size: int = 500
+) -> GradientHealth:
+    """Per-image input gradient of cross-entropy on the attack logits, computed in ``dtype``."""
+    import copy
+
+    device = next(model.parameters()).device
+    probe = copy.deepcopy(model).to(dtype).eval() if next(model.parameters()).dtype != dtype else model.eval()
+    logits = as_logits(probe)
+    zero = nonfinite = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device=device, dtype=dtype).reshape(-1, 784).requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(logits(x), labels[i : i + batch_size].to(device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+        finite = torch.isfinite(grad).all(dim=1)
+        nonfinite += int((~finite).sum())
+        zero += int((finite & (grad == 0).all(dim=1)).sum())
+    n = max(len(images), 1)
+    return GradientHealth(str(dtype).removeprefix("torch."), len(images), zero / n, nonfinite / n)
+
+
+def _tolerance(accuracy: float, images: int, floor: float) -> float:
+    """Two binomial standard errors, at least ``floor``: smaller gaps are noise on this many images."""
+    return max(floor, 2.0 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(images, 1)))
+
+
+def _combined(table: RobustnessTable, gradient_free: bool, prefix: str | None = None) -> list[float] | None:
+    """Best attack of a kind per budget (the lowest robust accuracy); None if the table has none."""
+    names = [a for a, free in table.gradient_free.items()
+             if free == gradient_free and (prefix is None or a.startswith(prefix))]  # fmt: skip
+    if not names:
+        return None
+    return [min(table.attacks[a][i] for a in names) for i in range(len(table.epsilons))]
+
+
+def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
+    """Budgets at which a gradient-free attack beats the gradient attacks by more than the noise."""
+    white = _combined(table, gradient_free=False)
+    if white is None:
+        return []
+    gaps = []
+    for kind, prefix in (("decision-based", "hopskipjump"), ("transfer", "transfer:")):
+        accs = _combined(table, gradient_free=True, prefix=prefix)
+        for eps, w, b in zip(table.epsilons, white, accs or [], strict=False):
+            if w - b > _tolerance(w, table.images, floor):
+                gaps.append({"norm": table.norm, "eps": eps, "kind": kind, "white_box": w, "black_box": b})
+    return gaps
+
+
+def masking_verdict(
+    tables: RobustnessTable | list[RobustnessTable],
+    health: list[GradientHealth],
+    *,
+    zero_limit: float = 0.05,
+    floor: float = 0.03,
+) -> dict[str, Any]:
+    """A plain verdict from the gradient health and the white-box / black-box / transfer comparison.
+
+    ``tables``: one model's robustness tables (one per norm); a gap in any of them counts.
+    """
+    tables = [tables] if isinstance(tables, RobustnessTable) else list(tables)
+    if not tables or len({t.model for t in tables}) != 1:
+        raise InputError("masking_verdict needs one or more tables of one model")
+    model = tables[0].model
+    sick = [f"{h.zero_fraction + h.nonfinite_fraction:.0%} of input gradients are zero or non-finite in {h.dtype}"
+            for h in health if h.zero_fraction + h.nonfinite_fraction > zero_limit]  # fmt: skip
+    gaps = [g for t in tables for g in _gaps(t, floor)]
+    checked = [t.norm for t in tables if any(t.gradient_free.values())]
+    unchecked = [t.norm for t in tables if not any(t.gradient_free.values())]
+    reasons = list(sick)
+    for norm in dict.fromkeys(g["norm"] for g in gaps):
+        g = max((g for g in gaps if g["norm"] == norm), key=lambda g: g["white_box"] - g["black_box"])
+        reasons.append(
+            f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
+            f"gradient attacks {g['white_box']:.1%}"
+        )
+    masked = bool(reasons)
+    parts = []
+    if gaps:
+        overstated = max(g["white_box"] - g["black_box"] for g in gaps)
+        parts.append(
+            f"gradient masking suspected: {'; '.join(reasons[len(sick) :])}. Gradient attacks overstate its "
+            f"robustness by up to {100 * overstated:.1f} points of robust accuracy (masked gradients, or gradient "
+            "attacks too weak at their step budget); trust the worst-case numbers, which include the "
+            "gradient-free attacks"
+        )
+    if sick:
+        parts.append(f"gradient masking suspected: {'; '.join(sick)}, so gradient attacks cannot be trusted here")
+    if not gaps and checked:
+        parts.append(
+            f"no sign that gradient attacks overstate its robustness in {' and '.join(checked)}: attacks that need "
+            "no gradients do no better at the same budgets (within their query budgets)"
+        )
+    if health and not sick:
+        parts.append("its input gradients are finite and non-zero")
+    if unchecked:
+        parts.append(
+            f"masking not checked in {' and '.join(unchecked)}: no gradient-free attack was run there, so it "
+            "cannot be ruled out"
+        )
+    verdict = f"{model}: " + "; ".join(parts) + "."
+    worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
+    return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
+            "worst_case": worst, "gradient_health": [h.to_json() for h in health]}  # fmt: skip

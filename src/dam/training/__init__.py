@@ -1,0 +1,28 @@
+"""Training: the authors' algorithm for DAM_n, the MLP baselines, and the one loop both run through.
+
+Layer: depends on data, the models and run folders; probes, robustness and experiments build on it.
+"""
+
+from dam.training.loop import TrainData, Trainer, error_rate, fit, prepare_data
+from dam.training.mlp import MLPTrainConfig, train_mlp
+from dam.training.presets import preset, preset_names, schedule_names
+from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step, train, update_memories
+
+__all__ = [
+    "DAMTrainer",
+    "MLPTrainConfig",
+    "TrainConfig",
+    "TrainData",
+    "Trainer",
+    "dam_loss",
+    "error_rate",
+    "fit",
+    "minibatch_step",
+    "prepare_data",
+    "preset",
+    "preset_names",
+    "schedule_names",
+    "train",
+    "train_mlp",
+    "update_memories",
+]

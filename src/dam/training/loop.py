@@ -1,0 +1,283 @@
+"""The one training loop: epochs over seeded minibatches into a resumable run folder.
+
+Every model of the package trains through :func:`fit`: the DAM with the authors' rule
+(:mod:`dam.training.rule`), the MLP baselines with cross-entropy and Adam (:mod:`dam.training.mlp`) and
+adversarial fine-tuning (:mod:`dam.robustness.adversarial_training`).  What differs is a
+:class:`Trainer`: one epoch's work and the tensors resuming needs.  What is shared is here:
+
+- the run folder is locked for the run and never overwritten silently (:class:`dam.runs.OutputFolder`);
+- the data are loaded before anything is written, so a failed download leaves no half-made run;
+- per epoch, metrics are appended first and the training state written atomically next: a kill in
+  between replays the epoch, whose metrics line is then dropped and rewritten (:func:`keep_metrics_until`);
+- shuffling is derived from (seed, epoch), so no generator state needs saving and a resumed run ends
+  with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from dam.data import load_dataset, seeded_subset, train_val_split
+from dam.environment import environment_info
+from dam.errors import CheckpointError, ConfigError, InputError
+from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from dam.model import CONFIG_FILE, FORMAT_VERSION
+from dam.runs import METRICS_FILE, STATE_FILE, read_run_config
+
+logger = logging.getLogger(__name__)
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+def as_unit_float(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 images -> floats in [0, 1]; floating images pass through."""
+    if images.dtype == torch.uint8:
+        return images.to(dtype) / 255.0
+    return images.to(dtype)
+
+
+@dataclass
+class TrainData:
+    train_images: Tensor
+    train_labels: Tensor
+    eval_images: Tensor
+    eval_labels: Tensor
+    eval_name: str  # "test" or "validation"
+
+
+def prepare_data(
+    dataset: str,
+    seed: int,
+    train_subset: int | None,
+    validation: bool,
+    data_dir: str | os.PathLike[str] | None,
+    device: torch.device,
+) -> TrainData:
+    """The training images (a seeded subset when asked) and the images errors are measured on."""
+    images, labels = load_dataset(dataset, "train", data_dir=data_dir)
+    if validation:
+        train_idx, val_idx = train_val_split(len(images), seed=seed)
+        eval_images, eval_labels, eval_name = images[val_idx], labels[val_idx], "validation"
+        images, labels = images[train_idx], labels[train_idx]
+    else:
+        eval_images, eval_labels = load_dataset(dataset, "test", data_dir=data_dir)
+        eval_name = "test"
+    if train_subset is not None:
+        if train_subset > len(images):
+            raise ConfigError(f"train_subset {train_subset} is larger than the {len(images)} training images")
+        images, labels, _ = seeded_subset(images, labels, train_subset, seed)
+    return TrainData(
+        images.reshape(len(images), -1).to(device),
+        labels.to(device),
+        eval_images.reshape(len(eval_images), -1).to(device),
+        eval_labels.to(device),
+        eval_name,
+    )
+
+
+def epoch_permutation(num: int, seed: int, epoch: int) -> Tensor:
+    """The order of an epoch's examples, from (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+    return torch.randperm(num, generator=g)
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 2000) -> float:
+    """Fraction of misclassified examples; ``images`` uint8 (B, 784) or float in [0, 1]."""
+    dtype = next(model.parameters()).dtype
+    wrong = 0
+    for i in range(0, len(images), batch_size):
+        x = as_unit_float(images[i : i + batch_size], dtype)
+        wrong += int((model.logits(x).argmax(dim=1) != labels[i : i + batch_size]).sum())
+    return wrong / max(len(images), 1)
+
+
+def training_device(device: str | torch.device) -> torch.device:
+    from dam.environment import resolve_device
+
+    return resolve_device(device)
+
+
+# -- progress ----------------------------------------------------------------------------------------
+
+
+def show_progress(enabled: bool | None) -> bool:
+    """``None`` means: on a terminal or in a Jupyter kernel, not in a log file."""
+    if enabled is not None:
+        return enabled
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool | None, unit: str = "epoch") -> Any:
+    """A tqdm bar that renders as a widget in Jupyter (``tqdm.auto``) and as text on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show_progress(enabled),
+                dynamic_ncols=True)  # fmt: skip
+
+
+# -- run folders -------------------------------------------------------------------------------------
+
+
+def keep_metrics_until(folder: Path, epoch: int) -> None:
+    """Drop metric lines past ``epoch`` (an epoch a kill interrupted after logging it is replayed)."""
+    records = [r for r in read_jsonl(folder / METRICS_FILE) if r.get("epoch", 0) <= epoch]
+    atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
+def save_train_state(folder: Path, tensors: dict[str, Tensor], epochs_done: int, meta: dict[str, str]) -> None:
+    from safetensors.torch import save as st_save
+
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {**meta, "epochs_done": str(epochs_done), "format_version": str(FORMAT_VERSION)}
+    atomic_write_bytes(folder / STATE_FILE, st_save(cpu, metadata=metadata))
+
+
+def load_train_state(folder: Path) -> tuple[dict[str, Tensor], dict[str, str], int]:
+    """Tensors, metadata and epochs done of a run folder's training state."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / STATE_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        return tensors, meta, int(meta["epochs_done"])
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({exc}); cannot resume") from None
+
+
+S = TypeVar("S")
+
+
+def settings_from(cls: type[S], data: Any, where: str) -> S:
+    """A settings dataclass from a saved dict; a folder whose settings do not fit is a CheckpointError."""
+    try:
+        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise InputError(f"unknown settings {sorted(unknown)}")
+        return cls(**data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: no valid {cls.__name__} ({exc})") from None
+
+
+def resumed_settings(saved: S, given: S | None, folder: Path) -> S:
+    """The settings of a resumed run: the saved ones rule; ``given`` may differ only in ``epochs``."""
+    if given is None:
+        return saved
+    if replace(given, epochs=saved.epochs) != saved:  # type: ignore[type-var]
+        diff = {k: (v, getattr(given, k)) for k, v in asdict(saved).items() if getattr(given, k) != v}  # type: ignore[call-overload]
+        raise CheckpointError(f"{folder}: resume with settings that differ from the saved run (saved, given): {diff}")
+    return replace(saved, epochs=given.epochs)  # type: ignore[type-var]
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+class Trainer(Protocol):
+    """One kind of training: what an epoch does and what resuming needs."""
+
+    model: nn.Module
+
+    def train_epoch(self, epoch: int, data: TrainData) -> dict[str, Any]:
+        """Train one epoch (0-based); return its statistics (loss, train error, ...)."""
+        ...
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Tensors and string metadata that, with the weights, let a killed run continue exactly."""
+        ...
+
+    def save_model(self, folder: Path, run_info: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunPlan:
+    """Where a run goes and how far: shared by every trainer."""
+
+    folder: Path
+    epochs: int
+    eval_every: int = 1
+    desc: str = "train"
+    postfix: tuple[str, ...] = ("loss", "train_error")
+
+
+def fit(
+    trainer: Trainer,
+    plan: RunPlan,
+    run_info: dict[str, Any],
+    data: TrainData,
+    *,
+    start_epoch: int = 0,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Train from ``start_epoch`` to ``plan.epochs`` (or ``stop_after``, as a kill would), writing the run
+    folder every epoch.  The caller holds the folder's lock (:meth:`dam.runs.OutputFolder.writing`)."""
+    folder = plan.folder
+    keep_metrics_until(folder, start_epoch)
+    atomic_write_json(folder / CONFIG_FILE, run_info)
+    end_epoch = plan.epochs if stop_after is None else min(plan.epochs, stop_after)
+    bar = progress_bar(plan.epochs, start_epoch, plan.desc, progress)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            t0 = time.perf_counter()
+            stats = trainer.train_epoch(epoch, data)
+            record: dict[str, Any] = {"epoch": epoch + 1, **stats, "train_seconds": time.perf_counter() - t0}
+            if (epoch + 1) % plan.eval_every == 0 or epoch + 1 == plan.epochs:
+                record[f"{data.eval_name}_error"] = error_rate(trainer.model, data.eval_images, data.eval_labels)
+            record["seconds"] = time.perf_counter() - t0
+            bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)}
+            if bad:
+                raise FloatingPointError(f"epoch {epoch + 1}: non-finite training statistics {bad}; lower the lr")
+            append_jsonl(folder / METRICS_FILE, record)
+            tensors, meta = trainer.state()
+            save_train_state(folder, tensors, epoch + 1, meta)
+            trainer.save_model(folder, run_info)
+            bar.update(1)
+            shown = {k: record[k] for k in (*plan.postfix, f"{data.eval_name}_error") if record.get(k) is not None}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+            logger.debug("%s", json.dumps(record))
+            if log is not None:
+                log(json.dumps(record))
+    finally:
+        bar.close()
+    if start_epoch >= end_epoch:  # nothing left to do: make sure the model files match the state
+        trainer.save_model(folder, run_info)
+
+
+def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, device: torch.device,
+               data_dir: str | None) -> dict[str, Any]:  # fmt: skip
+    """What a run folder's config.json records: kind, settings, seed, device, data folder, versions."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model": model_settings,
+        "train": asdict(train_settings),
+        "seed": train_settings.seed,
+        "device": str(device),
+        "data_dir": data_dir,
+        "environment": environment_info(),
+    }
+
+
+def resolved_data_dir(data_dir: str | os.PathLike[str] | None, folder: Path, resuming: bool) -> str | None:
+    """The data folder to read: the one given, else (on resume) the one the run started with."""
+    if data_dir is None and resuming:
+        saved = read_run_config(folder).get("data_dir")
+        if saved and Path(saved).is_dir():
+            data_dir = saved
+    return str(Path(data_dir).resolve()) if data_dir is not None else None

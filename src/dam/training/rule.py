@@ -1,0 +1,265 @@
+"""The authors' training algorithm for DAM_n (NIPS 2016, Appendix A; docs/training.md).
+
+Per minibatch: loss C = sum_examples sum_alpha (Y_alpha - t_alpha)^(2m), then
+
+    V  <- p V - dC/dxi                           momentum on the negative gradient
+    xi <- xi + eps * V_mu / max_J |V_mu,J|      every memory moves by exactly eps at its largest entry
+    xi <- clip(xi, -1, 1)
+
+with eps = eps0 * f^epoch and T constant or ramped linearly from T_i to T_f over the first epochs.
+:func:`train` runs it through the package's one training loop (:func:`dam.training.loop.fit`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dam.errors import CheckpointError, ConfigError
+from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
+from dam.runs import OutputFolder, read_run_config
+from dam.training.loop import (
+    RunPlan,
+    TrainData,
+    as_unit_float,
+    epoch_permutation,
+    fit,
+    load_train_state,
+    prepare_data,
+    resolved_data_dir,
+    resumed_settings,
+    run_record,
+    settings_from,
+    training_device,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run.  Presets in :mod:`dam.presets` fill these in."""
+
+    n: int = 3
+    m: int = 3
+    num_memories: int = 2000
+    temperature_start: float = 400.0  # T_i
+    temperature_end: float = 70.0  # T_f; equal to T_i for a constant temperature
+    ramp_epochs: int = 200  # T goes linearly from T_i to T_f over these epochs, then holds
+    epochs: int = 300
+    batch_size: int = 1000
+    lr: float = 0.04  # eps0
+    lr_decay: float = 0.998  # f: eps = eps0 * f^epoch
+    momentum: float = 0.6  # p
+    init_mean: float = -0.3
+    init_std: float = 0.3
+    seed: int = 0
+    dataset: str = "mnist"
+    train_subset: int | None = None  # first N examples of a seeded permutation of the training set
+    validation: bool = False  # hold out 10k of the 60k training images and report error on them
+    eval_every: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n >= 2": self.n >= 2,
+            "m >= 1": self.m >= 1,
+            "num_memories >= 1": self.num_memories >= 1,
+            "temperatures > 0": self.temperature_start > 0 and self.temperature_end > 0,
+            "ramp_epochs >= 0": self.ramp_epochs >= 0,
+            "epochs >= 1": self.epochs >= 1,
+            "batch_size >= 1": self.batch_size >= 1,
+            "lr > 0": self.lr > 0,
+            "0 < lr_decay <= 1": 0 < self.lr_decay <= 1,
+            "0 <= momentum < 1": 0 <= self.momentum < 1,
+            "init_std >= 0": self.init_std >= 0,
+            "train_subset >= 1": self.train_subset is None or self.train_subset >= 1,
+            "eval_every >= 1": self.eval_every >= 1,
+            "dtype is float32 or float64": self.dtype in ("float32", "float64"),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid training settings: {', '.join(bad)} violated ({self})")
+
+    def temperature_at(self, epoch: int) -> float:
+        """T for a 0-based epoch: linear from T_i to T_f over ``ramp_epochs``, then T_f."""
+        if self.ramp_epochs == 0 or epoch >= self.ramp_epochs:
+            return self.temperature_end
+        frac = epoch / self.ramp_epochs
+        return self.temperature_start + (self.temperature_end - self.temperature_start) * frac
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_decay**epoch
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training settings {sorted(unknown)}")
+        return cls(**data)
+
+
+def dam_loss(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
+    """Eq. (3): sum over examples and classes of (Y - t)^(2m), t = +1 for the true class, -1 else."""
+    target = torch.full_like(outputs, -1.0)
+    target.scatter_(1, labels[:, None], 1.0)
+    return (outputs - target).pow(2 * m).sum()
+
+
+def _update_step(
+    memories: Tensor, grad: Tensor, velocity: Tensor, lr: Tensor, momentum: Tensor
+) -> tuple[Tensor, Tensor]:
+    new_velocity = velocity * momentum - grad
+    # A memory with no gradient at all (never active) has max |V| = 0: leave it where it is.
+    scale = new_velocity.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(velocity.dtype).tiny)
+    return (memories + new_velocity / scale * lr).clamp(-1.0, 1.0), new_velocity
+
+
+_UPDATE = FusedKernel(_update_step)
+
+
+@torch.no_grad()
+def update_memories(memories: Tensor, grad: Tensor, velocity: Tensor, lr: float, momentum: float) -> None:
+    """One step of the authors' rule, in place: momentum, per-memory max-normalisation, clip.
+
+    Fused into one kernel like the model's; lr and momentum travel as 0-dim tensors so that the
+    decaying learning rate does not trigger recompiles.
+    """
+    new_memories, new_velocity = _UPDATE(
+        memories, grad, velocity, torch.tensor(lr, dtype=memories.dtype, device=memories.device),
+        torch.tensor(momentum, dtype=memories.dtype, device=memories.device),
+    )  # fmt: skip
+    # (inductor of torch 2.13 fails on in-place updates of inputs here, hence the copies)
+    velocity.copy_(new_velocity)
+    memories.copy_(new_memories)
+
+
+def minibatch_step(
+    model: DenseAssociativeMemory, velocity: Tensor, x: Tensor, y: Tensor, m: int, lr: float, momentum: float
+) -> tuple[Tensor, Tensor]:
+    """One step of the authors' rule on one minibatch (images ``x`` in [0, 1]); returns the loss and the
+    outputs from before the step, detached."""
+    model.memories.grad = None
+    out = model(x)
+    loss = dam_loss(out, y, m)
+    loss.backward()
+    update_memories(model.memories.data, model.memories.grad, velocity, lr, momentum)
+    model.memories.grad = None
+    return loss.detach(), out.detach()
+
+
+class DAMTrainer:
+    """The authors' rule as a :class:`~dam.training.loop.Trainer`: the weights and the momentum V."""
+
+    def __init__(self, model: DenseAssociativeMemory, config: TrainConfig) -> None:
+        self.model = model
+        self.config = config
+        self.velocity = torch.zeros_like(model.memories.data)
+
+    def train_epoch(self, epoch: int, data: TrainData) -> dict[str, Any]:
+        """One pass over the data in seeded minibatches; returns loss and running train error."""
+        config, model = self.config, self.model
+        images, labels = data.train_images, data.train_labels
+        model.temperature = config.temperature_at(epoch)
+        lr = config.lr_at(epoch)
+        order = epoch_permutation(len(images), config.seed, epoch).to(images.device)
+        # accumulated on the device: no host sync per minibatch on a GPU
+        total_loss = torch.zeros((), dtype=torch.float64, device=images.device)
+        wrong = torch.zeros((), dtype=torch.long, device=images.device)
+        for start in range(0, len(images), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            y = labels[idx]
+            x = as_unit_float(images[idx], model.memories.dtype)
+            loss, out = minibatch_step(model, self.velocity, x, y, config.m, lr, config.momentum)
+            total_loss += loss
+            wrong += (out.argmax(dim=1) != y).sum()
+        return {
+            "loss": float(total_loss) / len(images),
+            "train_error": int(wrong) / len(images),
+            "lr": lr,
+            "temperature": model.temperature,
+        }
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        return {"memories": self.model.memories, "velocity": self.velocity}, {
+            "temperature": repr(self.model.temperature)
+        }
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, str], epochs_done: int, where: Path) -> None:
+        memories, velocity = tensors.get("memories"), tensors.get("velocity")
+        if memories is None or velocity is None or memories.shape != self.model.memories.shape:
+            found = None if memories is None else tuple(memories.shape)
+            raise CheckpointError(f"{where}: training state holds weights of shape {found}, the settings "
+                                  f"{tuple(self.model.memories.shape)}")  # fmt: skip
+        with torch.no_grad():
+            self.model.memories.copy_(memories.to(self.model.memories.device, self.model.memories.dtype))
+            self.velocity.copy_(velocity.to(self.velocity.device, self.velocity.dtype))
+
+    def save_model(self, folder: Path, run_info: dict[str, Any]) -> None:
+        self.model.save(folder, run_info)
+
+
+def new_model(config: TrainConfig, device: torch.device) -> DenseAssociativeMemory:
+    """The seeded initial DAM of a run: xi ~ N(init_mean, init_std) clipped to [-1, 1]."""
+    generator = torch.Generator().manual_seed(config.seed)
+    model = DenseAssociativeMemory(config.n, config.num_memories, config.temperature_at(0),
+                                   init_mean=config.init_mean, init_std=config.init_std, generator=generator,
+                                   dtype=getattr(torch, config.dtype))  # fmt: skip
+    model.loss_power = config.m
+    return model.to(device)
+
+
+def train(
+    config: TrainConfig | None,
+    out: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DenseAssociativeMemory:
+    """Train DAM_n per ``config`` into run folder ``out`` and return the model.
+
+    ``resume=True`` continues a run folder from its last finished epoch with its saved settings (``config``
+    may then be None, or equal to the saved one but for ``epochs``, to extend a run); on a new folder it
+    starts the run.  A folder that holds a run is never overwritten: without ``resume`` it is refused,
+    unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
+    would.  ``progress=None`` shows a bar on a terminal or in Jupyter.
+    """
+    device = training_device(device)
+    folder = Path(out)
+    with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
+        if resuming:
+            saved_run = read_run_config(folder)
+            if "adversarial" in saved_run:  # plain training would drop the fine-tuning's settings and state
+                raise CheckpointError(
+                    f"{folder}: holds an adversarial fine-tuning; continue it with dam adversarial-train "
+                    f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
+                )
+            if saved_run.get("kind", "dam") != "dam":
+                raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with its --model")
+            saved = settings_from(TrainConfig, saved_run.get("train"), str(folder / CONFIG_FILE))
+            config = resumed_settings(saved, config, folder)
+        if config is None:
+            raise ConfigError(f"no training settings given and no run to resume in {folder}")
+        data_dir = resolved_data_dir(data_dir, folder, resuming)
+        data = prepare_data(config.dataset, config.seed, config.train_subset, config.validation, data_dir, device)
+        trainer = DAMTrainer(new_model(config, device), config)
+        start_epoch = 0
+        if resuming:
+            tensors, meta, start_epoch = load_train_state(folder)
+            trainer.load_state(tensors, meta, start_epoch, folder)
+            trainer.model.temperature = config.temperature_at(max(start_epoch - 1, 0))
+        run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
+        plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")
+        fit(trainer, plan, run_info, data, start_epoch=start_epoch, stop_after=stop_after, progress=progress,
+            log=log)  # fmt: skip
+    return trainer.model

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dam.cli import main
+from fakes import tiny_mnist
+
+TINY = ["--n", "3", "--m", "2", "--memories", "16", "--temperature", "200", "--epochs", "2", "--batch-size", "250",
+        "--train-subset", "1000", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return tiny_mnist(tmp_path_factory.mktemp("tiny") / "mnist")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_data) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_run(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["num_memories"] == 16 and config["train"]["temperature_start"] == 200
+    assert config["train"]["ramp_epochs"] == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_json(run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--data-dir", str(tiny_data), "--format", "json", "--json", str(out_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads(out_file.read_text())
+    cm = torch.tensor(result["confusion_matrix"])
+    assert cm.shape == (10, 10) and int(cm.sum()) == 10000 == result["examples"]
+    assert result["errors"] == 10000 - int(cm.trace())
+
+
+def test_evaluate_text_and_info(run: Path, tiny_data: Path, capsys) -> None:
+    assert main(["evaluate", str(run), "--data-dir", str(tiny_data)]) == 0
+    text = capsys.readouterr().out
+    assert "test error" in text and "confusion matrix" in text
+    assert main(["info", str(run)]) == 0
+    info = capsys.readouterr().out
+    assert "DAM_3" in info and "K=16" in info and "epochs 2/2" in info
+
+
+def test_resume_extends_a_finished_run(run: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "/nonexistent/run"], "no such run folder"),
+        (["info", "/nonexistent/run"], "no such run folder"),
+        (["train", "--preset", "n3", "--n", "20", "--out", "x"], "contradicts"),
+        (["train", "--out", "x"], "--preset"),
+        (["train", "--n", "3", "--momentum", "2", "--out", "x"], "momentum"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_dir_is_clear(tmp_path, capsys) -> None:
+    assert main(["train", *TINY, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no mnist IDX files" in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_is_clear(tmp_path, tiny_data, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    argv = ["train", *TINY, "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"), "--device", "cuda"]
+    assert main(argv) == 2
+    assert "cuda" in capsys.readouterr().err
+
+
+def test_console_script_installed() -> None:
+    out = subprocess.run([sys.executable, "-m", "dam", "--help"], capture_output=True, text=True, check=True)
+    for verb in ("train", "evaluate", "info"):
+        assert verb in out.stdout

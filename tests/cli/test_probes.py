@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dam.cli import main
+from fakes import prototype_model, tiny_mnist
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("probes")
+    data = tiny_mnist(root / "mnist")
+    runs = []
+    for n in (2, 3):
+        folder = root / f"dam{n}"
+        prototype_model(n).save(folder, {"train": {"m": n}})  # the searches use the run's training m
+        runs.append(str(folder))
+    return data, runs
+
+
+def test_transfer_writes_tables_and_reuses_results(setup, tmp_path, capsys) -> None:
+    data, runs = setup
+    out = tmp_path / "out"
+    argv = ["transfer", *runs, "--out", str(out), "--images", "20", "--per-class", "2", "--data-dir", str(data),
+            "--max-steps", "60", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "adversarial transfer" in text and "rubbish_calibrated" in text
+    for stem in ("adversarial_transfer", "rubbish_transfer", "rubbish_calibrated_transfer"):
+        table = json.loads((out / f"{stem}.json").read_text())
+        assert table["models"] == ["dam2", "dam3"]
+        assert (out / f"{stem}.csv").exists()
+    for name in ("dam2", "dam3"):
+        for f in ("boundary.safetensors", "boundary.json", "rubbish.safetensors", "rubbish.json", "calibration.json"):
+            assert (out / name / f).exists()
+    stamp = (out / "dam2" / "boundary.safetensors").stat().st_mtime_ns
+    assert main(argv) == 0  # a second run reuses every finished per-model result
+    assert (out / "dam2" / "boundary.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
+    data, runs = setup
+    out = tmp_path / "o"
+    common = ["--out", str(out), "--data-dir", str(data), "--max-steps", "50", "--no-progress"]
+    assert main(["boundary", runs[0], "--images", "8", *common]) == 0
+    assert main(["rubbish", runs[0], "--per-class", "1", *common]) == 0
+    summary = json.loads((out / "dam2" / "rubbish.json").read_text())
+    assert summary["search"]["max_steps"] == 50 and summary["per_class"] == 1
+    assert "success" in capsys.readouterr().out
+    # the same --out with other settings is refused rather than silently reusing the old result
+    assert main(["rubbish", runs[0], "--per-class", "1", *common[:-3], "--max-steps", "51", "--no-progress"]) == 2
+    assert "other search settings" in capsys.readouterr().err
+
+
+def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:
+    assert main(["boundary", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_figures_are_written_as_png(setup, tmp_path) -> None:
+    data, runs = setup
+    out = tmp_path / "out"
+    argv = ["transfer", *runs, "--out", str(out), "--images", "12", "--per-class", "1", "--data-dir", str(data),
+            "--max-steps", "60", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["figures", *runs, "--out", str(out)]) == 0
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    expected = {"memories_dam2.png", "rubbish_dam2.png", "boundary_dam3.png", "adversarial_transfer.png",
+                "rubbish_transfer.png", "rubbish_calibrated_transfer.png", "confidence_bins.png"}  # fmt: skip
+    assert expected <= set(names)
+    for name in names:
+        raw = (out / "figures" / name).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000

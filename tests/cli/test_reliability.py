@@ -1,0 +1,181 @@
+"""Careless users and faults, from the outside (``python -m dam`` in a subprocess): one writer per folder,
+no silent overwrite, output problems found before any compute, flags validated where they are parsed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dam.runs import LOCK_OWNER_FILE, OutputFolder, model_md5
+from fakes import tiny_mnist
+
+TINY = ["--n", "3", "--m", "2", "--memories", "16", "--temperature", "200", "--batch-size", "250",
+        "--train-subset", "1000", "--no-progress"]  # fmt: skip
+
+
+def dam(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DAM_COMPILE": "0"}
+    return subprocess.run([sys.executable, "-m", "dam", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)  # fmt: skip
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The error a user sees: exit status 2, no traceback, one line."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("usage:")]
+    assert len(lines) == 1 or (len(lines) >= 1 and lines[-1].startswith("dam")), result.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tiny_mnist(tmp_path_factory.mktemp("tiny") / "mnist")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_second_writer_is_refused_and_first_run_intact(tmp_path, data) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "dam", "train", *TINY, "--epochs", "40", "--data-dir", str(data),
+                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "DAM_COMPILE": "0"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / LOCK_OWNER_FILE).exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.05)
+        second = dam("train", *TINY, "--epochs", "1", "--seed", "5", "--data-dir", str(data), "--out", str(out))
+        line = one_line_error(second)
+        assert "another dam process" in line and f"pid {first.pid}" in line
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    info = dam("info", str(out), "--format", "json")
+    assert '"epochs_done": 40' in info.stdout
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in metrics] == list(range(1, 41))
+
+
+def test_finished_run_is_not_overwritten(finished, data) -> None:
+    before = model_md5(finished)
+    again = dam("train", *TINY, "--epochs", "1", "--seed", "9", "--data-dir", str(data), "--out", str(finished))
+    line = one_line_error(again)
+    assert "--resume" in line and "--force" in line
+    assert model_md5(finished) == before
+
+
+def test_foreign_run_is_refused_and_force_moves_it_aside(tmp_path, finished, data) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):  # finished elsewhere: no train state
+        (foreign / name).write_bytes((finished / name).read_bytes())
+    (foreign / "evaluation.json").write_text("{}")
+    line = one_line_error(dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", str(foreign)))
+    assert "not overwritten" in line
+    forced = dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", str(foreign), "--force")
+    assert forced.returncode == 0, forced.stderr
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("foreign.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "evaluation.json").exists()  # the old run, whole
+    assert not (foreign / "evaluation.json").exists()  # no stale result beside the new weights
+
+
+def test_output_problems_are_found_before_compute(tmp_path, finished, data) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    t0 = time.monotonic()
+    line = one_line_error(dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", str(a_file)))
+    assert "is a file" in line
+    line = one_line_error(dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", "/proc/self/run"))
+    assert "/proc/self/run" in line and "cannot write" in line
+    line = one_line_error(dam("boundary", str(finished), "--out", str(a_file), "--data-dir", str(data)))
+    assert "is a file" in line
+    line = one_line_error(dam("evaluate", str(finished), "--data-dir", str(data), "--json", str(tmp_path)))
+    assert "is a folder" in line
+    assert time.monotonic() - t0 < 60  # four interpreter starts; no training or search ran
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_is_one_line(tmp_path, data) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    t0 = time.monotonic()
+    line = one_line_error(dam("train", *TINY, "--epochs", "1", "--data-dir", str(data), "--out", str(ro / "run")))
+    assert "cannot write" in line and time.monotonic() - t0 < 15
+
+
+def test_failed_data_load_leaves_no_config(tmp_path) -> None:
+    out = tmp_path / "run"
+    line = one_line_error(dam("train", *TINY, "--epochs", "1", "--data-dir", str(tmp_path / "nowhere"), "--out",
+                              str(out)))  # fmt: skip
+    assert "nowhere" in line
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--n", "3", "--out", "X", "--device", "nonsense"], "--device"),
+        (["train", "--n", "3", "--out", "X", "--device", "mps"], "--device"),
+        (["train", "--n", "3", "--out", "X", "--device", "meta"], "--device"),
+        (["train", "--n", "3", "--out", "X", "--epochs", "0"], "--epochs"),
+        (["train", "--n", "3", "--out", "X", "--lr", "nan"], "--lr"),
+        (["boundary", "R", "--out", "X", "--images", "0"], "--images"),
+        (["boundary", "R", "--out", "X", "--images", "-5"], "--images"),
+        (["boundary", "R", "--out", "X", "--eps", "nan"], "--eps"),
+        (["attack", "R", "--out", "X", "--linf", "0.1,nan"], "--linf"),
+    ],
+)
+def test_flags_are_validated_where_parsed(args, expected) -> None:
+    result = dam(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert expected in result.stderr.splitlines()[-1]
+
+
+def test_contradicting_flags_are_refused(tmp_path, data) -> None:
+    common = ["--epochs", "1", "--data-dir", str(data), "--no-progress"]
+    line = one_line_error(dam("train", "--n", "3", "--temperature", "100", "--temperature-start", "300", *common,
+                              "--out", str(tmp_path / "a")))  # fmt: skip
+    assert "--temperature-start" in line
+    line = one_line_error(dam("train", "--n", "3", "--schedule", "quick", *common, "--out", str(tmp_path / "b")))
+    assert "--preset" in line
+    line = one_line_error(dam("train", "--n", "3", "--train-subset", "70000", *common, "--out", str(tmp_path / "c")))
+    assert "70000" in line and not (tmp_path / "c" / "config.json").exists()
+
+
+def test_stale_lock_after_kill_does_not_block(tmp_path, data) -> None:
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dam.runs import OutputFolder\n"
+                               f"with OutputFolder({str(out)!r}).lock():\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: no cleanup ran, the owner file is still there
+    holder.wait()
+    assert (out / LOCK_OWNER_FILE).exists()
+    with OutputFolder(out).lock():  # the kernel released the lock with the process
+        pass
+
+
+def test_debug_switch_shows_the_traceback(tmp_path, finished) -> None:
+    quiet = dam("info", str(tmp_path / "missing"))
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    loud = dam("--debug", "info", str(tmp_path / "missing"))
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "CheckpointError" in loud.stderr
+
+
+def test_python_dash_m_dam() -> None:
+    result = subprocess.run([sys.executable, "-m", "dam", "--help"], capture_output=True, text=True, check=True)
+    assert "reproduce" in result.stdout and "--debug" in result.stdout

@@ -1,0 +1,147 @@
+"""``dam reproduce`` end to end on real MNIST with tiny models: every stage, the report, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dam.cli import main
+from dam.experiments.reproduce import MODELS, reproduce
+from fakes import TINY_REPRODUCTION as TINY
+
+PROBE_FILES = ("boundary.json", "boundary.safetensors", "rubbish.json", "rubbish.safetensors", "calibration.json")
+
+
+@pytest.fixture
+def reproduction(tiny_reproduction: Path) -> Path:
+    return tiny_reproduction
+
+
+def test_every_stage_writes_its_outputs(reproduction: Path):
+    out = reproduction
+    for name in MODELS:
+        assert (out / "runs" / name / "model.safetensors").exists()
+        assert json.loads((out / "runs" / name / "evaluation.json").read_text())["examples"] == 10000
+        for f in PROBE_FILES:
+            assert (out / "probes" / name / f).exists(), (name, f)
+    for stem in ("adversarial_transfer", "rubbish_transfer", "rubbish_calibrated_transfer"):
+        assert (out / "report" / "tables" / f"{stem}.json").exists()
+        assert (out / "report" / "tables" / f"{stem}.csv").exists()
+    stages = json.loads((out / "stages.json").read_text())
+    beyond = {"train mlp-relu", "attacks", "detector", "detector-agreement", "adversarial n2"}
+    expected = {"data", "transfer tables", "figures", "report", *beyond} | {
+        f"{s} {n}" for s in ("train", "probes") for n in MODELS
+    }
+    assert expected <= set(stages)
+    meta = json.loads((out / "reproduce.json").read_text())
+    assert meta["preset"]["name"] == "tiny" and meta["preset"]["seed"] == 0
+    md5 = meta["data"]["md5"]
+    assert len(md5) == 4 and all(len(v) == 32 for v in md5.values()), md5
+    assert meta["environment"]["torch"]
+
+
+def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
+    page = (reproduction / "report" / "index.html").read_text()
+    for section in ("setup", "summary", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "beyond"):
+        assert f'id="{section}"' in page
+    # 4 memories + 4 rubbish + 4 boundary + 3 heat maps + 1 confidence figure, robust accuracy, detector
+    # the tiny n2 and n30 disagree on too many clean images for the agreement detector: said, not drawn
+    assert page.count("data:image/png;base64,") == 18 and "disagree on" in page
+    for table in ("robust linf", "robust l2", "masking", "detector", "adversarial training"):
+        assert f'data-required="{table}"' in page
+    assert "missing:" not in page
+    claims = json.loads((reproduction / "report" / "claims.json").read_text())
+    assert len(claims) == 11
+    assert {c["verdict"] for c in claims} <= {"agrees", "partly", "differs", "not measured"}
+    # All four models were run: a claim is "not measured" only where its measurement is truly missing
+    # (these tiny models' boundary searches may all fail, and then Fig. 4 has no deformations to judge).
+    failed = [
+        n
+        for n in MODELS
+        if json.loads((reproduction / "probes" / n / "boundary.json").read_text())["success_rate"] == 0
+    ]
+    for c in claims:
+        assert (c["verdict"] == "not measured") == (c["figure"] == "Fig. 4" and bool(failed)), c
+    assert len(list((reproduction / "report" / "figures").glob("*.png"))) == 18
+
+
+def test_second_run_reuses_every_finished_stage_and_redoes_only_what_is_missing(reproduction: Path, mnist_dir: Path):
+    for f in ("rubbish.json", "rubbish.safetensors"):
+        (reproduction / "probes" / "n3" / f).unlink()
+    before = json.loads((reproduction / "stages.json").read_text())
+    # A reproduction begun by an older dam, which recorded no past-the-paper settings, is continued.
+    meta = json.loads((reproduction / "reproduce.json").read_text())
+    for key in ("baselines", "attacks", "detector", "adversarial"):
+        del meta["preset"][key]
+    (reproduction / "reproduce.json").write_text(json.dumps(meta))
+    reproduce(TINY, reproduction, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None)
+    stages = json.loads((reproduction / "stages.json").read_text())
+    assert stages["probes n3"]["reused"] is False and stages["probes n3"] != before["probes n3"]
+    for name in MODELS:
+        assert stages[f"train {name}"]["reused"] is True
+        assert stages[f"train {name}"]["seconds"] == before[f"train {name}"]["seconds"]
+    assert all(stages[f"probes {n}"]["reused"] for n in MODELS if n != "n3")
+    assert all(stages[s]["reused"] for s in ("train mlp-relu", "detector", "detector-agreement", "adversarial n2"))
+    assert (reproduction / "probes" / "n3" / "rubbish.safetensors").exists()
+
+
+def test_another_preset_in_the_same_folder_is_refused(reproduction: Path):
+    with pytest.raises(ValueError, match="preset 'tiny'"):
+        reproduce("quick", reproduction, check=False, log=lambda line: None)
+
+
+def test_cli_report_rebuilds_and_refuses_other_folders(reproduction: Path, tmp_path: Path, capsys):
+    (reproduction / "report" / "index.html").unlink()
+    assert main(["report", str(reproduction)]) == 0
+    assert (reproduction / "report" / "index.html").exists()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a folder written by dam reproduce" in capsys.readouterr().err
+
+
+def test_changed_data_is_refused(reproduction: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import dam.experiments.reproduce as rep
+
+    real = rep.data_checksums(mnist_dir)
+    other = {**real, "md5": {k: "0" * 32 for k in real["md5"]}}
+    monkeypatch.setattr(rep, "data_checksums", lambda data_dir: other)
+    with pytest.raises(ValueError, match="differ"):
+        reproduce(TINY, reproduction, data_dir=mnist_dir, check=False, log=lambda line: None)
+
+
+def test_finished_epochs_reads_progress(reproduction: Path, tmp_path: Path):
+    from dam.runs import finished_epochs
+
+    assert finished_epochs(reproduction / "runs" / "n2") == (3, 3)
+    assert finished_epochs(tmp_path) is None
+
+
+def test_cli_reproduce_reports_a_wrong_folder_in_one_line(reproduction: Path, capsys):
+    assert main(["reproduce", "--preset", "quick", "--out", str(reproduction), "--no-check", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "preset 'tiny'" in err and "Traceback" not in err
+
+
+def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("DAM_DATA_DIR", raising=False)  # no data anywhere but where the run started
+    reproduce(TINY, reproduction, check=False, log=lambda line: None)
+    stages = json.loads((reproduction / "stages.json").read_text())
+    assert all(stages[f"train {n}"]["reused"] for n in MODELS)
+
+
+def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
+    beyond = reproduction / "beyond"
+    assert (beyond / "baselines" / "mlp-relu" / "model.safetensors").exists()
+    robustness = json.loads((beyond / "attacks" / "robustness.json").read_text())
+    assert set(robustness["models"]) == {*MODELS, "n2-adv", "mlp-relu"}  # the fine-tuned model is attacked too
+    assert robustness["sources"] == ["mlp-relu"] and robustness["images"]["count"] == 16
+    n30 = robustness["models"]["n30"]["tables"]["linf"]["attacks"]
+    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"} == set(n30)
+    detector = json.loads((beyond / "detector" / "detector.json").read_text())
+    assert detector["classifier"].endswith("n2") and detector["guard"].endswith("n30")
+    assert {"clean", "gaussian noise", "uniform noise"} <= set(detector["sets"])
+    adversarial = json.loads((beyond / "adversarial" / "n2-adv" / "robustness.json").read_text())
+    assert adversarial["base"]["model_md5"] != adversarial["finetuned"]["model_md5"]
+    for name in ("robust_accuracy_linf.csv", "masking.csv", "detector.json", "adversarial_training_n2-adv.json"):
+        assert (reproduction / "report" / "tables" / name).exists()

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+
+from dam import cli
+from dam.robustness.attacks.runner import AttackSuite, run_attacks
+
+SMALL = AttackSuite(images=24, linf=(0.1, 0.3), l2=(1.0, 3.0), pgd_steps=5, hsj_steps=2, hsj_max_evals=20)
+
+
+def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_run, mnist_dir, tmp_path):
+    runs = [str(tiny_reproduction / "runs" / n) for n in ("n2", "n30")]
+    lines: list[str] = []
+    summary = run_attacks(runs, tmp_path, SMALL, sources=[str(mlp_run)], data_dir=mnist_dir, log=lines.append)
+    assert set(summary["models"]) == {"n2", "n30"}
+    for m in summary["models"].values():
+        linf = m["tables"]["linf"]
+        assert set(linf["attacks"]) == {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"}
+        assert "hopskipjump" not in m["tables"]["l2"]["attacks"]
+        for accs in linf["attacks"].values():
+            assert all(0 <= a <= 1 for a in accs)
+            assert all(w <= a + 1e-9 for w, a in zip(linf["worst_case"], accs, strict=True))
+        assert m["verdict"]["verdict"].startswith(m["model"])
+        assert [h["dtype"] for h in m["gradient_health"]] == ["float32", "float64"]
+    for name in ("robustness.json", "robust_accuracy_linf.csv", "robust_accuracy_l2.csv", "masking.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "robust_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "robustness.json").read_text())["images"]["count"] == 24
+    lines.clear()
+    run_attacks(runs, tmp_path, SMALL, sources=[str(mlp_run)], data_dir=mnist_dir, log=lines.append)
+    assert sum("reused" in line for line in lines) == 2
+
+
+def test_cli_attack_prints_the_table_and_verdicts(tiny_reproduction, mnist_dir, tmp_path, capsys):
+    run = str(tiny_reproduction / "runs" / "n3")
+    code = cli.main(["attack", run, "--out", str(tmp_path), "--images", "16", "--linf", "0.1", "--l2", "1",
+                     "--pgd-steps", "3", "--hsj-steps", "0", "--data-dir", str(mnist_dir)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "robust accuracy, linf" in out and "n3:" in out and "cannot be ruled out" in out
+
+
+def test_cli_attack_bad_budget_is_one_line(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        cli.main(["attack", "x", "--out", str(tmp_path), "--linf", "a,b"])
+    assert "comma-separated" in capsys.readouterr().err
+
+
+def test_without_foolbox_the_command_says_which_extra(tiny_reproduction, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "foolbox", None)  # as if not installed: import raises ImportError
+    assert cli.main(["attack", str(tiny_reproduction / "runs" / "n2"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "dam[attacks]"' in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_attack_missing_run_is_one_line_before_any_data(tmp_path, capsys):
+    assert cli.main(["attack", str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--data-dir", "/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dam.model import InputError, as_logits
+from dam.robustness.attacks import FGSM, PGD, HopSkipJump, Transfer
+from dam.runs import load_model
+from fakes import prototype_images, prototype_model
+
+
+def test_dam_is_attacked_through_its_scores():
+    model = prototype_model(n=3)
+    x, _ = prototype_images(model, 5)
+    assert torch.equal(as_logits(model)(x), model.scores(x))
+    mlp = torch.nn.Linear(784, 10)
+    assert as_logits(mlp) is mlp
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_breaks_a_small_network_within_its_budget(mlp_run, test_subset, norm):
+    model = load_model(mlp_run)
+    x, y = test_subset
+    eps = [0.0, 0.3] if norm == "linf" else [0.0, 4.0]
+    result = PGD(model, eps, norm=norm, steps=20)(x, y)
+    clean = (model(x).argmax(1) == y).float().mean()
+    assert result.robust_accuracy()[0] == pytest.approx(float(clean))  # budget 0 = clean accuracy
+    assert result.robust_accuracy()[1] <= 0.1
+    assert (result.distances <= torch.tensor(eps)[:, None] + 1e-5).all()
+    assert result.adversarials.min() >= 0 and result.adversarials.max() <= 1
+    assert result.queries_per_image > 20  # steps count as model evaluations
+
+
+def test_attacks_are_seeded_and_leave_global_rng_alone(mlp_run, test_subset):
+    model = load_model(mlp_run)
+    x, y = test_subset
+    state = torch.get_rng_state()
+    a = PGD(model, [0.1], steps=3, seed=5)(x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = PGD(model, [0.1], steps=3, seed=5)(x, y)
+    assert torch.equal(a.adversarials, b.adversarials)
+
+
+def test_fgsm_decision_based_and_transfer_run_end_to_end(mlp_run, test_subset):
+    model = load_model(mlp_run)
+    x, y = test_subset
+    fgsm = FGSM(model, [0.1, 0.3])(x, y)
+    assert fgsm.success.shape == (2, len(x))
+    hsj = HopSkipJump(model, [0.1, 0.3], steps=3, initial_gradient_eval_steps=10, max_gradient_eval_steps=20)
+    result = hsj(x, y)
+    # minimisation attack: what is adversarial within 0.1 is adversarial within 0.3
+    assert (result.success[0] <= result.success[1]).all()
+    assert hsj.uses_gradients is False and result.queries_per_image > 10
+    target = prototype_model(n=3)
+    transfer = Transfer(target, PGD(model, [0.3], steps=5), "mlp")(x, y)
+    with torch.no_grad():
+        expected = target.scores(transfer.adversarials[0]).argmax(1) != y
+    assert torch.equal(transfer.success[0], expected)
+
+
+def test_bad_input_is_named():
+    model = prototype_model(n=3)
+    x, y = prototype_images(model, 4)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        PGD(model, [0.1])(x * 3, y)
+    with pytest.raises(InputError, match="labels"):
+        PGD(model, [0.1])(x, y.float())
+    with pytest.raises(ValueError, match="norm"):
+        PGD(model, [0.1], norm="l1")
+    with pytest.raises(ValueError, match="epsilons"):
+        FGSM(model, [])

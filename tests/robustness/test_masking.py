@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from dam.robustness.attacks import PGD, HopSkipJump, RobustnessTable, robust_accuracy
+from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict
+from dam.runs import load_model
+
+
+class Saturating(nn.Module):
+    """``base`` with its logits scaled by 1e4: the same decisions, but the softmax saturates, so the
+    cross-entropy gradient (p - onehot) is exactly zero on every confidently right image (as with
+    defensive distillation's high temperature)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, images: Tensor) -> Tensor:
+        return 1e4 * self.base(images)
+
+
+def _table(
+    white: list[float], black: list[float] | None, transfer: list[float] | None = None, norm: str = "linf", model="m"
+) -> RobustnessTable:
+    t = RobustnessTable(model, norm, [0.1, 0.3], 100, 0.98)
+    t.attacks["pgd"], t.gradient_free["pgd"] = white, False
+    if black is not None:
+        t.attacks["hopskipjump"], t.gradient_free["hopskipjump"] = black, True
+    if transfer is not None:
+        t.attacks["transfer:src"], t.gradient_free["transfer:src"] = transfer, True
+    t.worst_case = [min(v) for v in zip(*t.attacks.values(), strict=True)]
+    return t
+
+
+def test_verdict_rules_on_tables():
+    healthy = [_healthy()]
+    assert not masking_verdict(_table([0.8, 0.3], [0.82, 0.35]), healthy)["masked"]
+    masked = masking_verdict(_table([0.8, 0.3], [0.4, 0.1]), healthy)
+    assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
+    assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
+    assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
+    # a norm without gradient-free attacks is said to be unchecked, not cleared
+    partial = masking_verdict([_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, norm="l2")], healthy)
+    assert not partial["masked"] and "not checked in l2" in partial["verdict"] and "in linf" in partial["verdict"]
+    # bad gradients alone: flagged for them, without claiming a gradient-free attack did better
+    sick = masking_verdict(_table([0.8, 0.3], [0.8, 0.3]), [GradientHealth("float32", 100, 0.5, 0.0)])
+    assert sick["masked"] and "50% of input gradients" in sick["verdict"]
+    assert "overstate its robustness by" not in sick["verdict"]
+    # a gap in any norm's table counts, and the verdict names it
+    both = [_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, transfer=[0.9, 0.5], norm="l2")]
+    verdict = masking_verdict(both, healthy)
+    assert verdict["masked"] and "l2 eps 0.3" in verdict["verdict"] and "30.0 points" in verdict["verdict"]
+    with pytest.raises(ValueError, match="one model"):
+        masking_verdict([_table([0.8], None), _table([0.8], None, model="other")], healthy)
+
+
+def _healthy():
+    return GradientHealth("float32", 100, 0.0, 0.0)
+
+
+def test_saturating_model_is_flagged_and_the_healthy_one_is_not(mlp_run, test_subset):
+    base = load_model(mlp_run)
+    x, y = test_subset
+    health = gradient_health(base, x, y)
+    assert health.zero_fraction == 0 and health.nonfinite_fraction == 0
+    saturating = Saturating(base)
+    sick = [gradient_health(saturating, x, y, dtype) for dtype in (torch.float32, torch.float64)]
+    assert all(h.zero_fraction > 0.5 for h in sick)
+    eps = [0.15, 0.3]
+    hsj = HopSkipJump(saturating, eps, steps=6, initial_gradient_eval_steps=20, max_gradient_eval_steps=50)
+    attacks = [PGD(saturating, eps, steps=10, random_start=False), hsj]
+    table, _ = robust_accuracy(saturating, "saturating", x, y, attacks)
+    # PGD cannot move without gradient; the decision-based attack needs none
+    assert table.attacks["pgd"][1] == table.clean_accuracy
+    assert table.attacks["hopskipjump"][1] < table.attacks["pgd"][1] - 0.3
+    verdict = masking_verdict(table, sick)
+    assert verdict["masked"]
+    assert "zero or non-finite" in verdict["verdict"] and "decision-based attack" in verdict["verdict"]

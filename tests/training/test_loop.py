@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dam.errors import RunFolderError
+from dam.model import CheckpointError, DenseAssociativeMemory
+from dam.training import TrainConfig, dam_loss, train, update_memories
+from dam.training.presets import preset, preset_names, schedule_names
+from fakes import tiny_mnist
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return tiny_mnist(tmp_path_factory.mktemp("tiny") / "mnist")
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(
+        n=3,
+        m=2,
+        num_memories=24,
+        temperature_start=300.0,
+        temperature_end=150.0,
+        ramp_epochs=3,
+        epochs=6,
+        batch_size=100,
+        lr=0.04,
+        lr_decay=0.95,
+        momentum=0.8,
+        train_subset=1500,
+        seed=7,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_update_rule_normalises_each_memory_and_clips() -> None:
+    memories = torch.zeros(3, 5)
+    memories[2] = 0.99
+    grad = torch.tensor([[1.0, -2.0, 0.5, 0, 0], [0, 0, 0, 0, 0], [-4.0, -1.0, 0, 0, 0]])
+    velocity = torch.zeros(3, 5)
+    update_memories(memories, grad, velocity, lr=0.1, momentum=0.5)
+    torch.testing.assert_close(velocity, -grad)
+    # row 0: V = (-1, 2, -0.5) / max 2 * 0.1 -> largest change exactly lr
+    torch.testing.assert_close(memories[0], torch.tensor([-0.05, 0.1, -0.025, 0, 0]))
+    assert torch.equal(memories[1], torch.zeros(5)), "a memory without gradient stays put"
+    assert float(memories[2].max()) == 1.0, "weights are clipped to [-1, 1]"
+    update_memories(memories, torch.zeros(3, 5), velocity, lr=0.1, momentum=0.5)
+    torch.testing.assert_close(velocity, -0.5 * grad)  # momentum decays V
+
+
+def test_loss_is_eq3() -> None:
+    y = torch.tensor([[0.5, -0.5, 0.0]])
+    expected = (0.5 + 1) ** 4 + (-0.5 - 1) ** 4 + (0.0 + 1) ** 4
+    assert float(dam_loss(y, torch.tensor([1]), m=2)) == pytest.approx(expected)
+
+
+def test_temperature_ramp_and_learning_rate() -> None:
+    c = TrainConfig(temperature_start=400, temperature_end=100, ramp_epochs=3, lr=0.04, lr_decay=0.5)
+    assert [c.temperature_at(e) for e in range(5)] == [400, 300, 200, 100, 100]
+    assert c.lr_at(2) == pytest.approx(0.01)
+    constant = TrainConfig(temperature_start=540, temperature_end=540, ramp_epochs=0)
+    assert constant.temperature_at(0) == constant.temperature_at(99) == 540
+
+
+def test_presets_stay_in_the_papers_windows() -> None:
+    for name in preset_names():
+        for schedule in schedule_names():
+            c = preset(name, schedule)
+            assert 0.6 <= c.momentum <= 0.95 and 0.01 <= c.lr <= 0.04
+            assert (c.init_mean, c.init_std) == (-0.3, 0.3)
+            if c.n >= 20:
+                assert c.m >= 20 and 500 <= c.temperature_start == c.temperature_end <= 700
+            else:
+                assert 2 <= c.m <= 4 and 250 <= c.temperature_start <= 400 and 30 <= c.temperature_end <= 100
+    paper = preset("n3", "paper")
+    assert (paper.epochs, paper.lr_decay, paper.batch_size, paper.num_memories, paper.ramp_epochs) == (
+        3000,
+        0.998,
+        1000,
+        2000,
+        200,
+    )
+    assert preset("n20", "cpu", epochs=5).epochs == 5
+
+
+def test_invalid_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="momentum"):
+        TrainConfig(momentum=1.5)
+
+
+def test_training_writes_a_run_folder_and_learns(tmp_path, tiny_data) -> None:
+    model = train(tiny_config(), tmp_path / "run", data_dir=tiny_data)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("."))
+    assert files == ["config.json", "metrics.jsonl", "model.safetensors", "train_state.safetensors"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "train_error", "test_error", "seconds", "temperature", "lr"} <= set(lines[0])
+    assert lines[-1]["loss"] < lines[0]["loss"]  # learning itself is tested on real MNIST (test_learning.py)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["seed"] == 7 and config["train"]["n"] == 3 and config["environment"]["torch"]
+    loaded = DenseAssociativeMemory.load(tmp_path / "run")
+    assert torch.equal(loaded.memories, model.memories)
+    assert loaded.temperature == 150.0
+    assert float(loaded.memories.detach().abs().max()) <= 1.0
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path, tiny_data) -> None:
+    a = train(tiny_config(epochs=2), tmp_path / "a", data_dir=tiny_data)
+    b = train(tiny_config(epochs=2), tmp_path / "b", data_dir=tiny_data)
+    c = train(tiny_config(epochs=2, seed=8), tmp_path / "c", data_dir=tiny_data)
+    assert torch.equal(a.memories, b.memories) and not torch.equal(a.memories, c.memories)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_data) -> None:
+    full = train(tiny_config(), tmp_path / "full", data_dir=tiny_data)
+    train(tiny_config(), tmp_path / "cut", data_dir=tiny_data, stop_after=2)
+    with pytest.raises(RunFolderError, match="--resume"):
+        train(tiny_config(), tmp_path / "cut", data_dir=tiny_data)
+    resumed = train(None, tmp_path / "cut", data_dir=tiny_data, resume=True)
+    assert torch.equal(resumed.memories, full.memories)
+    # resuming a finished run rewrites its files and keeps the training settings in config.json
+    again = train(None, tmp_path / "cut", data_dir=tiny_data, resume=True)
+    assert torch.equal(again.memories, full.memories)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["epochs"] == 6
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    cut_lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if "seconds" not in k} for x in lines]  # noqa: E731
+    assert strip(cut_lines) == strip(full_lines)
+
+
+def test_resume_refuses_other_settings(tmp_path, tiny_data) -> None:
+    train(tiny_config(epochs=1), tmp_path / "run", data_dir=tiny_data)
+    with pytest.raises(CheckpointError, match="differ"):
+        train(tiny_config(epochs=2, lr=0.01), tmp_path / "run", data_dir=tiny_data, resume=True)
+    more = train(tiny_config(epochs=2), tmp_path / "run", data_dir=tiny_data, resume=True)  # extending is fine
+    assert more is not None
+
+
+def test_resume_after_sigkill_gives_identical_weights(tmp_path, tiny_data) -> None:
+    """A real `dam train` process killed with SIGKILL mid-run, then `dam train --resume`."""
+    args = [
+        "--n",
+        "3",
+        "--m",
+        "2",
+        "--memories",
+        "24",
+        "--temperature-start",
+        "300",
+        "--temperature-end",
+        "150",
+        "--ramp-epochs",
+        "3",
+        "--epochs",
+        "25",
+        "--batch-size",
+        "100",
+        "--lr",
+        "0.04",
+        "--lr-decay",
+        "0.95",
+        "--momentum",
+        "0.8",
+        "--train-subset",
+        "1500",
+        "--seed",
+        "7",
+        "--data-dir",
+        str(tiny_data),
+        "--no-progress",
+    ]
+    env = {**os.environ, "DAM_COMPILE": "0"}
+    cmd = [sys.executable, "-m", "dam", "train", *args]
+    subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    done = len(metrics.read_text().splitlines())
+    assert 3 <= done < 25
+    subprocess.run([*cmd[:4], "--out", str(run), "--resume", "--no-progress"], check=True, env=env, capture_output=True)
+    ref = load_file(str(tmp_path / "ref" / "model.safetensors"))["memories"]
+    got = load_file(str(run / "model.safetensors"))["memories"]
+    assert torch.equal(ref, got)
+    assert len(metrics.read_text().splitlines()) == 25
+
+
+def test_validation_split_reports_validation_error(tmp_path, tiny_data) -> None:
+    train(replace(tiny_config(epochs=1), validation=True), tmp_path / "v", data_dir=tiny_data)
+    line = json.loads((tmp_path / "v" / "metrics.jsonl").read_text())
+    assert "validation_error" in line and "test_error" not in line
