@@ -11,6 +11,7 @@ import torch
 
 import dam.robustness.adversarial_training as adv_mod
 from dam.cli import main
+from dam.errors import RunFolderError
 from dam.model import CheckpointError, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
 from dam.robustness.adversarial_training import (
@@ -80,8 +81,8 @@ def test_finetune_writes_a_run_folder_and_trains_on_true_labels(base_run, tmp_pa
         steps.append((x.clone(), y.clone()))
         return real_step(model, velocity, x, y, *args)
 
-    def make(model, images, labels, search):
-        result = real_make(model, images, labels, search)
+    def make(search, images, labels):
+        result = real_make(search, images, labels)
         made.append((labels[result.source], result.labels))
         return result
 
@@ -94,7 +95,9 @@ def test_finetune_writes_a_run_folder_and_trains_on_true_labels(base_run, tmp_pa
         assert len(x) == 100 + len(used)
     assert sum(len(u) for _, u in made) > 0, "no adversarial was made; the test proves nothing"
 
-    files = sorted(p.name for p in (tmp_path / "ft").iterdir())
+    files = sorted(
+        p.name for p in (tmp_path / "ft").iterdir() if not p.name.startswith(".")
+    )  # .dam.lock: the folder lock
     assert files == ["config.json", "metrics.jsonl", "model.safetensors", "train_state.safetensors"]
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     base_config = json.loads((base_run / "config.json").read_text())
@@ -115,7 +118,7 @@ def test_finetune_writes_a_run_folder_and_trains_on_true_labels(base_run, tmp_pa
 def test_resume_matches_uninterrupted_run(base_run, tmp_path) -> None:
     full = adversarial_finetune(base_run, tmp_path / "full", SMALL, progress=False)
     adversarial_finetune(base_run, tmp_path / "cut", SMALL, progress=False, stop_after=1)
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(RunFolderError, match="--resume"):
         adversarial_finetune(base_run, tmp_path / "cut", SMALL, progress=False)
     with pytest.raises(CheckpointError, match="differ"):
         adversarial_finetune(base_run, tmp_path / "cut", AdversarialTrainConfig(fraction=0.2), resume=True)

@@ -9,10 +9,10 @@ from dam.cli.args import device, positive_floats, positive_int
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dam.robustness.attacks.runner import AttackSuite, run_attacks
-    from dam.runs import OutputFolder, read_run_config
+    from dam.runs import OutputFolder, run_kind
 
     for run in [*args.runs, *args.transfer_from]:
-        read_run_config(run)
+        run_kind(run)
     out = OutputFolder(args.out, "attack output folder")
     out.check_writable()
 

@@ -11,10 +11,15 @@ from dam.cli.args import device, nonnegative_int, positive_float, positive_float
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from dam.robustness.detector_sets import run_detection
-    from dam.runs import OutputFolder, read_run_config
+    from dam.robustness.detector import check_false_rejection
+    from dam.robustness.detector_sets import probe_folders, run_detection
+    from dam.runs import OutputFolder, run_kind
 
-    read_run_config(args.classifier), read_run_config(args.guard)
+    # every check that needs no data, in the order a user reads the command line, before any compute
+    check_false_rejection(args.false_rejection)
+    for probes in args.probes or []:
+        probe_folders(Path(probes))
+    run_kind(args.classifier), run_kind(args.guard)
     folder = OutputFolder(args.out, "detector output folder")
     folder.check_writable()
     with folder.lock():

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dam.cli.args import device
 from dam.errors import InputError
 
 
@@ -64,7 +65,9 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $DAM_DATA_DIR, cache, download)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--device", type=device, default="auto", help="auto (default: a GPU when there is one), cpu, cuda, ..."
+    )
     p.add_argument("--no-progress", action="store_true")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="require the headless-Chromium check of the report")

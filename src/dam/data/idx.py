@@ -69,8 +69,8 @@ def _length_error(name: str, header: _Header, got: int, *, exact: bool = True) -
     return DatasetError(f"{name}: {extra} after dimensions {header.dims} (which need {header.expected} bytes)")
 
 
-def _to_array(data: bytes | bytearray, header: _Header) -> np.ndarray:
-    array = np.frombuffer(data, dtype=header.dtype, count=header.count, offset=header.size).reshape(header.dims)
+def _to_array(data: bytes | bytearray, header: _Header, offset: int) -> np.ndarray:
+    array = np.frombuffer(data, dtype=header.dtype, count=header.count, offset=offset).reshape(header.dims)
     return array.astype(header.dtype.newbyteorder("="), copy=True)
 
 
@@ -83,7 +83,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     header = _Header(data[:4], data[4 : 4 + 4 * ndim])
     if len(data) != header.expected:
         raise _length_error(name, header, len(data))
-    return _to_array(data, header)
+    return _to_array(data, header, header.size)
 
 
 def _read_up_to(stream: BinaryIO, limit: int) -> bytearray:
@@ -117,7 +117,7 @@ def _read_stream(stream: BinaryIO, name: str, file_size: int, compressed: bool) 
     got = header.size + len(body)
     if got != header.expected:
         raise _length_error(name, header, got, exact=False)
-    return _to_array(bytes(magic) + bytes(dim_bytes) + body, header)
+    return _to_array(body, header, 0)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

@@ -26,7 +26,8 @@ DETECTOR_CLASSIFIER, DETECTOR_GUARD = "n2", "n30"  # the paper's pairing: accura
 
 
 def _baseline_configs(settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
-    from dam.baselines import MLPConfig, MLPTrainConfig
+    from dam.baselines import MLPConfig
+    from dam.training import MLPTrainConfig
 
     model_keys = {f.name for f in fields(MLPConfig)}
     model = MLPConfig(**{k: v for k, v in settings.items() if k in model_keys})
@@ -65,8 +66,8 @@ def run_beyond(
     log: Callable[[str], None] = print,
 ) -> None:
     """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond."""
-    from dam.baselines import train_mlp
     from dam.runs import model_md5
+    from dam.training import train_mlp
 
     beyond = out / "beyond"
     by_name = {r.name: r for r in runs}

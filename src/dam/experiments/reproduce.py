@@ -177,16 +177,38 @@ def reproduce(
     out: str | os.PathLike[str] = "runs/reproduce",
     *,
     data_dir: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool | None = None,
     check: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run (or resume) the whole reproduction into ``out``; return the path of the report.
 
-    ``check``: render the report in headless Chromium and fail if a figure or table is missing
-    (None: when Chromium is installed).
+    ``device="auto"`` uses a GPU when one is there, else the CPU.  ``check``: render the report in headless
+    Chromium and fail if a figure or table is missing (None: when Chromium is installed).  The folder is
+    locked for the run: a second ``reproduce`` into it is refused while this one works.
     """
+    from dam.environment import resolve_device
+    from dam.runs import OutputFolder
+
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    device = str(resolve_device(device))
+    folder = OutputFolder(out, "reproduction folder")
+    folder.check_writable()
+    with folder.lock():
+        return _reproduce(preset, Path(out), data_dir, device, progress, check, log)
+
+
+def _reproduce(
+    preset: str | ReproducePreset,
+    out: Path,
+    data_dir: str | os.PathLike[str] | None,
+    device: str,
+    progress: bool | None,
+    check: bool | None,
+    log: Callable[[str], None],
+) -> Path:
     from dam.environment import environment_info
     from dam.experiments.report.browser import ReportCheckError, check_report, find_chromium
     from dam.experiments.report.build import build_report

@@ -8,7 +8,6 @@ on that segment finds the boundary image, and the end of the segment is the imag
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from dam.probes.gradient import (
     search_settings,
     unit_step,
 )
+from dam.progress import progress_bar
 
 
 @dataclass
@@ -137,8 +137,6 @@ class BoundarySearch:
         return y[rows, top] - y[rows, second], y.argmax(dim=1)
 
     def _search(self, model: nn.Module, v: Tensor) -> dict[str, Tensor]:
-        from tqdm.auto import tqdm
-
         n, dev = len(v), v.device
         clean = v.clone()
         with torch.no_grad():
@@ -154,8 +152,7 @@ class BoundarySearch:
         stalled = torch.zeros_like(converged)
         no_progress = NoProgress(n, self.patience, dev)
         active = torch.arange(n, device=dev)
-        disable = not sys.stderr.isatty() if self.progress is None else not self.progress
-        with tqdm(total=self.max_steps, desc="boundary", unit="step", disable=disable, leave=False) as bar:
+        with progress_bar(self.max_steps, desc="boundary", enabled=self.progress, unit="step", leave=False) as bar:
             for k in range(self.max_steps + 1):
                 y, c_second, grad = objective_and_gradient(model, v[active], second[active], self.m)
                 c_top = class_objective(y, top[active], self.m)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from dam.probes.gradient import (
     search_settings,
     unit_step,
 )
+from dam.progress import progress_bar
 
 
 @dataclass
@@ -107,8 +107,6 @@ class RubbishSearch:
         return RubbishResult(to_image(v), to_image(v0), targets, objective, steps, converged, stalled, stuck, preds)
 
     def _search(self, model: nn.Module, v: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
-        from tqdm.auto import tqdm
-
         n = len(targets)
         v = v.clone()
         trace = torch.full((n, self.max_steps + 1), float("nan"), dtype=torch.float64, device=v.device)
@@ -117,8 +115,7 @@ class RubbishSearch:
         stalled = torch.zeros_like(converged)
         progress = NoProgress(n, self.patience, v.device)
         active = torch.arange(n, device=v.device)
-        disable = not sys.stderr.isatty() if self.progress is None else not self.progress
-        with tqdm(total=self.max_steps, desc="rubbish", unit="step", disable=disable, leave=False) as bar:
+        with progress_bar(self.max_steps, desc="rubbish", enabled=self.progress, unit="step", leave=False) as bar:
             for k in range(self.max_steps + 1):
                 _, c, grad = objective_and_gradient(model, v[active], targets[active], self.m)
                 trace[active, k] = c.double()

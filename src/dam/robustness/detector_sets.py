@@ -23,7 +23,7 @@ CALIBRATION_RULE = (
 )
 
 
-def _probe_folders(folder: Path) -> list[Path]:
+def probe_folders(folder: Path) -> list[Path]:
     """``folder`` itself when it holds one model's results, else its model subfolders (a probes --out)."""
     if not folder.is_dir():
         raise InputError(f"--probes {folder}: no such folder")
@@ -49,7 +49,7 @@ def probe_sets(
     skipped: list[dict[str, Any]] = []
     in_calibration = torch.zeros(len(x_test), dtype=torch.bool)
     in_calibration[calibration] = True
-    for folder in (p for f in folders for p in _probe_folders(Path(f))):
+    for folder in (p for f in folders for p in probe_folders(Path(f))):
         for stem, kind in (("boundary", "adversarial"), ("rubbish", "rubbish")):
             path = folder / stem
             if not path.with_suffix(".safetensors").exists():
@@ -143,7 +143,7 @@ def run_detection(
     if noise < 0 or attack_images < 0:
         raise InputError(f"noise and attack image counts must be >= 0, got {noise} and {attack_images}")
     for folder in probes or []:  # before the slow part, so that a typo fails at once
-        _probe_folders(Path(folder))
+        probe_folders(Path(folder))
     classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
     x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
     x_test = x_test.reshape(len(x_test), -1)

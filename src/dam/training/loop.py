@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -34,6 +33,7 @@ from dam.environment import environment_info
 from dam.errors import CheckpointError, ConfigError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
+from dam.progress import progress_bar
 from dam.runs import METRICS_FILE, STATE_FILE, read_run_config
 
 logger = logging.getLogger(__name__)
@@ -111,24 +111,6 @@ def training_device(device: str | torch.device) -> torch.device:
     return resolve_device(device)
 
 
-# -- progress ----------------------------------------------------------------------------------------
-
-
-def show_progress(enabled: bool | None) -> bool:
-    """``None`` means: on a terminal or in a Jupyter kernel, not in a log file."""
-    if enabled is not None:
-        return enabled
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool | None, unit: str = "epoch") -> Any:
-    """A tqdm bar that renders as a widget in Jupyter (``tqdm.auto``) and as text on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show_progress(enabled),
-                dynamic_ncols=True)  # fmt: skip
-
-
 # -- run folders -------------------------------------------------------------------------------------
 
 
@@ -165,6 +147,8 @@ S = TypeVar("S")
 
 def settings_from(cls: type[S], data: Any, where: str) -> S:
     """A settings dataclass from a saved dict; a folder whose settings do not fit is a CheckpointError."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: records no training settings ({cls.__name__})")
     try:
         unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
         if unknown:

@@ -13,8 +13,10 @@ def test_dam_is_attacked_through_its_scores():
     model = prototype_model(n=3)
     x, _ = prototype_images(model, 5)
     assert torch.equal(as_logits(model)(x), model.scores(x))
-    mlp = torch.nn.Linear(784, 10)
-    assert as_logits(mlp) is mlp
+    mlp = torch.nn.Linear(784, 10)  # a foreign module: its forward is taken as the logits
+    assert torch.equal(as_logits(mlp)(x.reshape(5, -1)), mlp(x.reshape(5, -1)))
+    wrapped = as_logits(model)
+    assert as_logits(wrapped) is wrapped  # idempotent
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
