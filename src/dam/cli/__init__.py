@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dam.cli.detect import add_detect_command
     from dam.cli.probes import add_probe_commands
     from dam.cli.report import add_report_commands
+    from dam.cli.sweep import add_sweep_command
     from dam.cli.train import add_train_commands
 
     parser = argparse.ArgumentParser(prog="dam", description="Dense Associative Memory classifiers and probes.")
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adversarial_commands(sub)
     add_attack_commands(sub)
     add_detect_command(sub)
+    add_sweep_command(sub)
     return parser
 
 

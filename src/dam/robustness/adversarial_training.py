@@ -267,7 +267,7 @@ def adversarial_finetune(
         start_epoch = 0
         if resuming:
             tensors, meta, start_epoch = load_train_state(folder)
-            trainer.load_state(tensors, meta, start_epoch, folder)
+            trainer.load_state(tensors, meta, folder)
         run_info = {
             **run_record("dam", asdict(model.config), settings, device, data_dir),
             "adversarial": asdict(config),

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.data import load_dataset, seeded_subset, train_val_split
-from dam.environment import environment_info
+from dam.environment import environment_info, resolve_device
 from dam.errors import CheckpointError, ConfigError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
@@ -106,8 +106,7 @@ def error_rate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int
 
 
 def training_device(device: str | torch.device) -> torch.device:
-    from dam.environment import resolve_device
-
+    """The device to train on ("auto", "cpu", "cuda", "cuda:N"); one-line error when it is not there."""
     return resolve_device(device)
 
 
@@ -182,6 +181,10 @@ class Trainer(Protocol):
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         """Tensors and string metadata that, with the weights, let a killed run continue exactly."""
+        ...
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, str], where: Path) -> None:
+        """Restore what :meth:`state` saved (the weights included); ``where`` names the folder in errors."""
         ...
 
     def save_model(self, folder: Path, run_info: dict[str, Any]) -> None: ...

@@ -190,7 +190,7 @@ class DAMTrainer:
             "temperature": repr(self.model.temperature)
         }
 
-    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, str], epochs_done: int, where: Path) -> None:
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, str], where: Path) -> None:
         memories, velocity = tensors.get("memories"), tensors.get("velocity")
         if memories is None or velocity is None or memories.shape != self.model.memories.shape:
             found = None if memories is None else tuple(memories.shape)
@@ -256,7 +256,7 @@ def train(
         start_epoch = 0
         if resuming:
             tensors, meta, start_epoch = load_train_state(folder)
-            trainer.load_state(tensors, meta, start_epoch, folder)
+            trainer.load_state(tensors, meta, folder)
             trainer.model.temperature = config.temperature_at(max(start_epoch - 1, 0))
         run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
         plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")

@@ -1,0 +1,751 @@
+"""Robustness against n, with seeds: one DAM_n per point (n, seed), trained, attacked and probed.
+
+Layout of the output folder::
+
+    OUT/plan.json                 the plan the folder was started with (a different plan is refused)
+    OUT/points/n{n}-s{seed}/      one run folder per point (``dam train``), resumable, and beside the
+                                  run's files: attacks/ (``run_attacks`` on that one run), probes/
+                                  (boundary, rubbish, calibration) and point.json
+    OUT/points/n{n}-s{seed}.log   the point's events, one JSON line each (trained epochs, stages, reuse)
+    OUT/sweep.json, sweep.csv     every point, the per-n mean and std over seeds, the failed points
+    OUT/sweep_robustness.png      worst-case robust accuracy against n, one line per budget, seed error bars
+    OUT/sweep_probes.png          clean error, boundary distance, rubbish confidence, calibrated beta_sm
+
+A point's measurements go to ``point.json`` with a reuse key (:func:`dam.results.result_key` of its
+training settings, its weights' MD5, the attack suite and the probe settings): a point whose key matches
+is never recomputed.  Inside a point every stage is reused on its own: training resumes from its last
+finished epoch, attacks and probes reuse their results by their own keys; so a killed worker's retry
+loses at most the epoch or stage it was in.
+
+Points run as Ray tasks (``backend="ray"``, the optional extra ``dam[sweep]``), one CPU and a fraction of
+a GPU each, on this machine or on a cluster; or one after another in this process (``backend="local"``),
+through the same :func:`run_point`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from dam.errors import ConfigError, InputError, MissingExtraError
+from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json
+from dam.results import key_matches, read_json, result_key
+
+logger = logging.getLogger(__name__)
+
+RAY_MISSING = 'the sweep needs Ray: pip install "dam[sweep]"'
+POINT_FILE = "point.json"
+NORMS = ("linf", "l2")
+RUBBISH_BETA_SM = 3.2  # the paper's single beta_sm of the rubbish table (dam.probes.PAPER_BETA_SM)
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+# -- settings for any n ------------------------------------------------------------------------------
+
+_MODEL_FIELDS = ("m", "temperature_start", "temperature_end", "lr", "momentum")
+
+
+def model_settings(n: int, schedule: str = "cpu") -> dict[str, Any]:
+    """The per-model training settings (n, m, T_i, T_f, ramp, eps0, p) of DAM_n under ``schedule``.
+
+    n = 2, 3, 20, 30 take their named presets (:mod:`dam.training.presets`).  Any other n takes the rule:
+
+    * between two named presets, every setting (m, T_i, T_f, eps0, p) is interpolated linearly in n
+      between the two neighbours, m rounded to an integer; T ramps over the schedule's ramp when the
+      interpolated T_i and T_f differ, else it is constant.
+    * above n = 30 the settings of n30 are held (m = 30, constant T = 650).
+
+    Why: the paper tuned two regimes, small n (features; m = 2..4, T cooling to T_f ~ 70) and large n
+    (prototypes; m ~ 30, constant T in [500, 700]), and says nothing in between.  The larger n, the more
+    F_n(h / T) is dominated by the memories whose overlap h exceeds T, so T has to grow with n towards the
+    overlap a prototype reaches (~500-700 of at most 794), and m with it (a larger m for larger n reduced
+    overfitting, docs/training.md).  A linear path keeps every setting inside the hull of the tuned values
+    (n = 6: m = 8, T 425 -> 153, p = 0.85; n = 10: m = 14, T 458 -> 264; n = 15: m = 22, T 499 -> 402).
+    Extrapolating past n = 30 would leave the paper's windows (T > 700), so n30's values are held, which
+    float32 still represents: the largest scaled argument of F_n is (784 + 10) / T, and
+    K * ((784 + 10) / T)^n must stay below float32's maximum (n = 40, T = 650, K = 2000: ~1e7).  A rule
+    that broke this bound raises ConfigError (the model would silently compute in float64 instead).
+    """
+    from dam.training.presets import preset, preset_names
+
+    if n < 2:
+        raise InputError(f"n must be at least 2, got {n}")
+    anchors = {c.n: c for c in (preset(name, schedule) for name in preset_names())}
+    if n in anchors:
+        c = anchors[n]
+        return {"n": n, **{k: getattr(c, k) for k in _MODEL_FIELDS}, "ramp_epochs": c.ramp_epochs}
+    below = max(k for k in anchors if k < n)
+    above = [k for k in anchors if k > n]
+    if not above:  # past the largest tuned n: hold its settings
+        c = anchors[below]
+        return {"n": n, **{k: getattr(c, k) for k in _MODEL_FIELDS}, "ramp_epochs": c.ramp_epochs}
+    lo, hi = anchors[below], anchors[min(above)]
+    frac = (n - lo.n) / (hi.n - lo.n)
+    values = {k: getattr(lo, k) + frac * (getattr(hi, k) - getattr(lo, k)) for k in _MODEL_FIELDS}
+    values["m"] = round(values["m"])
+    values["lr"] = round(values["lr"], 6)
+    values["momentum"] = round(values["momentum"], 4)
+    values["temperature_start"] = round(values["temperature_start"], 1)
+    values["temperature_end"] = round(values["temperature_end"], 1)
+    ramps = values["temperature_start"] != values["temperature_end"]
+    ramp = max(lo.ramp_epochs, hi.ramp_epochs) if ramps else 0
+    return {"n": n, **values, "ramp_epochs": ramp}
+
+
+def check_float32_range(config: Any) -> None:
+    """Refuse settings whose largest score K * ((784 + 10) / T)^n would overflow float32."""
+    t_min = min(config.temperature_start, config.temperature_end)
+    log_max = math.log(config.num_memories) + config.n * math.log(794.0 / t_min)
+    if log_max >= math.log(FLOAT32_MAX):
+        raise ConfigError(
+            f"n = {config.n} at T = {t_min:g} with K = {config.num_memories}: scores up to e^{log_max:.0f} "
+            "overflow float32; raise T"
+        )
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep measures: which n and seeds, how each model trains, and how it is probed and attacked.
+
+    ``train_overrides`` are TrainConfig fields laid over every point's settings (the schedule's and the
+    n's, :func:`model_settings`), e.g. ``num_memories``, ``epochs``, ``train_subset``.  ``attacks`` are
+    :class:`~dam.robustness.attacks.runner.AttackSuite` fields (a stronger suite can be given to
+    :func:`run_sweep` instead).  ``images`` test images are searched for boundary images and calibrate
+    beta_sm; ``per_class`` rubbish images per class are searched from seeded noise.
+    """
+
+    name: str
+    ns: tuple[int, ...]
+    seeds: tuple[int, ...]
+    schedule: str = "quick"
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    images: int = 1000
+    per_class: int = 10
+    probe_seed: int = 0
+    search_options: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ns or not self.seeds:
+            raise InputError(f"sweep {self.name!r}: give at least one n and one seed")
+        if len(set(self.ns)) != len(self.ns) or len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"sweep {self.name!r}: repeated n or seed ({self.ns}, {self.seeds})")
+        if any(n < 2 for n in self.ns):
+            raise InputError(f"sweep {self.name!r}: every n must be at least 2, got {self.ns}")
+        if self.images < 1 or self.per_class < 1:
+            raise InputError(f"sweep {self.name!r}: images and per_class must be at least 1")
+        if "seed" in self.train_overrides or "n" in self.train_overrides:
+            raise InputError(f"sweep {self.name!r}: n and seed come from ns and seeds, not train_overrides")
+
+    def points(self) -> list[tuple[int, int]]:
+        """(n, seed) of every point, n major."""
+        return [(n, seed) for n in self.ns for seed in self.seeds]
+
+    def config(self, n: int, seed: int) -> Any:
+        """The TrainConfig of point (n, seed)."""
+        from dam.training import TrainConfig
+        from dam.training.presets import preset, schedule_names
+
+        if self.schedule not in schedule_names():
+            raise InputError(f"unknown schedule {self.schedule!r}; choose from {', '.join(schedule_names())}")
+        base = preset("n2", self.schedule)  # the schedule's fields (epochs, decay, batch, K)
+        values = {**asdict(base), **model_settings(n, self.schedule), **self.train_overrides, "seed": seed}
+        if values["temperature_start"] == values["temperature_end"]:
+            values["ramp_epochs"] = 0
+        config = TrainConfig(**values)
+        check_float32_range(config)
+        return config
+
+    def suite(self) -> Any:
+        from dam.robustness.attacks.runner import AttackSuite
+
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.attacks.items()}
+        return AttackSuite(**values)
+
+    def comparable(self) -> dict[str, Any]:
+        """What must not change within one output folder (points may be added: ns and seeds may differ)."""
+        data = json.loads(json.dumps(asdict(self)))
+        for k in ("ns", "seeds", "description"):
+            data.pop(k)
+        return data
+
+
+QUICK_ATTACKS: dict[str, Any] = {
+    "images": 300,
+    "linf": [0.05, 0.1, 0.2, 0.3],
+    "l2": [0.5, 1.0, 2.0, 3.0],
+    "pgd_steps": 40,
+    "hsj_steps": 0,  # HopSkipJump's queries would cost more than the rest of a quick point together
+}
+
+PRESETS: dict[str, SweepPlan] = {
+    # Measured here (2 cores, one thread per point): a K = 300 point trains at ~2.6 s per epoch (plus ~13 s
+    # of kernel compilation), its attacks take ~20 s and its probes ~12 s: ~90 s per point, two at a time.
+    "quick": SweepPlan(
+        "quick",
+        ns=(2, 3, 6, 10, 20, 30),
+        seeds=(0, 1),
+        schedule="quick",
+        train_overrides={"num_memories": 300, "epochs": 15, "ramp_epochs": 8, "lr_decay": 0.85},
+        images=300,
+        per_class=10,
+        search_options={"max_steps": 400},
+        attacks=QUICK_ATTACKS,
+        description="n in {2, 3, 6, 10, 20, 30}, two seeds; K = 300, 15 epochs of minibatches of 100; attacks "
+        "(FGSM, PGD) on 300 test images, boundary search and calibration on 300, 10 rubbish images per class. "
+        "About 12 minutes on a 2-core CPU.",
+    ),
+    "full": SweepPlan(
+        "full",
+        ns=(2, 3, 4, 6, 8, 10, 15, 20, 25, 30, 40),
+        seeds=(0, 1, 2),
+        schedule="cpu",
+        images=10000,
+        per_class=100,
+        attacks={},  # the package's default suite: 500 images, FGSM, PGD, HopSkipJump in L-inf
+        description="n in {2, 3, 4, 6, 8, 10, 15, 20, 25, 30, 40}, three seeds; K = 2000, the cpu schedule "
+        "(400 epochs); the default attack suite on 500 test images; the paper's probes (10,000 test images, "
+        "100 rubbish images per class). Meant for GPUs or a cluster.",
+    ),
+}
+
+
+def sweep_plan(preset: str | SweepPlan) -> SweepPlan:
+    if isinstance(preset, SweepPlan):
+        return preset
+    if preset not in PRESETS:
+        raise InputError(f"unknown sweep preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def point_name(n: int, seed: int) -> str:
+    return f"n{n}-s{seed}"
+
+
+def suite_record(suite: Any) -> dict[str, Any]:
+    """An attack suite as its key records it: its type and its settings."""
+    settings = asdict(suite) if is_dataclass(suite) and not isinstance(suite, type) else {"repr": repr(suite)}
+    return json.loads(json.dumps({"type": f"{type(suite).__module__}.{type(suite).__qualname__}", **settings}))
+
+
+# -- one point -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """Everything one point needs, picklable for a Ray task."""
+
+    plan: SweepPlan
+    n: int
+    seed: int
+    folder: str  # the point's run folder, OUT/points/n{n}-s{seed}
+    suite: Any  # an AttackSuite, or any suite run_attacks accepts
+    data_dir: str | None = None
+    device: str = "auto"
+
+    @property
+    def name(self) -> str:
+        return point_name(self.n, self.seed)
+
+
+def point_key(task: PointTask, config: Any, weights: str) -> dict[str, Any]:
+    plan = task.plan
+    probes = {"images": plan.images, "per_class": plan.per_class, "seed": plan.probe_seed,
+              "search_options": plan.search_options, "rubbish_beta_sm": RUBBISH_BETA_SM}  # fmt: skip
+    return result_key(config=asdict(config), weights=weights, suite=suite_record(task.suite), probes=probes)
+
+
+def _training_complete(folder: Path, config: Any) -> bool:
+    from dam.runs import finished_epochs, read_run_config
+
+    status = finished_epochs(folder)
+    if status is None or status[0] < status[1]:
+        return False
+    return read_run_config(folder).get("train") == asdict(config)
+
+
+def reused_point(task: PointTask) -> dict[str, Any] | None:
+    """The saved record of a finished point whose key matches (same settings, weights, suite, probes)."""
+    from dam.runs import model_md5
+
+    folder = Path(task.folder)
+    saved = read_json(folder / POINT_FILE)
+    if not isinstance(saved, dict):
+        return None
+    config = task.plan.config(task.n, task.seed)
+    if not _training_complete(folder, config):
+        return None
+    if not key_matches(saved, point_key(task, config, model_md5(folder)), "key"):
+        return None
+    return saved
+
+
+def run_point(task: PointTask, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) one point's model, then measure it; returns and writes its ``point.json``.
+
+    A finished point whose key matches is returned as saved, nothing recomputed.  ``on_epoch`` is called
+    with each epoch's metrics record once that epoch is saved (a hook for progress and for tests).
+    """
+    import torch
+
+    from dam.environment import environment_info, resolve_device
+    from dam.io import read_jsonl
+    from dam.runs import METRICS_FILE, OutputFolder, finished_epochs, model_md5
+    from dam.training import train
+
+    t_start = time.perf_counter()
+    folder = Path(task.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder.parent / f"{folder.name}.log"  # beside the run folder: train() wants it empty or a run
+
+    def note(event: str, **fields: Any) -> None:
+        append_jsonl(log_path, {"event": event, "pid": os.getpid(), "time": time.time(), **fields})
+
+    saved = reused_point(task)
+    if saved is not None:
+        note("reused")
+        return {**saved, "reused": True}
+
+    device = str(resolve_device(task.device))
+    config = task.plan.config(task.n, task.seed)
+    trained_now = 0
+    if not _training_complete(folder, config):
+        status = finished_epochs(folder)
+        # A kill during the first epoch leaves config.json without a training state: no run to resume,
+        # and train() refuses such a folder; it is moved aside (never deleted) and training starts anew.
+        fresh = status is None and any(p.name not in (".dam.lock", ".dam.lock.json") for p in folder.iterdir())
+        note("train", from_epoch=status[0] if status else 0, epochs=config.epochs, fresh_start=fresh)
+        if fresh:
+            OutputFolder(folder, "point folder").move_aside()
+
+        def epoch_done(line: str) -> None:
+            nonlocal trained_now
+            record = json.loads(line)
+            trained_now += 1
+            note("epoch", epoch=record["epoch"], seconds=record["seconds"], test_error=record.get("test_error"))
+            if on_epoch is not None:
+                on_epoch(record)
+
+        train(config, folder, data_dir=task.data_dir, device=device, resume=not fresh, force=False,
+              progress=False, log=epoch_done)  # fmt: skip
+    metrics = read_jsonl(folder / METRICS_FILE)
+    weights = model_md5(folder)
+    key = point_key(task, config, weights)
+    t_eval = time.perf_counter()
+    with OutputFolder(folder, "point folder").lock():
+        measured = measure_point(task, folder, device, note)
+        record = {
+            "point": task.name,
+            "n": task.n,
+            "seed": task.seed,
+            "key": key,
+            "config": asdict(config),
+            **measured,
+            "epochs": len(metrics),
+            "timings": {
+                "train_seconds": sum(float(r.get("seconds", 0.0)) for r in metrics),
+                "epochs_trained_now": trained_now,
+                "eval_seconds": time.perf_counter() - t_eval,
+                "wall_seconds": time.perf_counter() - t_start,
+            },
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "environment": environment_info(),
+        }
+        atomic_write_json(folder / POINT_FILE, record)
+    note("done", seconds=record["timings"]["wall_seconds"])
+    return record
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def measure_point(task: PointTask, run: Path, device: str, note: Callable[..., None]) -> dict[str, Any]:
+    """Clean test error, worst-case robust accuracy, boundary distance, rubbish confidence, beta_sm."""
+    from dam.model import DenseAssociativeMemory
+    from dam.probes.confidence import confidence, model_outputs
+    from dam.probes.runner import run_model_probes, test_images
+    from dam.robustness.attacks.runner import run_attacks
+    from dam.runs import model_name
+    from dam.training.evaluate import evaluate_run
+
+    plan = task.plan
+    t0 = time.perf_counter()
+    clean = evaluate_run(run, data_dir=task.data_dir, device=device)
+    lines: list[str] = []
+    summary = run_attacks([str(run)], run / "attacks", task.suite, data_dir=task.data_dir, device=device,
+                          log=lines.append)  # fmt: skip
+    attack_seconds = time.perf_counter() - t0
+    note("attacks", seconds=attack_seconds, log=lines)
+    model = summary["models"][model_name(run)]
+    robust = {}
+    for norm in NORMS:
+        table = model["tables"].get(norm)
+        if table is None:
+            continue
+        robust[norm] = {
+            "budgets": list(table.get("epsilons") or summary["suite"].get(norm, [])),
+            "clean_accuracy": table["clean_accuracy"],
+            "worst_case": list(table["worst_case"]),
+            "images": table.get("images"),
+        }
+
+    t1 = time.perf_counter()
+    x, y = test_images(plan.images, task.data_dir)
+    boundary, rubbish, calibration = run_model_probes(
+        run, run / "probes", x, y, per_class=plan.per_class, seed=plan.probe_seed,
+        search_options={**plan.search_options, "progress": False}, device=device,
+    )  # fmt: skip
+    d = boundary.distances("boundary")
+    l2, linf = _finite(d["l2"].tolist()), _finite(d["linf"].tolist())
+    dam = DenseAssociativeMemory.load(run, device=device)
+    outputs = model_outputs(dam, rubbish.images)
+    z = confidence(outputs, RUBBISH_BETA_SM)
+    probe_seconds = time.perf_counter() - t1
+    note("probes", seconds=probe_seconds)
+    return {
+        "clean_error": clean["error"],
+        "robust": robust,
+        "masking": (model.get("verdict") or {}).get("verdict"),
+        "boundary": {
+            "images": len(x),
+            "crossed_rate": len(l2) / max(len(x), 1),
+            "success_rate": float(boundary.success.float().mean()),
+            "l2_mean": statistics.fmean(l2) if l2 else None,
+            "l2_median": statistics.median(l2) if l2 else None,
+            "linf_mean": statistics.fmean(linf) if linf else None,
+            "linf_median": statistics.median(linf) if linf else None,
+        },
+        "rubbish": {
+            "images": len(rubbish.images),
+            "beta_sm": RUBBISH_BETA_SM,
+            "confidence_mean": float(z.mean()),
+            "target_rate": float((outputs.argmax(dim=1) == rubbish.targets.cpu()).float().mean()),
+            "converged_rate": float(rubbish.converged.float().mean()),
+        },
+        "beta_sm": calibration.get("beta_sm"),
+        "eval_timings": {"attack_seconds": attack_seconds, "probe_seconds": probe_seconds},
+    }
+
+
+# -- the sweep -------------------------------------------------------------------------------------
+
+
+def _ray_point(point_fn: Callable[[PointTask], dict[str, Any]], task: PointTask, threads: int) -> dict[str, Any]:
+    """What a Ray task runs: the point, with as many torch threads as the CPUs it was given."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return point_fn(task)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _run_local(tasks, point_fn, log) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:  # type: ignore[no-untyped-def]
+    done, failed = {}, {}
+    for i, task in enumerate(tasks, 1):
+        t0 = time.perf_counter()
+        try:
+            record = point_fn(task)
+        except Exception as exc:  # one point's failure is recorded; the others go on
+            failed[task.name] = _first_line(exc)
+            logger.debug("%s", traceback.format_exc())
+            log(f"[{i}/{len(tasks)}] {task.name} FAILED: {failed[task.name]}")
+            continue
+        done[task.name] = record
+        log(f"[{i}/{len(tasks)}] {task.name} {_describe(record, time.perf_counter() - t0)}")
+    return done, failed
+
+
+def _describe(record: dict[str, Any], seconds: float) -> str:
+    if record.get("reused"):
+        return "reused (finished before)"
+    return f"done in {seconds:.0f} s: clean error {record['clean_error']:.2%}"
+
+
+def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init):  # type: ignore[no-untyped-def]
+    try:
+        import ray
+    except ImportError:
+        raise MissingExtraError(RAY_MISSING) from None
+
+    options = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, **options)
+    try:
+        resources = ray.cluster_resources()
+        if gpus_per_trial is None:
+            gpus_per_trial = 0.25 if resources.get("GPU", 0) > 0 else 0
+        if gpus_per_trial > resources.get("GPU", 0):
+            raise InputError(
+                f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
+            )
+        if cpus_per_trial > resources.get("CPU", 0):
+            raise InputError(f"{cpus_per_trial} CPUs per point: the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+        log(
+            f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {len(tasks)} points, "
+            f"{cpus_per_trial} CPU and {gpus_per_trial:g} GPU each, up to {max_retries} retries"
+        )
+        remote = ray.remote(_ray_point).options(
+            num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries, retry_exceptions=False
+        )
+        refs = {remote.remote(point_fn, task, cpus_per_trial): task for task in tasks}
+        done, failed = {}, {}
+        pending = list(refs)
+        t0 = time.perf_counter()
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            task = refs[ready[0]]
+            count = f"[{len(done) + len(failed) + 1}/{len(tasks)}]"
+            try:
+                record = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:  # raised in the task, or its worker died past its retries
+                failed[task.name] = _first_line(exc)
+                log(f"{count} {task.name} FAILED: {failed[task.name]}")
+                continue
+            done[task.name] = record
+            log(f"{count} {task.name} {_describe(record, time.perf_counter() - t0)}")
+        return done, failed
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_plan(out: Path, plan: SweepPlan) -> None:
+    saved = read_json(out / "plan.json")
+    if isinstance(saved, dict):
+        now = plan.comparable()
+        before = {k: saved.get(k) for k in now}
+        if before != now:
+            diff = sorted(k for k in now if before[k] != now[k])
+            raise InputError(
+                f"{out} holds a sweep made with other settings ({', '.join(diff)} differ); use another --out"
+            )
+    atomic_write_json(out / "plan.json", json.loads(json.dumps(asdict(plan))))
+
+
+def run_sweep(
+    plan: str | SweepPlan,
+    out: str | os.PathLike[str],
+    *,
+    backend: str = "ray",
+    address: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: int = 1,
+    max_retries: int = 2,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    suite: Any = None,
+    point_fn: Callable[[PointTask], dict[str, Any]] = run_point,
+    ray_init: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) every point of ``plan`` into ``out``; write sweep.json, sweep.csv and the figures.
+
+    ``backend="ray"``: one Ray task per point (``num_cpus=cpus_per_trial``, ``num_gpus=gpus_per_trial``:
+    0.25 when the cluster has GPUs, else 0), retried up to ``max_retries`` times when its worker dies; Ray
+    starts on this machine when ``address`` is None (and no ``RAY_ADDRESS`` is set), else joins the cluster
+    at ``address`` ("auto": the one started here by ``ray start --head``).  ``ray_init``: more ray.init
+    arguments (num_cpus, _temp_dir, ...).  Every node must see ``data_dir`` and ``out`` at the same paths
+    (a shared file system).  ``backend="local"``: the points one after another in this process.
+    ``suite``: the attack suite (default: the plan's :class:`AttackSuite`); any suite ``run_attacks``
+    accepts.  Returns the summary written to sweep.json; its ``failed`` maps point names to their error.
+    The output folder is locked for the run.
+    """
+    from dam.data.datasets import locate_dataset
+    from dam.environment import environment_info
+    from dam.runs import OutputFolder
+
+    plan = sweep_plan(plan)
+    if backend not in ("ray", "local"):
+        raise InputError(f"backend must be 'ray' or 'local', got {backend!r}")
+    if max_retries < 0 or cpus_per_trial < 1 or (gpus_per_trial is not None and gpus_per_trial < 0):
+        raise InputError("max_retries >= 0, cpus_per_trial >= 1 and gpus_per_trial >= 0 are required")
+    for n, seed in plan.points():  # a bad setting fails here, before any worker starts
+        plan.config(n, seed)
+    suite = plan.suite() if suite is None else suite
+    out = Path(out)
+    folder = OutputFolder(out, "sweep folder")
+    folder.check_writable()
+    with folder.lock():
+        _check_plan(out, plan)
+        data = str(locate_dataset("mnist", data_dir).resolve())
+        tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
+                 for n, seed in plan.points()]  # fmt: skip
+        log(f"sweep {plan.name}: {len(tasks)} points (n in {list(plan.ns)}, seeds {list(plan.seeds)}) into {out}")
+        t0 = time.perf_counter()
+        if backend == "local":
+            done, failed = _run_local(tasks, point_fn, log)
+        else:
+            done, failed = _run_ray(
+                tasks, point_fn, log, address=address, gpus_per_trial=gpus_per_trial,
+                cpus_per_trial=cpus_per_trial, max_retries=max_retries, ray_init=ray_init,
+            )  # fmt: skip
+        wall = time.perf_counter() - t0
+        points = [done[t.name] for t in tasks if t.name in done]
+        summary = {
+            "plan": json.loads(json.dumps(asdict(plan))),
+            "suite": suite_record(suite),
+            "backend": backend,
+            "address": address,
+            "gpus_per_trial": gpus_per_trial,
+            "data_dir": data,
+            "wall_seconds": wall,
+            "points": [{k: v for k, v in p.items() if k not in ("environment", "key")} for p in points],
+            "per_n": per_n_summary(points),
+            "failed": failed,
+            "environment": environment_info(),
+        }
+        atomic_write_json(out / "sweep.json", summary)
+        write_csv(summary, out / "sweep.csv")
+        figures = sweep_figures(summary, out)
+    reused = sum(1 for p in points if p.get("reused"))
+    wrote = ", ".join(["sweep.json", "sweep.csv", *(f.name for f in figures)])
+    log(f"sweep {plan.name}: {len(points)} of {len(tasks)} points done ({reused} reused) in {wall:.0f} s; "
+        f"wrote {wrote} in {out}")  # fmt: skip
+    if failed:
+        log(f"sweep {plan.name}: {len(failed)} points FAILED: {', '.join(sorted(failed))}")
+    return summary
+
+
+# -- summaries, table and figures ------------------------------------------------------------------
+
+
+def point_metrics(point: dict[str, Any]) -> dict[str, float | None]:
+    """The scalar measurements of one point, by column name."""
+    values: dict[str, float | None] = {"clean_error": point.get("clean_error")}
+    for norm, table in (point.get("robust") or {}).items():
+        for eps, acc in zip(table["budgets"], table["worst_case"], strict=True):
+            values[f"robust_{norm}_{eps:g}"] = acc
+    boundary = point.get("boundary") or {}
+    values["boundary_l2_mean"] = boundary.get("l2_mean")
+    values["boundary_l2_median"] = boundary.get("l2_median")
+    values["boundary_linf_median"] = boundary.get("linf_median")
+    values["rubbish_confidence"] = (point.get("rubbish") or {}).get("confidence_mean")
+    values["beta_sm"] = point.get("beta_sm")
+    timings = point.get("timings") or {}
+    values["train_seconds"] = timings.get("train_seconds")
+    values["eval_seconds"] = timings.get("eval_seconds")
+    return values
+
+
+def per_n_summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per n: the mean and the standard deviation (sample, n - 1) over seeds of every measurement."""
+    rows = []
+    for n in sorted({p["n"] for p in points}):
+        group = [p for p in points if p["n"] == n]
+        metrics = [point_metrics(p) for p in group]
+        row: dict[str, Any] = {"n": n, "seeds": sorted(p["seed"] for p in group), "mean": {}, "std": {}}
+        for name in metrics[0]:
+            values = _finite([m.get(name) for m in metrics])  # type: ignore[misc]
+            row["mean"][name] = statistics.fmean(values) if values else None
+            row["std"][name] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        rows.append(row)
+    return rows
+
+
+def write_csv(summary: dict[str, Any], path: Path) -> None:
+    """One row per point, then a ``mean`` and a ``std`` row per n."""
+    columns: list[str] = []
+    for p in summary["points"]:
+        columns += [c for c in point_metrics(p) if c not in columns]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "n", "seed", "seeds", *columns])
+    fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
+    for p in summary["points"]:
+        m = point_metrics(p)
+        w.writerow(["point", p["n"], p["seed"], 1, *[fmt(m.get(c)) for c in columns]])
+    for row in summary["per_n"]:
+        for stat in ("mean", "std"):
+            w.writerow([stat, row["n"], "", len(row["seeds"]), *[fmt(row[stat].get(c)) for c in columns]])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
+    """sweep_robustness.png and sweep_probes.png (dam.plotting: no pyplot); none when no point finished."""
+    from dam.plotting import colormap, new_figure, save_figure
+
+    rows = summary["per_n"]
+    if not rows:
+        return []
+    ns = [r["n"] for r in rows]
+    seeds = max(len(r["seeds"]) for r in rows)
+    paths = []
+
+    def series(name: str) -> tuple[list[int], list[float], list[float]]:
+        xs, ys, es = [], [], []
+        for r in rows:
+            if r["mean"].get(name) is not None:
+                xs.append(r["n"])
+                ys.append(r["mean"][name])
+                es.append(r["std"].get(name) or 0.0)
+        return xs, ys, es
+
+    def n_axis(ax: Any) -> None:
+        ax.set_xscale("log")
+        ax.set_xticks(ns)
+        ax.set_xticklabels([str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("n (power of the interaction vertex)")
+        ax.grid(alpha=0.3)
+
+    fig = new_figure((11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    cmap = colormap("viridis")
+    for ax, norm in zip(axes, NORMS, strict=True):
+        budgets = sorted(
+            {eps for p in summary["points"] for eps in (p.get("robust") or {}).get(norm, {}).get("budgets", [])}
+        )
+        for i, eps in enumerate(budgets):
+            xs, ys, es = series(f"robust_{norm}_{eps:g}")
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=cmap(i / max(len(budgets) - 1, 1)),
+                        label=f"eps = {eps:g}")  # fmt: skip
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("robust accuracy (worst case over attacks)")
+        ax.set_title(f"{'L-inf' if norm == 'linf' else 'L2'} budgets")
+        n_axis(ax)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"sweep {summary['plan']['name']}: mean and std over {seeds} seeds")
+    paths.append(save_figure(fig, out / "sweep_robustness.png"))
+
+    fig = new_figure((11, 8), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    panels = [
+        ("clean_error", "clean test error"),
+        ("boundary_l2_median", "median L2 distance to the decision boundary"),
+        ("rubbish_confidence", f"confidence on own rubbish (beta_sm {RUBBISH_BETA_SM:g})"),
+        ("beta_sm", "calibrated beta_sm"),
+    ]
+    for ax, (name, label) in zip(axes, panels, strict=True):
+        xs, ys, es = series(name)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+        ax.set_ylabel(label)
+        n_axis(ax)
+    axes[3].set_yscale("log")
+    fig.suptitle(f"sweep {summary['plan']['name']}: mean and std over {seeds} seeds")
+    paths.append(save_figure(fig, out / "sweep_probes.png"))
+    return paths
