@@ -2,7 +2,7 @@
 # Set up .venv with the test extras and run the linter and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test attacks
+bash scripts/setup.sh test attacks sweep
 . .venv/bin/activate
 # The real-MNIST tests read $DAM_DATA_DIR/mnist; default to the shared copy beside this checkout.
 if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dam.cli.args import device, positive_floats, positive_int
+from dam.cli.args import device, nonnegative_int, positive_floats, positive_int
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -18,7 +18,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     suite = AttackSuite(images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
                         hsj_steps=args.hsj_steps, hsj_max_evals=args.hsj_max_evals,
-                        hsj_norms=tuple(args.hsj_norms.split(",")) if args.hsj_norms else ())  # fmt: skip
+                        hsj_norms=tuple(args.hsj_norms.split(",")) if args.hsj_norms else (),
+                        autoattack=args.autoattack, aa_steps=args.aa_steps, aa_fab=not args.no_fab,
+                        square_queries=args.square_queries)  # fmt: skip
     with out.lock():
         summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
                               device=args.device)  # fmt: skip
@@ -30,6 +32,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             t = m["tables"][norm]
             print(f"{name:<14}{t['clean_accuracy']:>8.1%}" + "".join(f"{a:>9.1%}" for a in t["worst_case"]))
     print()
+    print(f"protocol: {summary['protocol']}")
     for m in summary["models"].values():
         print(m["verdict"]["verdict"])
     print(f"\nwrote {args.out}/robustness.json, robust_accuracy_*.csv, masking.csv, robust_accuracy.png")
@@ -56,6 +59,13 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hsj-max-evals", type=int, default=d.hsj_max_evals,
                    help="HopSkipJump's cap on queries per gradient estimate")  # fmt: skip
     p.add_argument("--hsj-norms", default=",".join(d.hsj_norms), help="norms HopSkipJump runs in: linf, l2 or linf,l2")
+    p.add_argument("--autoattack", choices=["standard", "plus", "none"], default=d.autoattack,
+                   help="the AutoAttack protocol (default: standard, the field's standard evaluation)")  # fmt: skip
+    p.add_argument("--aa-steps", type=positive_int, default=d.aa_steps,
+                   help="APGD/FAB iterations (100 in the protocol; fewer: a reduced run, named so)")  # fmt: skip
+    p.add_argument("--no-fab", action="store_true", help="leave FAB-T out (a reduced run)")
+    p.add_argument("--square-queries", type=nonnegative_int, default=d.square_queries,
+                   help="Square's query budget (5000 in the protocol; 0 leaves it out)")  # fmt: skip
     p.add_argument("--data-dir")
     p.add_argument("--device", type=device, default="cpu")
     p.set_defaults(func=cmd_attack)

@@ -82,19 +82,63 @@ def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
         for eps, w, b in zip(table.epsilons, white, accs or [], strict=False):
             if w - b > _tolerance(w, table.images, floor):
                 gaps.append({"norm": table.norm, "eps": eps, "kind": kind, "white_box": w, "black_box": b})
+    # A score-based attack run on the survivors of the gradient attacks (AutoAttack's Square): every image
+    # it breaks is one that no gradient attack broke.
+    for name, extra in table.extra_broken.items():
+        if not table.gradient_free.get(name):
+            continue
+        for i, (eps, added) in enumerate(zip(table.epsilons, extra, strict=True)):
+            if added > _tolerance(white[i], table.images, floor):
+                gaps.append({"norm": table.norm, "eps": eps, "kind": "score-based", "white_box": white[i],
+                             "black_box": white[i] - added, "attack": name})  # fmt: skip
     return gaps
+
+
+CE_ATTACKS = ("fgsm", "pgd", "apgd-ce")  # attacks on the cross-entropy loss
+DLR_ATTACKS = ("apgd-t",)  # attacks on the scale-invariant (targeted) DLR loss
+
+
+def ce_dlr_gap(table: RobustnessTable) -> list[float] | None:
+    """Per budget: the best cross-entropy attack's robust accuracy minus the DLR attack's.  A large gap
+    means cross-entropy attacks are starved (the loss is flat where the scores are all near zero, or the
+    softmax saturates), the failure that overstates large-n robustness; None when either kind is missing."""
+    ce = [table.attacks[a] for a in CE_ATTACKS if a in table.attacks]
+    dlr = [table.attacks[a] for a in DLR_ATTACKS if a in table.attacks]
+    if not ce or not dlr:
+        return None
+    return [min(c[i] for c in ce) - min(d[i] for d in dlr) for i in range(len(table.epsilons))]
+
+
+@torch.no_grad()
+def starvation(model: nn.Module, result: Any, threshold: float = 1e-3) -> list[float] | None:
+    """Per budget: the share of a cross-entropy attack's end points at which every logit is within
+    ``threshold`` of zero, where the softmax is uniform and the loss sits at ln 10 with no usable gradient
+    (the dead end of CE attacks on large-n DAMs).  None without a result."""
+    if result is None:
+        return None
+    logits = as_logits(model).eval()
+    device = next(model.parameters()).device
+    shares = []
+    for adversarials in result.adversarials:
+        out = torch.cat([logits(adversarials[i : i + 1000].to(device)) for i in range(0, len(adversarials), 1000)])
+        shares.append(float((out.abs().amax(dim=1) < threshold).float().mean()) if len(out) else 0.0)
+    return shares
 
 
 def masking_verdict(
     tables: RobustnessTable | list[RobustnessTable],
     health: list[GradientHealth],
+    starved: dict[str, list[float] | None] | None = None,
     *,
     zero_limit: float = 0.05,
     floor: float = 0.03,
 ) -> dict[str, Any]:
-    """A plain verdict from the gradient health and the white-box / black-box / transfer comparison.
+    """A plain verdict from the gradient health, the white-box / black-box / transfer comparison and the
+    cross-entropy-versus-DLR gap.
 
-    ``tables``: one model's robustness tables (one per norm); a gap in any of them counts.
+    ``tables``: one model's robustness tables (one per norm); a gap in any of them counts.  ``starved``: per
+    norm, :func:`starvation` of the PGD end points.  The verdict weighs the strongest attack: it names, per
+    norm, the attack that left the lowest robust accuracy and the weaker ones it beat.
     """
     tables = [tables] if isinstance(tables, RobustnessTable) else list(tables)
     if not tables or len({t.model for t in tables}) != 1:
@@ -112,8 +156,34 @@ def masking_verdict(
             f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
             f"gradient attacks {g['white_box']:.1%}"
         )
+    ce_gaps = []
+    for t in tables:
+        gap = ce_dlr_gap(t)
+        if gap is None:
+            continue
+        i = max(range(len(gap)), key=lambda j: gap[j])
+        dlr = min(t.attacks[a][i] for a in DLR_ATTACKS if a in t.attacks)
+        if gap[i] > _tolerance(dlr, t.images, floor):
+            share = (starved or {}).get(t.norm)
+            ce_gaps.append({"norm": t.norm, "eps": t.epsilons[i], "ce": dlr + gap[i], "dlr": dlr,
+                            "dead_end_share": share[i] if share else None})  # fmt: skip
+    for g in ce_gaps:
+        dead = (f"; {g['dead_end_share']:.0%} of PGD's end points have every score within 1e-3 of zero"
+                if g["dead_end_share"] else "")  # fmt: skip
+        reasons.append(
+            f"at {g['norm']} eps {g['eps']:g} targeted APGD on the DLR loss leaves {g['dlr']:.1%} robust accuracy, "
+            f"the best cross-entropy attack {g['ce']:.1%}{dead}"
+        )
     masked = bool(reasons)
     parts = []
+    if ce_gaps:
+        worst_gap = max(g["ce"] - g["dlr"] for g in ce_gaps)
+        parts.append(
+            "cross-entropy attacks are starved of gradient (the scores are near zero or the softmax saturates where "
+            f"they end): {'; '.join(reasons[len(reasons) - len(ce_gaps) :])}. They overstate its robustness by up "
+            f"to {100 * worst_gap:.1f} points; the scale-invariant DLR loss is not fooled, and the worst case "
+            "includes it"
+        )
     if gaps:
         overstated = max(g["white_box"] - g["black_box"] for g in gaps)
         parts.append(
@@ -136,7 +206,28 @@ def masking_verdict(
             f"masking not checked in {' and '.join(unchecked)}: no gradient-free attack was run there, so it "
             "cannot be ruled out"
         )
+    strongest = {t.norm: _strongest(t) for t in tables}
+    for norm, s in strongest.items():
+        if s:
+            parts.append(f"strongest in {norm}: {s['attack']} (robust accuracy {s['robust_accuracy']:.1%} at eps "
+                         f"{s['eps']:g}, where {s['weakest']} left {s['weakest_accuracy']:.1%})")  # fmt: skip
     verdict = f"{model}: " + "; ".join(parts) + "."
     worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
     return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
-            "worst_case": worst, "gradient_health": [h.to_json() for h in health]}  # fmt: skip
+            "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst,
+            "gradient_health": [h.to_json() for h in health]}  # fmt: skip
+
+
+def _strongest(table: RobustnessTable) -> dict[str, Any] | None:
+    """The attack with the lowest robust accuracy (over the budgets where attacks disagree most), and the
+    weakest attack there: what the stronger one found that the weaker one missed."""
+    alone = {a: accs for a, accs in table.attacks.items() if not a.endswith("(on survivors)")}
+    if len(alone) < 2:
+        return None
+    i = max(
+        range(len(table.epsilons)), key=lambda j: max(a[j] for a in alone.values()) - min(a[j] for a in alone.values())
+    )
+    best = min(alone, key=lambda a: alone[a][i])
+    weakest = max(alone, key=lambda a: alone[a][i])
+    return {"attack": best, "eps": table.epsilons[i], "robust_accuracy": alone[best][i], "weakest": weakest,
+            "weakest_accuracy": alone[weakest][i]}  # fmt: skip

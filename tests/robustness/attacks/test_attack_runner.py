@@ -5,7 +5,17 @@ import json
 from dam import cli
 from dam.robustness.attacks.runner import AttackSuite, run_attacks
 
-SMALL = AttackSuite(images=24, linf=(0.1, 0.3), l2=(1.0, 3.0), pgd_steps=5, hsj_steps=2, hsj_max_evals=20)
+SMALL = AttackSuite(
+    images=24,
+    linf=(0.1, 0.3),
+    l2=(1.0, 3.0),
+    pgd_steps=5,
+    hsj_steps=2,
+    hsj_max_evals=20,
+    aa_steps=5,
+    aa_fab=False,
+    square_queries=20,
+)
 
 
 def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_run, mnist_dir, tmp_path):
@@ -15,7 +25,7 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
     assert set(summary["models"]) == {"n2", "n30"}
     for m in summary["models"].values():
         linf = m["tables"]["linf"]
-        assert set(linf["attacks"]) == {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"}
+        assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu", "apgd-ce", "apgd-t"} <= set(linf["attacks"])
         assert "hopskipjump" not in m["tables"]["l2"]["attacks"]
         for accs in linf["attacks"].values():
             assert all(0 <= a <= 1 for a in accs)
@@ -34,9 +44,15 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
 def test_cli_attack_prints_the_table_and_verdicts(tiny_reproduction, mnist_dir, tmp_path, capsys):
     run = str(tiny_reproduction / "runs" / "n3")
     code = cli.main(["attack", run, "--out", str(tmp_path), "--images", "16", "--linf", "0.1", "--l2", "1",
-                     "--pgd-steps", "3", "--hsj-steps", "0", "--data-dir", str(mnist_dir)])  # fmt: skip
+                     "--pgd-steps", "3", "--hsj-steps", "0", "--aa-steps", "3", "--no-fab", "--square-queries", "10",
+                     "--data-dir", str(mnist_dir)])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0 and "robust accuracy, linf" in out and "n3:" in out and "cannot be ruled out" in out
+    assert code == 0 and "robust accuracy, linf" in out and "n3:" in out and "strongest in linf" in out
+    assert "protocol: AutoAttack standard, reduced (3 APGD iterations, no FAB-T, Square 10 queries)" in out
+    record = json.loads((tmp_path / "models" / "n3.robustbench.json").read_text())
+    assert record["threat_models"]["Linf"]["eps"] == [0.1] and record["n_examples"] == 16
+    assert {"apgd-ce", "apgd-t"} <= set(record["threat_models"]["Linf"]["per_attack"])
+    assert record["libraries"]["pyautoattack"]
 
 
 def test_cli_attack_bad_budget_is_one_line(tmp_path, capsys):

@@ -38,16 +38,19 @@ def _attacks(folder: Path) -> dict[str, Any] | None:
 
 def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     from dam.robustness.attacks.accuracy import RobustnessTable
-    from dam.robustness.masking import GradientHealth, masking_verdict
+    from dam.robustness.masking import GradientHealth, ce_dlr_gap, masking_verdict
 
     suite, images = summary["suite"], summary["images"]
     norms = []
     for norm in ("linf", "l2"):
         header = ["model", "clean", *(f"eps {fmt(e, 'g')}" for e in suite[norm])]
-        summary_rows, detail_rows = [], []
+        summary_rows, detail_rows, gap_rows = [], [], []
         for name, m in summary["models"].items():
             t = m["tables"][norm]
             summary_rows.append([name, pct(t["clean_accuracy"]), *(pct(a) for a in t["worst_case"])])
+            gap = ce_dlr_gap(RobustnessTable.from_json(t))
+            if gap is not None:
+                gap_rows.append([name, *(f"{100 * g:+.1f}" for g in gap)])
             detail_rows += [[name if i == 0 else "", a, *(pct(v) for v in accs)]
                             for i, (a, accs) in enumerate(t["attacks"].items())]  # fmt: skip
         norms.append(
@@ -55,6 +58,11 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
                 "norm": norm,
                 "title": "L-inf" if norm == "linf" else "L2",
                 "summary": table(header, summary_rows, f"robust {norm}"),
+                "gap": table(
+                    ["cross-entropy minus DLR (points)", *header[2:]],
+                    gap_rows or [["-", *("-" for _ in suite[norm])]],
+                    f"ce-dlr gap {norm}",
+                ),
                 "detail": table(["model", "attack", *header[2:]], detail_rows, f"robust {norm} per attack", 2),
             }
         )
@@ -62,7 +70,8 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     for name, m in summary["models"].items():
         # re-derived from the measurements, so the verdict follows this dam's rule whenever the results were made
         health = [GradientHealth(**g) for g in m["gradient_health"]]
-        v = masking_verdict([RobustnessTable.from_json(t) for t in m["tables"].values()], health)
+        v = masking_verdict([RobustnessTable.from_json(t) for t in m["tables"].values()], health,
+                            m.get("starvation"))  # fmt: skip
         h = {g["dtype"]: g for g in m["gradient_health"]}
         bad = [pct(number(h[d]["zero_fraction"]) + number(h[d]["nonfinite_fraction"])) if d in h else "-"
                for d in ("float32", "float64")]  # fmt: skip
@@ -79,6 +88,17 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "sources": joined(summary["sources"], "no source model"),
         "transfer_norms": "L-inf and L2" if summary["sources"] else "none",
         "logits": text(summary["logits"]),
+        "protocol": text(summary.get("protocol", "AutoAttack not run (results of an older dam)")),
+        "published": table(
+            ["model (MNIST, L-inf 0.3)", "AutoAttack robust accuracy"],
+            [
+                ["Madry et al. 2018, PGD adversarial training", "88.50%"],
+                ["TRADES (Zhang et al. 2019)", "92.81%"],
+                ["Gowal et al. 2020", "96.34%"],
+            ],
+            "published",
+            2,
+        ),
         "norms": norms,
         "figure": figure(
             folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)"

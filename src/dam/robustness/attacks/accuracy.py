@@ -49,6 +49,9 @@ class RobustnessTable:
     queries_per_image: dict[str, float] = field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     worst_case: list[float] = field(default_factory=list)
+    # Per attack that saw only the survivors of the attacks before it: the share of all images it broke
+    # that none of them had (what it added to the worst case), per budget.
+    extra_broken: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,12 +62,22 @@ class RobustnessTable:
 
 
 def robust_accuracy(
-    model: nn.Module, name: str, images: Tensor, labels: Tensor, attacks: Sequence[Attacker]
+    model: nn.Module,
+    name: str,
+    images: Tensor,
+    labels: Tensor,
+    attacks: Sequence[Attacker],
+    protocols: Sequence[Any] = (),
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
-    """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy."""
-    if not attacks:
+    """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.
+
+    ``protocols``: attack protocols such as :class:`~dam.robustness.attacks.autoattack.AutoAttack`, whose
+    attacks run in a cascade; each of their attacks gets a column (a cascade attack that saw only the
+    survivors of the ones before is named "... (on survivors)").  The worst case per image is over every
+    attack and protocol."""
+    if not attacks and not protocols:
         raise InputError("no attacks given")
-    norms = {(a.norm, tuple(a.epsilons)) for a in attacks}
+    norms = {(a.norm, tuple(a.epsilons)) for a in [*attacks, *protocols]}
     if len(norms) != 1:
         raise InputError(f"attacks in one table must share norm and budgets, got {sorted(norms)}")
     norm, epsilons = norms.pop()
@@ -85,5 +98,21 @@ def robust_accuracy(
         table.queries_per_image[attack.name] = result.queries_per_image
         table.settings[attack.name] = attack.describe()
         broken |= result.success
+    for protocol in protocols:
+        outcome = protocol(images, labels)
+        for key, result in outcome.results.items():
+            result.success = result.success | wrong
+            column = f"{key} (on survivors)" if outcome.on_survivors[key] else key
+            settings = outcome.settings[key]
+            results[column] = result
+            table.attacks[column] = result.robust_accuracy()
+            table.gradient_free[column] = not settings["gradients"]
+            table.queries_per_image[column] = result.queries_per_image
+            table.settings[column] = {**settings, "protocol": protocol.describe()["protocol"],
+                                      "seconds": round(outcome.seconds[key], 2)}  # fmt: skip
+            if outcome.on_survivors[key]:
+                table.extra_broken[column] = [float((s & ~b).float().mean()) for s, b in zip(result.success, broken,
+                                                                                              strict=True)]  # fmt: skip
+            broken |= result.success
     table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
     return table, results

@@ -33,7 +33,7 @@ from dam.robustness.attacks.standard import (
     Transfer,
     require_foolbox,
 )
-from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict
+from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict, starvation
 from dam.runs import common_dataset, load_model, model_md5, model_name, run_kind
 
 
@@ -49,8 +49,36 @@ class AttackSuite:
     hsj_steps: int = 20
     hsj_max_evals: int = 400
     hsj_norms: tuple[str, ...] = ("linf",)  # HopSkipJump is the costly one: queries, not gradients
+    # The AutoAttack protocol (dam.robustness.attacks.autoattack): "standard" (the field's standard),
+    # "plus" (with restarts), "none"; aa_steps / aa_fab / square_queries below the protocol's 100 / True /
+    # 5000 make a reduced run, which the report names as such.
+    autoattack: str = "standard"
+    aa_steps: int = 100
+    aa_fab: bool = True
+    square_queries: int = 5000
+
+    @property
+    def autoattack_protocol(self) -> str:
+        """What ran, in words the report shows: the standard protocol, or how it was reduced."""
+        if self.autoattack == "none":
+            return "none"
+        reduced = [f"{self.aa_steps} APGD iterations" if self.aa_steps != 100 else "",
+                   "no FAB-T" if not self.aa_fab else "",
+                   f"Square {self.square_queries} queries" if self.square_queries != 5000 else ""]  # fmt: skip
+        reduced = [r for r in reduced if r]
+        return f"AutoAttack {self.autoattack}" + (f", reduced ({', '.join(reduced)})" if reduced else "")
+
+    def protocols(self, model: nn.Module, norm: str) -> list[Any]:
+        if self.autoattack == "none":
+            return []
+        from dam.robustness.attacks.autoattack import AutoAttack
+
+        return [AutoAttack(model, self.budgets(norm), norm=norm, version=self.autoattack, steps=self.aa_steps,
+                           fab=self.aa_fab, square_queries=self.square_queries, seed=self.seed)]  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.autoattack not in ("standard", "plus", "none") or self.aa_steps < 1 or self.square_queries < 0:
+            raise InputError(f"invalid AutoAttack settings in {self}")
         if (self.images < 1 or not self.linf or not self.l2 or self.pgd_steps < 1 or self.hsj_steps < 0
                 or self.hsj_max_evals < 1):  # fmt: skip
             raise InputError(f"invalid AttackSuite {self}")
@@ -105,16 +133,18 @@ def attack_model(
     name = model_name(run)
     model = load_model(run, device=device).eval()
     tables: dict[str, RobustnessTable] = {}
+    starved: dict[str, list[float] | None] = {}
     for norm in ("linf", "l2"):
         attacks: list[Any] = [*suite.white_box(model, norm), *suite.decision_based(model, norm)]
         attacks += [Transfer(model, suite.source_attack(model, norm), src, result)
                     for src, result in source_results.get(norm, {}).items() if src != name]  # fmt: skip
-        table, _ = robust_accuracy(model, name, images, labels, attacks)
+        table, results = robust_accuracy(model, name, images, labels, attacks, suite.protocols(model, norm))
         tables[norm] = table
+        starved[norm] = starvation(model, results.get("pgd"))
     health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
-    verdict = masking_verdict(list(tables.values()), health)
+    verdict = masking_verdict(list(tables.values()), health, starved)
     return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},
-            "gradient_health": [h.to_json() for h in health], "verdict": verdict}  # fmt: skip
+            "gradient_health": [h.to_json() for h in health], "starvation": starved, "verdict": verdict}  # fmt: skip
 
 
 def _saved(path: Path) -> dict[str, Any] | None:
@@ -180,7 +210,8 @@ def run_attacks(
             log(f"attack {name}: reused {path}")
             # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
             tables = [RobustnessTable.from_json(t) for t in saved["tables"].values()]
-            saved["verdict"] = masking_verdict(tables, [GradientHealth(**h) for h in saved["gradient_health"]])
+            health = [GradientHealth(**h) for h in saved["gradient_health"]]
+            saved["verdict"] = masking_verdict(tables, health, saved.get("starvation"))
             models[name] = saved
             continue
         if source_results is None:  # made once, only when some model needs them
@@ -203,16 +234,54 @@ def run_attacks(
             "how": "the first `count` of torch.randperm(10000) seeded with `seed`, MNIST test set",
         },
         "logits": LOGITS_NOTE,
+        "protocol": suite.autoattack_protocol,
         "sources": sorted(source_md5),
         "environment": environment_info(),
         "models": models,
     }
     atomic_write_json(out / "robustness.json", summary)
+    for name, model in models.items():
+        atomic_write_json(out / "models" / f"{name}.robustbench.json",
+                          robustbench_record(model, suite, common_dataset(runs), len(images)))  # fmt: skip
     write_tables(summary, out)
     from dam.robustness.attacks.figures import robust_accuracy_figure
 
     robust_accuracy_figure(summary, out / "robust_accuracy.png")
     return summary
+
+
+def robustbench_record(model: dict[str, Any], suite: AttackSuite, dataset: str, count: int) -> dict[str, Any]:
+    """One model's result in the shape of a RobustBench entry: per threat model the budgets, the number of
+    test images, clean accuracy, robust accuracy per attack and the worst case, and the library versions."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    threat = {"linf": "Linf", "l2": "L2"}
+    return {
+        "model": model["model"],
+        "dataset": dataset,
+        "n_examples": count,
+        "test_subset": f"first {count} of a permutation of the test set seeded with {suite.seed}",
+        "protocol": suite.autoattack_protocol,
+        "threat_models": {
+            threat[norm]: {
+                "eps": t["epsilons"],
+                "clean_accuracy": t["clean_accuracy"],
+                "robust_accuracy": dict(zip((f"{e:g}" for e in t["epsilons"]), t["worst_case"], strict=True)),
+                "per_attack": {
+                    a: dict(zip((f"{e:g}" for e in t["epsilons"]), accs, strict=True))
+                    for a, accs in t["attacks"].items()
+                },
+            }
+            for norm, t in model["tables"].items()
+        },
+        "libraries": {d: version(d) for d in ("dam", "torch", "pyautoattack", "foolbox")},
+    }
 
 
 def write_tables(summary: dict[str, Any], out: Path) -> None:

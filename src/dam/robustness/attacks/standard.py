@@ -55,7 +55,7 @@ class AttackResult:
         return [1.0 - float(s.float().mean()) for s in self.success] if self.success.shape[1] else []
 
 
-class _Counting(nn.Module):
+class QueryCounter(nn.Module):
     """Counts the images the attacked model is evaluated on (queries), whatever the attack does."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -68,7 +68,7 @@ class _Counting(nn.Module):
         return self.model(images)
 
 
-def _as_batch(images: Tensor, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+def check_attack_inputs(images: Tensor, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     x = flatten_images(images, 784, torch.float32)
     if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
         raise InputError("attack images must be finite and lie in [0, 1]")
@@ -77,7 +77,7 @@ def _as_batch(images: Tensor, labels: Tensor, device: torch.device) -> tuple[Ten
     return x.to(device), labels.to(device)
 
 
-def _distance(norm: str, a: Tensor, b: Tensor) -> Tensor:
+def perturbation_norm(norm: str, a: Tensor, b: Tensor) -> Tensor:
     diff = (a - b).flatten(1)
     return diff.abs().amax(dim=1) if norm == "linf" else diff.norm(dim=1)
 
@@ -114,8 +114,8 @@ class Attack:
         fb = require_foolbox()
         self.model.eval()
         device = next(self.model.parameters()).device
-        x, y = _as_batch(images, labels, device)
-        counting = _Counting(as_logits(self.model)).eval()
+        x, y = check_attack_inputs(images, labels, device)
+        counting = QueryCounter(as_logits(self.model)).eval()
         fmodel = fb.PyTorchModel(counting, bounds=(0.0, 1.0), device=device)
         attack = self._foolbox_attack(fb)
         advs, wins = [], []
@@ -131,7 +131,7 @@ class Attack:
                 wins.append(success)
         adversarials = torch.cat(advs, dim=1) if advs else x.new_empty(len(self.epsilons), 0, 784)
         success = torch.cat(wins, dim=1) if wins else torch.zeros(len(self.epsilons), 0, dtype=torch.bool)
-        distances = torch.stack([_distance(self.norm, a, x) for a in adversarials])
+        distances = torch.stack([perturbation_norm(self.norm, a, x) for a in adversarials])
         return AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(), success.cpu(), distances.cpu(),
                             counting.rows / max(len(x), 1))  # fmt: skip
 

@@ -1,0 +1,343 @@
+"""The AutoAttack protocol (Croce & Hein, ICML 2020), the field's standard robustness evaluation.
+
+The attacks are the authors' reference implementation as published on PyPI (``pyautoattack``: the code of
+github.com/fra31/auto-attack, which RobustBench uses), not a port: torchattacks' port changes the protocol's
+defaults (its AutoAttack class runs APGD and FAB for 10 iterations, the reference for 100, and rescales
+Square's schedule) and its wheel requires torchvision, which does not install beside the CPU build of torch
+this project uses.  This module adds only this package's conventions:
+
+- an attack is a class with the model and hyperparameters in the constructor, called on (images, labels),
+  returning an :class:`~dam.robustness.attacks.standard.AttackResult` per budget and image;
+- the model is attacked through :func:`dam.model.as_logits` (a DAM's pre-tanh scores);
+- every returned adversarial is checked here, independently of the library: inside its budget, inside
+  [0, 1] and misclassified when re-predicted; a candidate that fails is not counted as a success;
+- randomness is seeded without touching the caller's random state; queries are counted.
+
+The standard protocol runs APGD-CE and APGD-T (DLR loss, 9 target classes) on every correctly classified
+image, then FAB-T (9 targets) and Square (5000 queries) on the images both left unbroken, as AutoAttack's own
+cascade does; robustness is the worst case per image.  Unlike AutoAttack's runner, APGD-CE and APGD-T both
+see every image, so the cross-entropy-versus-DLR gap is measured per model (a large gap is the signature of
+cross-entropy attacks starved of gradient, see :mod:`dam.robustness.masking`).  The "plus" protocol adds
+restarts (APGD-CE 5, untargeted APGD-DLR 5, untargeted FAB 5) on the survivors of the standard one: if it
+breaks nothing more, more effort no longer changes the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dam.errors import InputError, MissingExtraError
+from dam.model import as_logits, eager_kernels
+from dam.robustness.attacks.standard import NORMS, AttackResult, QueryCounter, check_attack_inputs, perturbation_norm
+
+# A budget is met within float rounding of x + delta - x and of the L2 rescaling.
+BUDGET_ATOL = 1e-6
+BUDGET_RTOL = 1e-5
+_REFERENCE_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+def require_autoattack() -> Any:
+    """Import the reference AutoAttack code or say in one line how to get it."""
+    try:
+        import pyautoattack
+    except ImportError:
+        raise MissingExtraError('the AutoAttack suite needs its reference code: pip install "dam[attacks]"') from None
+    return pyautoattack
+
+
+class _Images4d(nn.Module):
+    """The reference code works on (B, C, H, W) images; our models take them as they are."""
+
+    def __init__(self, logits: nn.Module) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.logits(images.reshape(images.shape[0], -1))
+
+
+def within_budget(norm: str, adversarials: Tensor, images: Tensor, eps: float) -> Tensor:
+    """Per image: the perturbation's norm is at most eps (within float rounding)."""
+    return perturbation_norm(norm, adversarials, images) <= eps * (1 + BUDGET_RTOL) + BUDGET_ATOL
+
+
+def verified_success(logits: nn.Module, images: Tensor, adversarials: Tensor, labels: Tensor, norm: str,
+                     eps: float) -> Tensor:  # fmt: skip
+    """Per image: the adversarial is inside the budget, inside [0, 1] and misclassified when re-predicted."""
+    with torch.no_grad():
+        wrong = logits(adversarials).argmax(dim=1) != labels
+    in_box = (adversarials >= 0).all(dim=1) & (adversarials <= 1).all(dim=1)
+    return wrong & in_box & within_budget(norm, adversarials, images, eps) & torch.isfinite(adversarials).all(dim=1)
+
+
+class ReferenceAttack:
+    """Base: one attack of the reference AutoAttack code, run per budget on the images asked for."""
+
+    name: ClassVar[str] = "autoattack"
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        epsilons: Sequence[float],
+        *,
+        norm: str = "linf",
+        restarts: int = 1,
+        batch_size: int = 500,
+        seed: int = 0,
+    ) -> None:
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not epsilons or any(not e > 0 for e in epsilons):
+            raise InputError(f"epsilons must be a non-empty list of positive budgets, got {list(epsilons)}")
+        if restarts < 1 or batch_size < 1:
+            raise InputError("restarts and batch_size must be at least 1")
+        self.model, self.norm, self.epsilons = model, norm, [float(e) for e in epsilons]
+        self.restarts, self.batch_size, self.seed = restarts, batch_size, seed
+
+    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"restarts": self.restarts}
+
+    def describe(self) -> dict[str, Any]:
+        """Name and hyperparameters, for the records."""
+        return {"attack": self.name, "norm": self.norm, "epsilons": self.epsilons, "gradients": self.uses_gradients,
+                "implementation": "pyautoattack (reference code of Croce & Hein)", **self.settings()}  # fmt: skip
+
+    def __call__(self, images: Tensor, labels: Tensor, *, attack_only: Tensor | None = None) -> AttackResult:
+        """Attack every image the model classifies correctly (or, with ``attack_only`` of shape (E, B), those
+        marked per budget: the cascade's survivors).  Images the model gets wrong count as broken."""
+        aa = require_autoattack()
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        x, y = check_attack_inputs(images, labels, device)
+        counter = QueryCounter(as_logits(self.model)).eval()
+        net = _Images4d(counter).eval()
+        num = len(x)
+        with torch.no_grad(), eager_kernels():
+            correct = counter(x).argmax(dim=1) == y if num else torch.zeros(0, dtype=torch.bool, device=device)
+        counter.rows = 0
+        advs = x.unsqueeze(0).repeat(len(self.epsilons), 1, 1)
+        success = (~correct).unsqueeze(0).repeat(len(self.epsilons), 1)
+        started = time.perf_counter()
+        # The reference code seeds torch's global generator itself: fork it so that the caller's state is
+        # left alone and the result depends on ``seed`` only.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager_kernels():
+            for e, eps in enumerate(self.epsilons):
+                todo = correct if attack_only is None else correct & attack_only[e].to(device)
+                index = todo.nonzero()[:, 0]
+                for start in range(0, len(index), self.batch_size):
+                    part = index[start : start + self.batch_size]
+                    torch.manual_seed(self.seed)
+                    attack = self._build(aa, net, eps, device)
+                    candidate = attack.perturb(x[part].view(-1, 1, 28, 28), y[part]).detach().reshape(len(part), -1)
+                    ok = verified_success(counter, x[part], candidate, y[part], self.norm, eps)
+                    advs[e, part[ok]] = candidate[ok]
+                    success[e, part[ok]] = True
+        distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs]) if num else advs.new_zeros(
+            len(self.epsilons), 0)  # fmt: skip
+        result = AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
+                              counter.rows / max(num, 1))  # fmt: skip
+        result.seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+        return result
+
+
+class APGDCE(ReferenceAttack):
+    """APGD on the cross-entropy loss: step-size-free PGD with momentum, 100 iterations."""
+
+    name = "apgd-ce"
+
+    def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, **kwargs: Any) -> None:
+        super().__init__(model, epsilons, **kwargs)
+        self.steps = steps
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "steps": self.steps, "loss": self.loss}
+
+    loss: ClassVar[str] = "ce"
+
+    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        return APGDAttack(net, n_iter=self.steps, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts, eps=eps,
+                          seed=self.seed, loss=self.loss, device=device)  # fmt: skip
+
+
+class APGDDLR(APGDCE):
+    """Untargeted APGD on the DLR loss (the "plus" protocol)."""
+
+    name = "apgd-dlr"
+    loss = "dlr"
+
+
+class APGDT(ReferenceAttack):
+    """Targeted APGD on the DLR loss, invariant to the scale of the logits: 100 iterations per target class,
+    the 9 runner-up classes in turn."""
+
+    name = "apgd-t"
+
+    def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, targets: int = 9,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(model, epsilons, **kwargs)
+        if not 1 <= targets <= 9:
+            raise InputError(f"targets must be between 1 and 9, got {targets}")
+        self.steps, self.targets = steps, targets
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "steps": self.steps, "target_classes": self.targets, "loss": "dlr-targeted"}
+
+    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+        from pyautoattack.autopgd_base import APGDAttack_targeted
+
+        return APGDAttack_targeted(net, n_iter=self.steps, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts,
+                                   eps=eps, seed=self.seed, n_target_classes=self.targets, device=device)  # fmt: skip
+
+
+class FABT(ReferenceAttack):
+    """Targeted FAB: minimal-norm adversarials by linearising the decision boundary, 100 iterations per target."""
+
+    name = "fab-t"
+    targeted: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, targets: int = 9,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(model, epsilons, **kwargs)
+        self.steps, self.targets = steps, targets
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "steps": self.steps, "target_classes": self.targets if self.targeted else None}
+
+    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+        from pyautoattack.fab_pt import FABAttack_PT
+
+        return FABAttack_PT(net, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts, n_iter=self.steps, eps=eps,
+                            seed=self.seed, targeted=self.targeted, n_target_classes=self.targets,
+                            device=device)  # fmt: skip
+
+
+class FAB(FABT):
+    """Untargeted FAB (the "plus" protocol)."""
+
+    name = "fab"
+    targeted = False
+
+
+class Square(ReferenceAttack):
+    """Square Attack: random search with square-shaped updates; sees only the logits' values, no gradient."""
+
+    name = "square"
+    uses_gradients = False
+
+    def __init__(self, model: nn.Module, epsilons: Sequence[float], *, queries: int = 5000, **kwargs: Any) -> None:
+        super().__init__(model, epsilons, **kwargs)
+        if queries < 1:
+            raise InputError(f"queries must be at least 1, got {queries}")
+        self.queries = queries
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "queries": self.queries, "p_init": 0.8}
+
+    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+        from pyautoattack.square import SquareAttack
+
+        return SquareAttack(net, p_init=0.8, n_queries=self.queries, eps=eps, norm=_REFERENCE_NORM[self.norm],
+                            n_restarts=self.restarts, seed=self.seed, device=device, resc_schedule=False)  # fmt: skip
+
+
+@dataclass
+class AutoAttackResult:
+    """Every attack's result of one protocol run, and the worst case per budget and image."""
+
+    norm: str
+    epsilons: list[float]
+    results: dict[str, AttackResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_survivors: dict[str, bool] = field(default_factory=dict)  # saw only what the attacks before left
+
+    def add(self, key: str, attack: ReferenceAttack, result: AttackResult, on_survivors: bool) -> None:
+        self.results[key] = result
+        self.seconds[key] = result.seconds  # type: ignore[attr-defined]
+        self.settings[key] = attack.describe()
+        self.on_survivors[key] = on_survivors
+
+    def broken(self) -> Tensor:
+        """(E, B): broken by any attack (clean errors included)."""
+        stacked = torch.stack([r.success for r in self.results.values()])
+        return stacked.any(dim=0)
+
+    def robust_accuracy(self) -> list[float]:
+        """Worst case per image over every attack, per budget."""
+        return [1.0 - float(b.float().mean()) for b in self.broken()]
+
+
+class AutoAttack:
+    """The AutoAttack protocol at several budgets of one norm: ``AutoAttack(model, [0.1, 0.3])(images, labels)``.
+
+    ``version="standard"``: APGD-CE and APGD-T on every image, FAB-T and Square on the survivors.
+    ``version="plus"``: the standard attacks, then APGD-CE, APGD-DLR and FAB with 5 restarts and Square on
+    the survivors.  ``fast=True`` keeps APGD-CE and APGD-T with ``steps`` iterations and drops FAB-T (which
+    broke nothing that APGD-T left, in every measurement of this project) for small presets; the result
+    records what ran.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        epsilons: Sequence[float],
+        *,
+        norm: str = "linf",
+        version: str = "standard",
+        steps: int = 100,
+        targets: int = 9,
+        square_queries: int = 5000,
+        fab: bool = True,
+        batch_size: int = 500,
+        seed: int = 0,
+    ) -> None:
+        if version not in ("standard", "plus"):
+            raise InputError(f"version must be 'standard' or 'plus', got {version!r}")
+        self.model, self.norm, self.epsilons, self.version = model, norm, [float(e) for e in epsilons], version
+        common = {"norm": norm, "batch_size": batch_size, "seed": seed}
+        self.first = [APGDCE(model, epsilons, steps=steps, **common),
+                      APGDT(model, epsilons, steps=steps, targets=targets, **common)]  # fmt: skip
+        self.cascade: list[ReferenceAttack] = []
+        if fab:
+            self.cascade.append(FABT(model, epsilons, steps=steps, targets=targets, **common))
+        if square_queries:
+            self.cascade.append(Square(model, epsilons, queries=square_queries, **common))
+        if version == "plus":
+            self.cascade += [APGDCE(model, epsilons, steps=steps, restarts=5, **common),
+                             APGDDLR(model, epsilons, steps=steps, restarts=5, **common),
+                             FAB(model, epsilons, steps=steps, restarts=5, **common)]  # fmt: skip
+
+    def attacks(self) -> list[ReferenceAttack]:
+        return self.first + self.cascade
+
+    def describe(self) -> dict[str, Any]:
+        return {"protocol": f"autoattack-{self.version}", "norm": self.norm, "epsilons": self.epsilons,
+                "attacks": [a.describe() for a in self.first + self.cascade]}  # fmt: skip
+
+    def __call__(self, images: Tensor, labels: Tensor) -> AutoAttackResult:
+        out = AutoAttackResult(self.norm, self.epsilons)
+        for attack in self.first:
+            out.add(_unique(out, attack.name, attack.restarts), attack, attack(images, labels), False)
+        for attack in self.cascade:
+            survivors = ~out.broken()
+            if not survivors.any():
+                break
+            result = attack(images, labels, attack_only=survivors)
+            out.add(_unique(out, attack.name, attack.restarts), attack, result, True)
+        return out
+
+
+def _unique(out: AutoAttackResult, name: str, restarts: int) -> str:
+    return name if name not in out.results else f"{name}-x{restarts}"

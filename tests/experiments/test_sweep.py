@@ -1,0 +1,258 @@
+"""``dam sweep``: tiny sweeps over n and seeds on Ray and in-process; killed workers, reuse, no leftovers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dam.cli import main
+from dam.errors import ConfigError, InputError, MissingExtraError
+from dam.experiments import sweep
+from dam.experiments.sweep import PointTask, SweepPlan, model_settings, run_point, run_sweep
+from dam.training.presets import preset
+
+# 2 n x 2 seeds of tiny models: K = 16, 2 epochs on 2,000 images; a few images for attacks and probes.
+TINY = SweepPlan(
+    "tiny",
+    ns=(2, 20),
+    seeds=(0, 1),
+    schedule="quick",
+    train_overrides={"num_memories": 16, "epochs": 2, "ramp_epochs": 1, "train_subset": 2000},
+    images=16,
+    per_class=1,
+    search_options={"max_steps": 25},
+    attacks={"images": 8, "linf": [0.1], "l2": [1.0], "pgd_steps": 3, "hsj_steps": 0},
+)
+
+
+def _require(module: str, extra: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f'{module} missing: pip install -e ".[{extra}]" (scripts/test.sh installs it)')
+        pytest.skip(f"{module} not installed (extra `{extra}`)")
+
+
+@pytest.fixture(autouse=True)
+def _foolbox() -> None:
+    _require("foolbox", "attacks")  # every sweep attacks its models
+
+
+@pytest.fixture(scope="module")
+def ray_dir() -> Iterator[Path]:
+    """A short temporary folder for Ray's sessions and sockets (Unix socket paths are limited to 107
+    characters, too few under pytest's tmp_path); every Ray started by these tests lives here."""
+    _require("ray", "sweep")
+    folder = Path(tempfile.mkdtemp(prefix="dam-ray-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ray_init(ray_dir: Path) -> dict[str, Any]:
+    return {"num_cpus": 2, "_temp_dir": str(ray_dir), "object_store_memory": 100 * 2**20}
+
+
+def killed_once(task: PointTask) -> dict[str, Any]:
+    """The point, except that its first attempt SIGKILLs its own worker once epoch 1 is saved."""
+    marker = Path(task.folder).with_suffix(".killed")
+
+    def kill_after_first_epoch(record: dict[str, Any]) -> None:
+        if record["epoch"] == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return run_point(task, on_epoch=kill_after_first_epoch)
+
+
+def _events(out: Path, name: str) -> list[dict[str, Any]]:
+    path = out / "points" / f"{name}.log"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _processes_using(folder: Path) -> list[str]:
+    """Live processes whose command line names ``folder`` (Ray's raylet, GCS, agents name their session)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in cmdline and _alive(int(proc.name)):
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(ray_dir: Path, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
+    """The 2 x 2 tiny sweep on a local Ray, every point's first worker killed after its first epoch."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
+    out = tmp_path_factory.mktemp("sweep-ray")
+    t0 = time.perf_counter()
+    summary = run_sweep(TINY, out, data_dir=mnist_dir, device="cpu", point_fn=killed_once, max_retries=2,
+                        ray_init=_ray_init(ray_dir), log=lambda line: None)  # fmt: skip
+    return out, summary, time.perf_counter() - t0
+
+
+def test_ray_sweep_survives_killed_workers_and_trains_no_epoch_twice(ray_sweep):
+    out, summary, _ = ray_sweep
+    assert summary["failed"] == {}
+    names = {f"n{n}-s{s}" for n in TINY.ns for s in TINY.seeds}
+    assert {p["point"] for p in summary["points"]} == names
+    for name in names:
+        assert (out / "points" / f"{name}.killed").exists(), f"{name} was never killed"
+        metrics = [json.loads(line) for line in (out / "points" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in metrics] == [1, 2], name
+        events = _events(out, name)
+        assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2], name  # each epoch trained once
+        starts = [e for e in events if e["event"] == "train"]
+        assert [e["from_epoch"] for e in starts] == [0, 1], name  # the retry resumed after the saved epoch
+        assert starts[0]["pid"] != starts[1]["pid"]  # in another worker: the first one was killed
+        assert [e["event"] for e in events].count("attacks") == 1
+        point = json.loads((out / "points" / name / "point.json").read_text())
+        assert point["epochs"] == 2 and point["timings"]["epochs_trained_now"] == 1
+        assert set(point["robust"]) == {"linf", "l2"} and point["key"]["weights"]
+        assert 0 <= point["rubbish"]["confidence_mean"] <= 1 and point["boundary"]["images"] == TINY.images
+
+
+def test_ray_sweep_writes_table_json_and_figures(ray_sweep):
+    out, _, _ = ray_sweep
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["failed"] == {} and saved["backend"] == "ray" and saved["gpus_per_trial"] == 0
+    assert [r["n"] for r in saved["per_n"]] == [2, 20]
+    for row in saved["per_n"]:
+        assert row["seeds"] == [0, 1]
+        assert set(row["mean"]) >= {"clean_error", "robust_linf_0.1", "robust_l2_1", "boundary_l2_median",
+                                    "rubbish_confidence", "beta_sm"}  # fmt: skip
+        assert row["std"]["clean_error"] >= 0
+    rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+    assert [r["row"] for r in rows] == ["point"] * 4 + ["mean", "std"] * 2
+    mean_n2 = rows[4]
+    seeds_n2 = [float(r["clean_error"]) for r in rows[:4] if r["n"] == "2"]
+    assert float(mean_n2["clean_error"]) == pytest.approx(sum(seeds_n2) / 2, abs=1e-6)
+    for name in ("sweep_robustness.png", "sweep_probes.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_invocation_reuses_every_point(ray_sweep, ray_dir: Path, mnist_dir: Path):
+    out, _, _ = ray_sweep
+    names = [f"n{n}-s{s}" for n in TINY.ns for s in TINY.seeds]
+    stamps = {n: (out / "points" / n / "point.json").stat().st_mtime_ns for n in names}
+    attacks = {n: (out / "points" / n / "attacks" / "models" / f"{n}.json").stat().st_mtime_ns for n in names}
+    before = {n: len(_events(out, n)) for n in names}
+    summary = run_sweep(TINY, out, data_dir=mnist_dir, device="cpu", ray_init=_ray_init(ray_dir),
+                        log=lambda line: None)  # fmt: skip
+    assert summary["failed"] == {} and all(p["reused"] for p in summary["points"])
+    for n in names:
+        assert (out / "points" / n / "point.json").stat().st_mtime_ns == stamps[n]
+        assert (out / "points" / n / "attacks" / "models" / f"{n}.json").stat().st_mtime_ns == attacks[n]
+        assert [e["event"] for e in _events(out, n)[before[n] :]] == ["reused"]  # no training, no attack
+
+
+def test_no_ray_process_is_left_behind(ray_sweep, ray_dir: Path):
+    out, _, _ = ray_sweep
+    workers = {e["pid"] for n in TINY.ns for s in TINY.seeds for e in _events(out, f"n{n}-s{s}")}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = _processes_using(ray_dir) + [f"worker {pid}" for pid in workers if _alive(pid)]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert left == []
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path, tmp_path: Path, capsys):
+    plan = replace(TINY, ns=(3,), seeds=(0, 1))
+    (tmp_path / "points" / "n3-s0").mkdir(parents=True)
+    (tmp_path / "points" / "n3-s0" / "config.json").write_text("{}")  # as a kill in the first epoch leaves it
+    (tmp_path / "points" / "n3-s1").write_text("not a folder")  # this point cannot train
+    lines: list[str] = []
+    summary = run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir, device="cpu", log=lines.append)
+    assert [p["point"] for p in summary["points"]] == ["n3-s0"]
+    assert list(summary["failed"]) == ["n3-s1"] and "n3-s1 FAILED" in "\n".join(lines)
+    assert json.loads((tmp_path / "sweep.json").read_text())["failed"] == summary["failed"]
+    point = json.loads((tmp_path / "points" / "n3-s0" / "point.json").read_text())
+    assert point["config"]["n"] == 3 and point["config"]["m"] == 3 and point["epochs"] == 2
+    aside = list((tmp_path / "points").glob("n3-s0.replaced-*"))  # the unresumable start, moved, not deleted
+    assert len(aside) == 1 and (aside[0] / "config.json").read_text() == "{}"
+
+    # The command: the same sweep again reuses n3-s0, fails n3-s1 again, and says so in its exit status.
+    from dam.experiments.sweep import PRESETS
+
+    args = ["sweep", "--preset", "quick", "--out", str(tmp_path), "--backend", "local", "--data-dir", str(mnist_dir)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PRESETS, "quick", plan)
+        assert main([*args, "--device", "cpu"]) == 1
+    printed = capsys.readouterr().out
+    assert "n3-s0 reused" in printed and "n3-s1: " in printed and "1 points failed" in printed
+
+    # Other settings in the same folder are refused; more seeds are not other settings.
+    with pytest.raises(InputError, match="other settings"):
+        run_sweep(replace(plan, per_class=2), tmp_path, backend="local", data_dir=mnist_dir)
+
+
+def test_flags_are_validated_where_parsed(tmp_path: Path, capsys):
+    assert main(["sweep", "--out", str(tmp_path), "--gpus-per-trial", "-1"]) == 2
+    assert main(["sweep", "--out", str(tmp_path), "--device", "tpu"]) == 2
+    assert main(["sweep", "--out", str(tmp_path), "--preset", "huge"]) == 2
+    assert main(["sweep", "--out", str(tmp_path), "--backend", "local", "--address", "auto"]) == 2
+    assert "only for --backend ray" in capsys.readouterr().err
+
+
+def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch, mnist_dir: Path, tmp_path: Path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "dam\[sweep\]"'):
+        run_sweep(TINY, tmp_path, data_dir=mnist_dir)
+
+
+def test_settings_for_every_n_follow_the_stated_rule():
+    for name in ("n2", "n3", "n20", "n30"):  # named presets are used as they are
+        c = preset(name, "cpu")
+        assert model_settings(c.n) == {"n": c.n, "m": c.m, "temperature_start": c.temperature_start,
+                                       "temperature_end": c.temperature_end, "lr": c.lr, "momentum": c.momentum,
+                                       "ramp_epochs": c.ramp_epochs}  # fmt: skip
+    six = model_settings(6)  # 3/17 of the way from n3 to n20
+    assert six["m"] == 8 and six["temperature_end"] == pytest.approx(70 + 470 * 3 / 17, abs=0.1)
+    assert six["ramp_epochs"] == 100 and 0.6 < six["momentum"] < 0.9
+    assert model_settings(25)["temperature_end"] == 595.0 and model_settings(25)["ramp_epochs"] == 0
+    assert model_settings(40) == {**model_settings(30), "n": 40}  # past n30: its settings held
+    for plan in sweep.PRESETS.values():
+        for n, seed in plan.points():
+            plan.config(n, seed)  # every point of both presets is valid and float32-safe
+    hot = SweepPlan("hot", ns=(40,), seeds=(0,), train_overrides={"temperature_start": 40.0, "temperature_end": 40.0})
+    with pytest.raises(ConfigError, match="overflow float32"):
+        hot.config(40, 0)
+    with pytest.raises(InputError):
+        SweepPlan("bad", ns=(2, 2), seeds=(0,))
