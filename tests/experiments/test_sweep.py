@@ -33,7 +33,7 @@ TINY = SweepPlan(
     images=16,
     per_class=1,
     search_options={"max_steps": 25},
-    attacks={"images": 8, "linf": [0.1], "l2": [1.0], "pgd_steps": 3, "hsj_steps": 0},
+    attacks={"images": 8, "linf": [0.1], "l2": [1.0], "pgd_steps": 3, "hsj_steps": 0, "autoattack": "none"},
 )
 
 

@@ -13,7 +13,6 @@ settings.  Without the `attacks` extra the attack stage is skipped with a log li
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dam.io import atomic_write_json
+from dam.results import key_matches, read_json
 
 DETECTOR_CLASSIFIER, DETECTOR_GUARD = "n2", "n30"  # the paper's pairing: accurate but vulnerable, and large n
 
@@ -48,10 +48,8 @@ def _baseline_done(run: Path, model: Any, train: Any) -> bool:
 
 
 def _same_key(path: Path, key: dict[str, Any]) -> bool:
-    try:
-        return json.loads(path.read_text()) == json.loads(json.dumps(key))
-    except (OSError, ValueError):
-        return False
+    """The package's one reuse rule (:mod:`dam.results`): the key on disk equals the key of the request."""
+    return key_matches(read_json(path), key)
 
 
 def run_beyond(

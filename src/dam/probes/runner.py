@@ -21,7 +21,7 @@ from dam.probes.boundary import BoundaryResult, BoundarySearch
 from dam.probes.confidence import PAPER_BETA_SM, calibrate_beta_sm, confidence_binned_error, model_outputs
 from dam.probes.rubbish import RubbishResult, RubbishSearch
 from dam.probes.transfer import adversarial_table, rubbish_table, save_table
-from dam.results import tensor_md5
+from dam.results import key_matches, read_json, tensor_md5
 from dam.runs import model_md5, model_name
 
 
@@ -42,11 +42,10 @@ def load_result(cls: type, path: Path) -> Any:
 
 
 def _saved(path: Path) -> dict[str, Any] | None:
-    import json
-
-    if not (path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()):
+    if not path.with_suffix(".safetensors").exists():
         return None
-    return json.loads(path.with_suffix(".json").read_text())
+    saved = read_json(path.with_suffix(".json"))
+    return saved if isinstance(saved, dict) else None
 
 
 def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
@@ -59,18 +58,18 @@ def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, 
     saved = _saved(path)
     if saved is None:
         return False
-    if saved.get("search") != search.settings():
+    if not key_matches(saved.get("search"), search.settings()):
         raise InputError(
             f"{path.with_suffix('.json')} was made with other search settings ({saved.get('search')}); "
             "use another --out, or delete that model's results to recompute them"
         )
-    return all(saved.get(k) == v for k, v in inputs.items())
+    return key_matches({k: saved.get(k) for k in inputs}, inputs)
 
 
 def _matches(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
     """Like :func:`_done`, but other search settings are a plain mismatch rather than an error."""
     saved = _saved(path)
-    return saved is not None and saved.get("search") == search.settings() and _done(path, search, inputs)
+    return saved is not None and key_matches(saved.get("search"), search.settings()) and _done(path, search, inputs)
 
 
 def _boundary_inputs(images: Tensor, weights: str) -> dict[str, Any]:

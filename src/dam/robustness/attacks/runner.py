@@ -21,7 +21,7 @@ from dam.data import load_dataset
 from dam.environment import environment_info
 from dam.errors import InputError
 from dam.io import atomic_write_json
-from dam.results import tensor_md5
+from dam.results import read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
     FGSM,
@@ -115,10 +115,8 @@ def attack_images(
 
 
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
-    import json
-
-    key = {"weights": model_md5(run), "sources": sources, "suite": asdict(suite), "images_md5": tensor_md5(images)}
-    return json.loads(json.dumps(key))  # as it reads back from disk (tuples become lists)
+    """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
+    return result_key(weights=model_md5(run), sources=sources, suite=asdict(suite), images_md5=tensor_md5(images))
 
 
 def attack_model(
@@ -148,12 +146,8 @@ def attack_model(
 
 
 def _saved(path: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    saved = read_json(path)
+    return saved if isinstance(saved, dict) else None
 
 
 def attacks_done(
