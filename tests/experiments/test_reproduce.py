@@ -52,6 +52,8 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     for table in ("robust linf", "robust l2", "masking", "detector", "adversarial training"):
         assert f'data-required="{table}"' in page
     assert "missing:" not in page
+    # the attack protocol that ran (named when reduced), the CE-versus-DLR gap and the published results for scale
+    assert "AutoAttack standard, reduced" in page and "cross-entropy minus DLR" in page and "96.34%" in page
     claims = json.loads((reproduction / "report" / "claims.json").read_text())
     assert len(claims) == 11
     assert {c["verdict"] for c in claims} <= {"agrees", "partly", "differs", "not measured"}
@@ -137,7 +139,9 @@ def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
     assert set(robustness["models"]) == {*MODELS, "n2-adv", "mlp-relu"}  # the fine-tuned model is attacked too
     assert robustness["sources"] == ["mlp-relu"] and robustness["images"]["count"] == 16
     n30 = robustness["models"]["n30"]["tables"]["linf"]["attacks"]
-    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu"} == set(n30)
+    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu", "apgd-ce", "apgd-t"} <= set(n30)
+    assert robustness["protocol"].startswith("AutoAttack standard, reduced")  # the tiny preset's reduction is named
+    assert (beyond / "attacks" / "models" / "n30.robustbench.json").exists()
     detector = json.loads((beyond / "detector" / "detector.json").read_text())
     assert detector["classifier"].endswith("n2") and detector["guard"].endswith("n30")
     assert {"clean", "gaussian noise", "uniform noise"} <= set(detector["sets"])

@@ -168,8 +168,8 @@ def masking_verdict(
             ce_gaps.append({"norm": t.norm, "eps": t.epsilons[i], "ce": dlr + gap[i], "dlr": dlr,
                             "dead_end_share": share[i] if share else None})  # fmt: skip
     for g in ce_gaps:
-        dead = (f"; {g['dead_end_share']:.0%} of PGD's end points have every score within 1e-3 of zero"
-                if g["dead_end_share"] else "")  # fmt: skip
+        share = g["dead_end_share"]
+        dead = "" if share is None else f"; {share:.0%} of PGD's end points have every score within 1e-3 of zero"
         reasons.append(
             f"at {g['norm']} eps {g['eps']:g} targeted APGD on the DLR loss leaves {g['dlr']:.1%} robust accuracy, "
             f"the best cross-entropy attack {g['ce']:.1%}{dead}"
@@ -179,10 +179,11 @@ def masking_verdict(
     if ce_gaps:
         worst_gap = max(g["ce"] - g["dlr"] for g in ce_gaps)
         parts.append(
-            "cross-entropy attacks are starved of gradient (the scores are near zero or the softmax saturates where "
-            f"they end): {'; '.join(reasons[len(reasons) - len(ce_gaps) :])}. They overstate its robustness by up "
-            f"to {100 * worst_gap:.1f} points; the scale-invariant DLR loss is not fooled, and the worst case "
-            "includes it"
+            "cross-entropy attacks are starved (they stall where the scores are all near zero, the share of such "
+            "end points is given, or where the softmax saturates): "
+            f"{'; '.join(reasons[len(reasons) - len(ce_gaps) :])}. "
+            f"They overstate its robustness by up to {100 * worst_gap:.1f} points; the scale-invariant DLR loss is not "
+            "fooled, and the worst case includes it"
         )
     if gaps:
         overstated = max(g["white_box"] - g["black_box"] for g in gaps)
