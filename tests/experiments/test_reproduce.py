@@ -54,6 +54,7 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     assert "missing:" not in page
     # the attack protocol that ran (named when reduced), the CE-versus-DLR gap and the published results for scale
     assert "AutoAttack standard, reduced" in page and "cross-entropy minus DLR" in page and "96.34%" in page
+    assert 'data-required="effort check"' in page  # Carlini et al.'s convergence check, measured and shown
     claims = json.loads((reproduction / "report" / "claims.json").read_text())
     assert len(claims) == 11
     assert {c["verdict"] for c in claims} <= {"agrees", "partly", "differs", "not measured"}

@@ -207,6 +207,7 @@ QUICK_ATTACKS: dict[str, Any] = {
     "aa_steps": 20,
     "aa_fab": False,
     "square_queries": 300,
+    "effort_check": False,  # the convergence check doubles the attack cost of a point; the full sweep runs it
 }
 
 PRESETS: dict[str, SweepPlan] = {

@@ -31,6 +31,9 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
             assert all(0 <= a <= 1 for a in accs)
             assert all(w <= a + 1e-9 for w, a in zip(linf["worst_case"], accs, strict=True))
         assert m["verdict"]["verdict"].startswith(m["model"])
+        check = m["effort_check"]["linf"]  # twice the iterations, restarts, another seed, on the survivors
+        assert len(check["extra_broken_points"]) == 2 and all(0 <= p <= 100 for p in check["extra_broken_points"])
+        assert isinstance(check["converged"], bool)
         assert [h["dtype"] for h in m["gradient_health"]] == ["float32", "float64"]
     for name in ("robustness.json", "robust_accuracy_linf.csv", "robust_accuracy_l2.csv", "masking.csv"):
         assert (tmp_path / name).stat().st_size > 0

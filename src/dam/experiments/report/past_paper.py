@@ -77,7 +77,17 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
                for d in ("float32", "float64")]  # fmt: skip
         rows.append([name, *bad, "masking suspected" if v["masked"] else "no sign of masking", v["verdict"]])
     header = ["model", "bad gradients float32", "bad gradients float64", "diagnosis", "verdict"]
+    effort_rows = []
+    for name, m in summary["models"].items():
+        for norm, check in (m.get("effort_check") or {}).items():
+            points = [number(p) for p in check["extra_broken_points"]]
+            converged = "yes" if max(points, default=0.0) < 1 else "no"
+            effort_rows.append([name, norm, *(f"{p:.1f}" for p in points), converged, text(check["seconds"])])
+    width = max(len(suite["linf"]), len(suite["l2"]))
+    effort = table(["model", "norm", *(f"budget {i + 1}" for i in range(width)), "under 1 point", "seconds"],
+                   effort_rows, "effort check", 2) if effort_rows else None  # fmt: skip
     return {
+        "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),
         "seed": text(images["seed"]),

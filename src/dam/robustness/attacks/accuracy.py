@@ -69,7 +69,8 @@ def robust_accuracy(
     attacks: Sequence[Attacker],
     protocols: Sequence[Any] = (),
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
-    """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.
+    """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.  The
+    results are keyed by attack, and ``"worst case"`` holds the per-image worst case (success: broken by any).
 
     ``protocols``: attack protocols such as :class:`~dam.robustness.attacks.autoattack.AutoAttack`, whose
     attacks run in a cascade; each of their attacks gets a column (a cascade attack that saw only the
@@ -115,4 +116,7 @@ def robust_accuracy(
                                                                                               strict=True)]  # fmt: skip
             broken |= result.success
     table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
+    # the per-image worst case, for checks that continue from it (dam.robustness.attacks.autoattack.effort_check)
+    results["worst case"] = AttackResult("worst case", norm, list(epsilons), images.new_empty(0), broken,
+                                         broken.float(), 0.0)  # fmt: skip
     return table, results

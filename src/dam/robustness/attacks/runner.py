@@ -56,6 +56,8 @@ class AttackSuite:
     aa_steps: int = 100
     aa_fab: bool = True
     square_queries: int = 5000
+    # Carlini et al.'s convergence check: twice the iterations, restarts and another seed on the survivors.
+    effort_check: bool = True
 
     @property
     def autoattack_protocol(self) -> str:
@@ -132,6 +134,7 @@ def attack_model(
     model = load_model(run, device=device).eval()
     tables: dict[str, RobustnessTable] = {}
     starved: dict[str, list[float] | None] = {}
+    effort: dict[str, dict[str, Any]] = {}
     for norm in ("linf", "l2"):
         attacks: list[Any] = [*suite.white_box(model, norm), *suite.decision_based(model, norm)]
         attacks += [Transfer(model, suite.source_attack(model, norm), src, result)
@@ -139,10 +142,16 @@ def attack_model(
         table, results = robust_accuracy(model, name, images, labels, attacks, suite.protocols(model, norm))
         tables[norm] = table
         starved[norm] = starvation(model, results.get("pgd"))
+        if suite.effort_check and suite.autoattack != "none":
+            from dam.robustness.attacks.autoattack import effort_check
+
+            effort[norm] = effort_check(model, images, labels, results["worst case"].success, suite.budgets(norm),
+                                        norm=norm, steps=suite.aa_steps, seed=suite.seed)  # fmt: skip
     health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
     verdict = masking_verdict(list(tables.values()), health, starved)
     return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},
-            "gradient_health": [h.to_json() for h in health], "starvation": starved, "verdict": verdict}  # fmt: skip
+            "gradient_health": [h.to_json() for h in health], "starvation": starved, "effort_check": effort,
+            "verdict": verdict}  # fmt: skip
 
 
 def _saved(path: Path) -> dict[str, Any] | None:
