@@ -50,6 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         data_dir=args.data_dir,
         device=args.device,
+        log=print,  # the command's progress lines go to stdout, beside its summary
     )
     print_summary(summary)
     if summary["failed"]:

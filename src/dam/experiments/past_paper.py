@@ -13,6 +13,7 @@ settings.  Without the `attacks` extra the attack stage is skipped with a log li
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -21,6 +22,8 @@ from typing import Any
 
 from dam.io import atomic_write_json
 from dam.results import key_matches, read_json
+
+logger = logging.getLogger(__name__)
 
 DETECTOR_CLASSIFIER, DETECTOR_GUARD = "n2", "n30"  # the paper's pairing: accurate but vulnerable, and large n
 
@@ -61,7 +64,7 @@ def run_beyond(
     data_dir: str | os.PathLike[str] | None,
     device: str = "cpu",
     progress: bool | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> None:
     """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond."""
     from dam.runs import model_md5

@@ -19,6 +19,7 @@ that was running.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from typing import Any
 
 from dam.errors import InputError
 from dam.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 MODELS = ("n2", "n3", "n20", "n30")
 CONVERGED_EXAMPLES = 8  # images per model followed until C^second converges, for Fig. 4's third image
@@ -189,7 +192,7 @@ def reproduce(
     device: str = "auto",
     progress: bool | None = None,
     check: bool | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> Path:
     """Run (or resume) the whole reproduction into ``out``; return the path of the report.
 

@@ -586,7 +586,7 @@ def run_sweep(
     suite: Any = None,
     point_fn: Callable[[PointTask], dict[str, Any]] = run_point,
     ray_init: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Run (or resume) every point of ``plan`` into ``out``; write sweep.json, sweep.csv and the figures.
 

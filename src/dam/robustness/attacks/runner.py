@@ -8,6 +8,7 @@ weights, the image subset and the settings are unchanged.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,6 +36,8 @@ from dam.robustness.attacks.standard import (
 )
 from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict, starvation
 from dam.runs import common_dataset, load_model, model_md5, model_name, run_kind
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def run_attacks(
     sources: list[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Attack every run (transfer from every source) and write OUT/robustness.json, CSVs and the figure.
 
