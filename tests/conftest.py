@@ -22,7 +22,7 @@ def mnist_dir() -> Path:
     """The real MNIST folder from $DAM_DATA_DIR; CI must have it, so there a missing copy fails."""
     folder = _mnist_dir()
     if folder is None:
-        message = "MNIST not found: set DAM_DATA_DIR to a folder holding mnist/ (CI sets ../shared/datasets)"
+        message = "MNIST not found: set DAM_DATA_DIR to a folder holding mnist/ (CI sets it)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

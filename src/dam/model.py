@@ -457,8 +457,7 @@ class DenseAssociativeMemory(nn.Module):
         cls, folder: str | os.PathLike[str], *, device: torch.device | str | None = None
     ) -> DenseAssociativeMemory:
         """Rebuild a model from a run folder written by :meth:`save`; clear errors for bad folders."""
-        config, weights = load_checkpoint(folder)
-        m = _saved_loss_power(folder)
+        config, weights, raw = _read_checkpoint(folder)
         model = cls(
             config.n,
             config.num_memories,
@@ -469,7 +468,7 @@ class DenseAssociativeMemory(nn.Module):
         )
         with torch.no_grad():
             model.memories.copy_(weights)
-        model.loss_power = m
+        model.loss_power = _loss_power(raw)
         return model.to(device) if device is not None else model
 
     def extra_repr(self) -> str:
@@ -477,17 +476,21 @@ class DenseAssociativeMemory(nn.Module):
         return f"n={c.n}, num_memories={c.num_memories}, temperature={c.temperature:g}"
 
 
-def _saved_loss_power(folder: str | os.PathLike[str]) -> int | None:
-    """The training loss power m recorded in a run folder's config.json (None when it records none)."""
-    try:
-        m = (json.loads((Path(folder) / CONFIG_FILE).read_text()).get("train") or {}).get("m")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return int(m) if isinstance(m, int) and m >= 1 else None
+def _loss_power(raw: dict[str, Any]) -> int | None:
+    """The training loss power m a run folder's config.json records (None when it records none)."""
+    train = raw.get("train")
+    m = train.get("m") if isinstance(train, dict) else None
+    return m if isinstance(m, int) and m >= 1 else None
 
 
 def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
     """Read and validate ``config.json`` and ``model.safetensors``; return the config and weights."""
+    config, weights, _ = _read_checkpoint(folder)
+    return config, weights
+
+
+def _read_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor, dict[str, Any]]:
+    """:func:`load_checkpoint`, with the parsed config.json too (read once)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -537,7 +540,7 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor]:
         )
     if not torch.isfinite(weights).all():
         raise CheckpointError(f"{weights_path}: memories contain NaN or infinite values")
-    return config, weights
+    return config, weights, raw
 
 
 class Logits(nn.Module):

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from dam.data import load_dataset, seeded_subset
-from dam.environment import environment_info
+from dam.environment import environment_info, resolve_device
 from dam.errors import CheckpointError, ConfigError
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
@@ -54,7 +54,6 @@ from dam.training.loop import (
     resumed_settings,
     run_record,
     settings_from,
-    training_device,
 )
 from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step
 
@@ -246,7 +245,7 @@ def adversarial_finetune(
     then be None, or differ only in ``epochs``).  ``stop_after`` ends after that many epochs in total,
     as a kill would.  ``progress=None`` shows a bar only on a terminal.
     """
-    device = training_device(device)
+    device = resolve_device(device)
     folder = Path(out)
     if folder.resolve() == Path(base_run).resolve():
         raise ConfigError(f"--out {folder} is the base run itself; fine-tuning writes a new run folder")

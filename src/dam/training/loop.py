@@ -29,12 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from dam.data import load_dataset, seeded_subset, train_val_split
-from dam.environment import environment_info, resolve_device
+from dam.environment import environment_info
 from dam.errors import CheckpointError, ConfigError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
 from dam.progress import progress_bar
-from dam.runs import METRICS_FILE, STATE_FILE, read_run_config
+from dam.runs import METRICS_FILE, STATE_FILE, run_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ def error_rate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int
         x = as_unit_float(images[i : i + batch_size], dtype)
         wrong += int((model.logits(x).argmax(dim=1) != labels[i : i + batch_size]).sum())
     return wrong / max(len(images), 1)
-
-
-def training_device(device: str | torch.device) -> torch.device:
-    """The device to train on ("auto", "cpu", "cuda", "cuda:N"); one-line error when it is not there."""
-    return resolve_device(device)
 
 
 # -- run folders -------------------------------------------------------------------------------------
@@ -264,7 +259,5 @@ def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, d
 def resolved_data_dir(data_dir: str | os.PathLike[str] | None, folder: Path, resuming: bool) -> str | None:
     """The data folder to read: the one given, else (on resume) the one the run started with."""
     if data_dir is None and resuming:
-        saved = read_run_config(folder).get("data_dir")
-        if saved and Path(saved).is_dir():
-            data_dir = saved
+        data_dir = run_data_dir(folder)
     return str(Path(data_dir).resolve()) if data_dir is not None else None

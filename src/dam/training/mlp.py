@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dam.baselines import KIND, MLPClassifier, MLPConfig
+from dam.environment import resolve_device
 from dam.errors import CheckpointError, ConfigError
 from dam.model import CONFIG_FILE
 from dam.runs import OutputFolder, read_run_config
@@ -30,7 +31,6 @@ from dam.training.loop import (
     resumed_settings,
     run_record,
     settings_from,
-    training_device,
 )
 
 
@@ -119,7 +119,7 @@ def train_mlp(
 
     On resume the saved settings rule: ``model_config`` must equal the saved one and ``train_config`` may
     differ only in ``epochs`` (or be None)."""
-    device = training_device(device)
+    device = resolve_device(device)
     folder = Path(out)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         if resuming:

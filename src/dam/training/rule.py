@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dam.environment import resolve_device
 from dam.errors import CheckpointError, ConfigError
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
 from dam.runs import OutputFolder, read_run_config
@@ -36,7 +37,6 @@ from dam.training.loop import (
     resumed_settings,
     run_record,
     settings_from,
-    training_device,
 )
 
 
@@ -234,7 +234,7 @@ def train(
     unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
     would.  ``progress=None`` shows a bar on a terminal or in Jupyter.
     """
-    device = training_device(device)
+    device = resolve_device(device)
     folder = Path(out)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         if resuming:

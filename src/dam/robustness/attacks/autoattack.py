@@ -34,7 +34,13 @@ from torch import Tensor, nn
 
 from dam.errors import InputError, MissingExtraError
 from dam.model import as_logits, eager_kernels
-from dam.robustness.attacks.standard import NORMS, AttackResult, QueryCounter, check_attack_inputs, perturbation_norm
+from dam.robustness.attacks.standard import (
+    AttackResult,
+    QueryCounter,
+    check_attack_inputs,
+    check_budgets,
+    perturbation_norm,
+)
 
 # A budget is met within float rounding of x + delta - x and of the L2 rescaling.
 BUDGET_ATOL = 1e-6
@@ -92,13 +98,9 @@ class ReferenceAttack:
         batch_size: int = 500,
         seed: int = 0,
     ) -> None:
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not epsilons or any(not e > 0 for e in epsilons):
-            raise InputError(f"epsilons must be a non-empty list of positive budgets, got {list(epsilons)}")
+        self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons, positive=True)
         if restarts < 1 or batch_size < 1:
             raise InputError("restarts and batch_size must be at least 1")
-        self.model, self.norm, self.epsilons = model, norm, [float(e) for e in epsilons]
         self.restarts, self.batch_size, self.seed = restarts, batch_size, seed
 
     def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:

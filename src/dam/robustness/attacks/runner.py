@@ -22,7 +22,7 @@ from dam.data import load_dataset
 from dam.environment import environment_info
 from dam.errors import InputError
 from dam.io import atomic_write_json
-from dam.results import read_json, result_key, tensor_md5
+from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
     FGSM,
@@ -178,7 +178,7 @@ def attacks_done(
     source_md5 = {model_name(s): model_md5(s) for s in sources or []}
     for run in runs:
         saved = _saved(out / "models" / f"{model_name(run)}.json")
-        if saved is None or saved.get("key") != _key(run, source_md5, suite, images):
+        if not key_matches(saved, _key(run, source_md5, suite, images), "key"):
             return False
     return True
 
@@ -212,7 +212,7 @@ def run_attacks(
         path = out / "models" / f"{name}.json"
         key = _key(run, source_md5, suite, images)
         saved = _saved(path)
-        if saved is not None and saved.get("key") == key:
+        if key_matches(saved, key, "key"):
             log(f"attack {name}: reused {path}")
             # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
             tables = [RobustnessTable.from_json(t) for t in saved["tables"].values()]

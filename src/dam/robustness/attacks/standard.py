@@ -77,6 +77,17 @@ def check_attack_inputs(images: Tensor, labels: Tensor, device: torch.device) ->
     return x.to(device), labels.to(device)
 
 
+def check_budgets(norm: str, epsilons: Sequence[float], *, positive: bool = False) -> list[float]:
+    """The norm and budgets of an attack, checked (one InputError naming the problem), as floats."""
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+    bad = [e for e in epsilons if not (e > 0 if positive else e >= 0)]
+    if not epsilons or bad:
+        kind = "positive budgets" if positive else "budgets >= 0"
+        raise InputError(f"epsilons must be a non-empty list of {kind}, got {list(epsilons)}")
+    return [float(e) for e in epsilons]
+
+
 def perturbation_norm(norm: str, a: Tensor, b: Tensor) -> Tensor:
     diff = (a - b).flatten(1)
     return diff.abs().amax(dim=1) if norm == "linf" else diff.norm(dim=1)
@@ -91,11 +102,7 @@ class Attack:
     def __init__(
         self, model: nn.Module, epsilons: Sequence[float], *, norm: str = "linf", batch_size: int = 250, seed: int = 0
     ) -> None:
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not epsilons or any(e < 0 for e in epsilons):
-            raise InputError(f"epsilons must be a non-empty list of budgets >= 0, got {list(epsilons)}")
-        self.model, self.norm, self.epsilons = model, norm, [float(e) for e in epsilons]
+        self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons)
         self.batch_size, self.seed = batch_size, seed
 
     def _foolbox_attack(self, fb: Any) -> Any:
