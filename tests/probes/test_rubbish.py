@@ -21,8 +21,8 @@ def saturating_model():
 def test_rubbish_reaches_every_target_class() -> None:
     model = prototype_model(3)
     targets = torch.arange(10).repeat(2)
-    # the hand-built model's objective converges slowly, hence the loose tolerance
-    search = RubbishSearch(model, eps=0.1, max_steps=500, tol=1.5, m=2)
+    # the hand-built model's outputs approach their targets slowly, hence the loose tolerance
+    search = RubbishSearch(model, eps=0.1, max_steps=500, output_tol=0.9, m=2)
     result = search(targets, torch.Generator().manual_seed(0))
     assert result.images.shape == (20, 784) and result.objective.shape == (20, 501)
     assert result.success.all(), (result.converged, result.predictions)
@@ -35,6 +35,30 @@ def test_rubbish_reaches_every_target_class() -> None:
     assert float(result.images.min()) >= 0 and float(result.images.max()) <= 1  # clipped by default
 
 
+def test_converged_means_every_output_is_at_its_target() -> None:
+    """Convergence is judged on the outputs, max |Y - t| <= output_tol, the same for every m."""
+    model = prototype_model(3)
+    targets = torch.arange(10).repeat(2)
+    for tol in (0.95, 0.9):
+        result = RubbishSearch(model, eps=0.1, max_steps=500, output_tol=tol, m=2)(
+            targets, torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            y = model(result.images).double()
+        t = -torch.ones_like(y)
+        t[torch.arange(len(targets)), targets] = 1
+        distance = (y - t).abs().amax(dim=1)
+        assert result.converged.any()
+        assert (distance[result.converged] <= tol + 1e-5).all()
+        assert (distance[~result.converged] > tol - 1e-5).all()
+    # a tighter tolerance needs more steps: the same searches do not all stop at once
+    loose = RubbishSearch(model, eps=0.1, max_steps=500, output_tol=0.95, m=2)(
+        targets, torch.Generator().manual_seed(0)
+    )
+    tight = RubbishSearch(model, eps=0.1, max_steps=500, output_tol=0.9, m=2)(targets, torch.Generator().manual_seed(0))
+    assert (tight.steps >= loose.steps).all() and (tight.steps > loose.steps).any()
+
+
 def test_every_step_has_length_eps() -> None:
     v = torch.randn(5, 784)
     grad = torch.randn(5, 784) * torch.tensor([1e-6, 1, 10, 1e6, 3])[:, None]
@@ -42,7 +66,7 @@ def test_every_step_has_length_eps() -> None:
     assert usable.all()
     torch.testing.assert_close((new - v).norm(dim=1), torch.full((5,), 0.07))
     model = prototype_model(3)
-    search = RubbishSearch(model, eps=0.07, max_steps=1, tol=1e-12, m=2, clip=False)
+    search = RubbishSearch(model, eps=0.07, max_steps=1, output_tol=1e-6, m=2, clip=False)
     result = search(torch.arange(4), torch.Generator().manual_seed(0))
     # one step of length eps in [-1, 1] pixel units is eps / 2 in [0, 1] image units
     torch.testing.assert_close((result.images - result.start).norm(dim=1), torch.full((4,), 0.035))

@@ -21,7 +21,7 @@ def test_tables_from_two_models(tmp_path) -> None:
 
     targets = torch.arange(10)
     rsets = {
-        name: RubbishSearch(model, eps=0.1, max_steps=200, tol=1.5, m=2)(
+        name: RubbishSearch(model, eps=0.1, max_steps=200, output_tol=0.9, m=2)(
             targets, torch.Generator().manual_seed(0)
         ).images
         for name, model in models.items()

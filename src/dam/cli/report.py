@@ -61,7 +61,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=list(PRESETS),
         default="quick",
-        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()),
+        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace("%", "%%"),  # argparse formats help
     )
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $DAM_DATA_DIR, cache, download)")

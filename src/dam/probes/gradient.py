@@ -19,6 +19,13 @@ def class_objective(outputs: Tensor, targets: Tensor, m: int) -> Tensor:
     return (outputs - t).pow(2 * m).sum(dim=1)
 
 
+def output_distance(outputs: Tensor, targets: Tensor) -> Tensor:
+    """max_gamma |Y_gamma - t^(alpha)_gamma| per example: how far the outputs are from a perfect answer alpha."""
+    t = torch.full_like(outputs, -1.0)
+    t.scatter_(1, targets[:, None], 1.0)
+    return (outputs - t).abs().amax(dim=1)
+
+
 def outputs_of_spins(model: nn.Module, v: Tensor) -> Tensor:
     return model((v + 1.0) / 2.0)
 
