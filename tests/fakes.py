@@ -107,6 +107,8 @@ def _tiny_reproduction():
         train_overrides={"num_memories": 40, "epochs": 3, "train_subset": 5000},
         search_options={"max_steps": 25},
         baselines={"mlp-relu": {"degree": 1, "hidden": 16, "epochs": 1, "train_subset": 2000}},
+        substitutes=("n30",),
+        limits={"clean_error": "40 memories trained for 3 epochs on 5,000 images <tiny>"},
         attacks={
             "images": 16,
             "linf": [0.1, 0.3],

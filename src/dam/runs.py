@@ -151,6 +151,16 @@ def finished_epochs(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
     return done, planned
 
 
+def finished_with(folder: str | os.PathLike[str], **settings: Any) -> bool:
+    """The run in ``folder`` finished every planned epoch and was made with these settings (config.json
+    sections, e.g. ``train=asdict(config)``): what a pipeline checks before reusing a trained model."""
+    status = finished_epochs(folder)
+    if status is None or status[0] < status[1]:
+        return False
+    saved = read_run_config(folder)
+    return all(saved.get(section) == value for section, value in settings.items())
+
+
 # -- writing ---------------------------------------------------------------------------------------
 
 

@@ -55,8 +55,17 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     # the attack protocol that ran (named when reduced), the CE-versus-DLR gap and the published results for scale
     assert "AutoAttack standard, reduced" in page and "cross-entropy minus DLR" in page and "96.34%" in page
     assert 'data-required="effort check"' in page  # Carlini et al.'s convergence check, measured and shown
+    # the checklist, with the transfer from the substitute (n30 trained again from seed 1)
+    assert 'data-required="checklist"' in page and "n30 attacked with the adversarials of n30-seed1" in page
+    robustness = json.loads((reproduction / "beyond" / "attacks" / "robustness.json").read_text())
+    assert "n30-seed1" in robustness["sources"]
+    assert any(k.startswith("transfer:n30-seed1") for k in robustness["models"]["n30"]["tables"]["linf"]["attacks"])
+    # a preset's limit explains a verdict that differs, escaped like every value
+    assert "40 memories trained for 3 epochs on 5,000 images &lt;tiny&gt;" in page
     claims = json.loads((reproduction / "report" / "claims.json").read_text())
     assert len(claims) == 11
+    setup = next(c for c in claims if c["key"] == "clean_error")
+    assert setup["verdict"] == "differs" and setup["limit"].startswith("40 memories")
     assert {c["verdict"] for c in claims} <= {"agrees", "partly", "differs", "not measured"}
     # All four models were run: a claim is "not measured" only where its measurement is truly missing
     # (these tiny models' boundary searches may all fail, and then Fig. 4 has no deformations to judge).
@@ -138,9 +147,11 @@ def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
     assert (beyond / "baselines" / "mlp-relu" / "model.safetensors").exists()
     robustness = json.loads((beyond / "attacks" / "robustness.json").read_text())
     assert set(robustness["models"]) == {*MODELS, "n2-adv", "mlp-relu"}  # the fine-tuned model is attacked too
-    assert robustness["sources"] == ["mlp-relu"] and robustness["images"]["count"] == 16
+    # sources: the baseline and n30's substitute (the same preset from seed 1), not attacked itself
+    assert robustness["sources"] == ["mlp-relu", "n30-seed1"] and robustness["images"]["count"] == 16
+    assert (beyond / "substitutes" / "n30-seed1" / "model.safetensors").exists()
     n30 = robustness["models"]["n30"]["tables"]["linf"]["attacks"]
-    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu", "apgd-ce", "apgd-t"} <= set(n30)
+    assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu", "transfer:n30-seed1", "apgd-ce", "apgd-t"} <= set(n30)
     assert robustness["protocol"].startswith("AutoAttack standard, reduced")  # the tiny preset's reduction is named
     assert (beyond / "attacks" / "models" / "n30.robustbench.json").exists()
     detector = json.loads((beyond / "detector" / "detector.json").read_text())

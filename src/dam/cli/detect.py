@@ -12,11 +12,13 @@ from dam.cli.args import device, nonnegative_int, positive_float, positive_float
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from dam.robustness.detector import check_false_rejection
-    from dam.robustness.detector_sets import probe_folders, run_detection
+    from dam.robustness.detector_sets import check_adaptive, probe_folders, run_detection
     from dam.runs import OutputFolder, run_kind
 
     # every check that needs no data, in the order a user reads the command line, before any compute
     check_false_rejection(args.false_rejection)
+    check_adaptive(args.adaptive or (), args.adaptive_l2 or (), args.adaptive_images, args.adaptive_steps,
+                   args.adaptive_targets)  # fmt: skip
     for probes in args.probes or []:
         probe_folders(Path(probes))
     run_kind(args.classifier), run_kind(args.guard)
@@ -27,7 +29,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,
         images=args.images, noise=args.noise, probes=args.probes, attack_eps=args.attack_eps,
         attack_images=args.attack_images, seed=args.seed, data_dir=args.data_dir, agreement=args.agreement,
-        device=args.device,
+        device=args.device, adaptive_eps=args.adaptive or (), adaptive_l2=args.adaptive_l2 or (),
+        adaptive_images=args.adaptive_images, adaptive_steps=args.adaptive_steps,
+        adaptive_targets=args.adaptive_targets,
         )  # fmt: skip
     out = Path(args.out)
     _print_table(report)
@@ -50,6 +54,20 @@ def _print_table(report: dict[str, Any]) -> None:
         auc = f"{r['roc']['auc']:.3f}" if "roc" in r else "-"
         print(row(name, r["kind"], r["count"], _percent(r["acceptance_rate"]),
                   _percent(r.get("accuracy_on_accepted")), _percent(r.get("safe_rate")), auc))  # fmt: skip
+    if "adaptive" in report:
+        _print_adaptive(report["adaptive"])
+
+
+def _print_adaptive(adaptive: dict[str, Any]) -> None:
+    print(f"adaptive attack (knows the guard) on {adaptive['images']} evaluation images; safe = right label or junk")
+    row = "{:<12s} {:>14s} {:>14s} {:>18s} {:>18s} {:>12s} {:>9s}".format
+    print(row("budget", "safe adaptive", "safe non-adap.", "rejected adaptive", "rejected non-adap.",
+              "classifier", "seconds"))  # fmt: skip
+    for name, b in adaptive["budgets"].items():
+        seconds = f"{b['seconds'] + b['non_adaptive']['seconds']:.0f}"
+        print(row(name, _percent(b["safe_rate"]), _percent(b["non_adaptive"]["safe_rate"]),
+                  _percent(b["rejection_rate"]), _percent(b["non_adaptive"]["rejection_rate"]),
+                  _percent(b["classifier_robust_accuracy"]), seconds))  # fmt: skip
 
 
 def add_detect_command(sub: argparse._SubParsersAction) -> None:
@@ -82,6 +100,18 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attack-images", type=nonnegative_int, default=500, help="evaluation images attacked (default 500)"
     )
+    p.add_argument("--adaptive", nargs="?", const=(0.1, 0.3), type=positive_floats, metavar="EPS,...",
+                   help="also run the adaptive attack, which knows the guard (APGD on the detector as an 11-class "
+                   "model, and the same attacks on the classifier alone for comparison), at these L-inf budgets "
+                   "(default 0.1,0.3; needs dam[attacks])")  # fmt: skip
+    p.add_argument("--adaptive-l2", type=positive_floats, metavar="EPS,...",
+                   help="L2 budgets of the adaptive attack (default: none)")  # fmt: skip
+    p.add_argument("--adaptive-images", type=positive_int, default=200,
+                   help="evaluation images the adaptive attack attacks (default 200)")  # fmt: skip
+    p.add_argument("--adaptive-steps", type=positive_int, default=100,
+                   help="APGD iterations of the adaptive attack, per run and target class (default 100)")  # fmt: skip
+    p.add_argument("--adaptive-targets", type=positive_int, default=9,
+                   help="APGD-T target classes of the adaptive attack, 1 to 9 (default 9: all)")  # fmt: skip
     p.add_argument("--agreement", action="store_true",
                    help="also reject inputs on which the guard's label differs from the classifier's")  # fmt: skip
     p.add_argument("--device", type=device, default="cpu")

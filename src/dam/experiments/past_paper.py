@@ -1,6 +1,8 @@
 """The stages of ``dam reproduce`` that go past the paper, under OUT/beyond/:
 
     baselines/<name>      MLP baselines (``dam train --model mlp-relu|mlp-repu``)
+    substitutes/<name>-seed<S>  the same DAM preset trained from another seed: the most similar substitute
+                          model, whose adversarials are transferred to the original (Carlini et al.'s checklist)
     attacks/              standard attacks on every DAM and baseline, masking verdicts (``dam attack``)
     detector/             the junk detector: DAM_2's labels guarded by DAM_30 (``dam detect``)
     detector-agreement/   the same, also rejecting inputs on which the two disagree (``--agreement``)
@@ -16,12 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from dam.io import atomic_write_json
 from dam.results import key_matches, read_json
+from dam.runs import finished_with
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +39,6 @@ def _baseline_configs(settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
     model = MLPConfig(**{k: v for k, v in settings.items() if k in model_keys})
     train = MLPTrainConfig(**{"seed": seed, **{k: v for k, v in settings.items() if k not in model_keys}})
     return model, train
-
-
-def _baseline_done(run: Path, model: Any, train: Any) -> bool:
-    from dataclasses import asdict
-
-    from dam.runs import finished_epochs, read_run_config
-
-    status = finished_epochs(run)
-    if status is None or status[0] < status[1]:
-        return False
-    saved = read_run_config(run)
-    return saved.get("model") == asdict(model) and saved.get("train") == asdict(train)
 
 
 def _same_key(path: Path, key: dict[str, Any]) -> bool:
@@ -80,8 +71,26 @@ def run_beyond(
         def train(run: Path = run, m: Any = model_cfg, t: Any = train_cfg) -> None:
             train_mlp(m, t, run, data_dir=data_dir, device=device, resume=True, progress=progress)
 
-        stages.run(f"train {name}", train, lambda run=run, m=model_cfg, t=train_cfg: _baseline_done(run, m, t))
+        done = lambda run=run, m=model_cfg, t=train_cfg: finished_with(run, model=asdict(m), train=asdict(t))  # noqa: E731
+        stages.run(f"train {name}", train, done)
         baselines.append(run)
+
+    substitutes = []
+    for name in plan.substitutes:
+        if name not in by_name:
+            log(f"[substitute {name}] skipped: {name} is not among this reproduction's models")
+            continue
+        from dam.training import train as train_dam
+        from dam.training.presets import preset
+
+        config = preset(name, plan.schedule, seed=plan.seed + 1, **plan.train_overrides)
+        run = beyond / "substitutes" / f"{name}-seed{config.seed}"
+
+        def train_substitute(run: Path = run, config: Any = config) -> None:
+            train_dam(config, run, data_dir=data_dir, device=device, resume=True, progress=progress)
+
+        stages.run(f"train {run.name}", train_substitute, lambda run=run, c=config: finished_with(run, train=asdict(c)))
+        substitutes.append(run)
 
     settings = dict(plan.adversarial or {})
     names, eval_images = settings.pop("models", []), settings.pop("eval_images", 500)
@@ -120,7 +129,7 @@ def run_beyond(
         else:
             suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
             targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
-            sources = [str(b) for b in baselines]
+            sources = [str(b) for b in [*baselines, *substitutes]]
             folder = beyond / "attacks"
 
             def attack() -> None:

@@ -55,9 +55,15 @@ class ReproducePreset:
     # fields and ``eval_images``.
     # None (the default) leaves that stage out; {} runs it with its defaults.
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Models (of ``models``) trained a second time from seed + 1: each one's most similar substitute, whose
+    # adversarials the attack stage transfers to every model (needs ``attacks``).
+    substitutes: tuple[str, ...] = ()
     attacks: dict[str, Any] | None = None
     detector: dict[str, Any] | None = None
     adversarial: dict[str, Any] | None = None
+    # Claim key (dam.experiments.report.claims.claim_keys) -> one measured line on why models of this size
+    # cannot show that statement; the report prints it beside the verdict when the verdict is not "agrees".
+    limits: dict[str, str] = field(default_factory=dict)
 
 
 # K = 2000 hidden units like the DAMs.  Degree 2 is the dual network of DAM_3.  The duals of DAM_20 and
@@ -176,12 +182,9 @@ def data_checksums(data_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
 
 def _training_complete(run: Path, config: Any) -> bool:
     """Finished, evaluated, and trained with ``config`` (else the train stage runs: it resumes or refuses)."""
-    from dam.runs import finished_epochs, read_run_config
+    from dam.runs import finished_with
 
-    status = finished_epochs(run)
-    if status is None or status[0] < status[1] or not (run / "evaluation.json").exists():
-        return False
-    return read_run_config(run).get("train") == asdict(config)
+    return finished_with(run, train=asdict(config)) and (run / "evaluation.json").exists()
 
 
 def reproduce(
@@ -241,7 +244,7 @@ def _reproduce(
         saved = earlier.get("preset", {})
         if saved.get("name") != plan.name:
             raise InputError(f"{out} holds a reproduction with preset {saved.get('name')!r}; use another --out")
-        now = {k: v for k, v in json.loads(json.dumps(asdict(plan))).items() if k != "description"}
+        now = {k: v for k, v in json.loads(json.dumps(asdict(plan))).items() if k not in ("description", "limits")}
         # Settings an older dam did not record belong to stages it never ran: nothing to compare.
         diff = sorted(k for k in now if k in saved and saved[k] != now[k])
         if diff:

@@ -202,8 +202,11 @@ def noise_images(
     raise InputError(f"noise kind must be 'gaussian' or 'uniform', got {kind!r}")
 
 
-def _roc(clean_scores: Tensor, set_scores: Tensor) -> dict[str, Any]:
-    """ROC of telling the set from clean images by the guard score; the set is the positive class."""
+def score_roc(clean_scores: Tensor, set_scores: Tensor) -> dict[str, Any]:
+    """ROC of telling the set from clean images by the guard score; the set is the positive class.
+
+    Its AUC and at most :data:`ROC_POINTS` (fpr, tpr) points, JSON-able: one format for every detector report.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     truth = torch.cat([torch.zeros(len(clean_scores)), torch.ones(len(set_scores))]).numpy()
@@ -251,7 +254,7 @@ def evaluate_detector(
         scores[name], results[name] = score, r
     for name, r in results.items():
         if name != clean:
-            r["roc"] = _roc(scores[clean], scores[name])
+            r["roc"] = score_roc(scores[clean], scores[name])
             rejected = r[REJECTION_KEYS[r["kind"]]]
             r["roc"]["operating_point"] = {"fpr": results[clean]["false_rejection_rate"], "tpr": rejected}
     every = torch.cat([*scores.values(), torch.tensor([detector.threshold], dtype=torch.float64)])

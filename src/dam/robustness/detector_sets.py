@@ -3,19 +3,23 @@
 The guard's threshold is chosen on one half of the first ``images`` MNIST test images; the detector is then
 measured on the other half, on Gaussian and uniform noise, on the adversarial and rubbish images that the
 paper's probes saved, and on the outputs of standard attacks (Foolbox PGD and HopSkipJump... see
-:func:`attack_sets`) against the classifier.
+:func:`attack_sets`) against the classifier.  Those attacks do not know the guard; asked for, the adaptive
+attack of :mod:`dam.robustness.adaptive`, which does, is measured too (:func:`adaptive_sets`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError
+
+if TYPE_CHECKING:
+    from dam.robustness.detector import Detector
 
 CALIBRATION_RULE = (
     "the first `images` MNIST test images in the order of torch.randperm(images) seeded with `seed`: the first "
@@ -101,6 +105,50 @@ def attack_sets(
     return sets
 
 
+def check_adaptive(linf: tuple[float, ...], l2: tuple[float, ...], images: int, steps: int, targets: int) -> None:
+    """The adaptive attack's options, checked before any compute (one InputError naming the problem)."""
+    from dam.model import NUM_CLASSES
+    from dam.robustness.attacks.standard import check_budgets
+
+    for norm, budgets in (("linf", linf), ("l2", l2)):
+        if budgets:
+            check_budgets(norm, budgets, positive=True)
+    if (linf or l2) and (images < 1 or steps < 1):
+        raise InputError(f"adaptive attack images and steps must be at least 1, got {images} and {steps}")
+    if (linf or l2) and not 1 <= targets <= NUM_CLASSES - 1:
+        raise InputError(f"adaptive attack targets must be between 1 and {NUM_CLASSES - 1}, got {targets}")
+
+
+def adaptive_sets(
+    detector: Detector,
+    images: Tensor,
+    labels: Tensor,
+    clean_scores: Tensor,
+    budgets: dict[str, tuple[float, ...]],
+    *,
+    steps: int = 100,
+    targets: int = 9,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The adaptive attack (and the same attacks on the classifier alone) per norm and budget, as JSON.
+
+    ``budgets`` maps a norm ("linf", "l2") to its budgets; ``clean_scores`` are the detector's scores of held-out
+    clean images, the negatives of each budget's ROC.
+    """
+    from dam.robustness.adaptive import AdaptiveDetectorAttack
+
+    out: dict[str, Any] = {"images": len(images), "attacks": {}, "junk_scale": {}, "budgets": {}}
+    for norm, epsilons in budgets.items():
+        if not epsilons:
+            continue
+        attack = AdaptiveDetectorAttack(detector, epsilons, norm=norm, steps=steps, targets=targets, seed=seed)
+        result = attack(images, labels)
+        out["attacks"][norm] = result.settings
+        out["junk_scale"][norm] = result.junk_scale
+        out["budgets"].update(result.report(clean_scores, detector.threshold))
+    return out
+
+
 def run_detection(
     classifier_run: str | os.PathLike[str],
     guard_run: str | os.PathLike[str],
@@ -117,10 +165,18 @@ def run_detection(
     data_dir: str | os.PathLike[str] | None = None,
     agreement: bool = False,
     device: str = "cpu",
+    adaptive_eps: tuple[float, ...] = (),
+    adaptive_l2: tuple[float, ...] = (),
+    adaptive_images: int = 200,
+    adaptive_steps: int = 100,
+    adaptive_targets: int = 9,
 ) -> dict[str, Any]:
     """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report.
 
     ``agreement``: also reject inputs whose guard label differs from the classifier's (see :class:`Detector`).
+    ``adaptive_eps`` / ``adaptive_l2``: L-inf / L2 budgets of the adaptive attack, which knows the detector
+    (:class:`dam.robustness.adaptive.AdaptiveDetectorAttack`), on the first ``adaptive_images`` evaluation
+    images; its results go under the report's "adaptive" key (absent when no budget is asked for).
     """
     from dam.data import load_dataset
     from dam.environment import environment_info
@@ -144,6 +200,7 @@ def run_detection(
         raise InputError(f"noise and attack image counts must be >= 0, got {noise} and {attack_images}")
     for folder in probes or []:  # before the slow part, so that a typo fails at once
         probe_folders(Path(folder))
+    check_adaptive(adaptive_eps, adaptive_l2, adaptive_images, adaptive_steps, adaptive_targets)
     classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
     x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
     x_test = x_test.reshape(len(x_test), -1)
@@ -172,6 +229,13 @@ def run_detection(
         )
 
     report = evaluate_detector(detector, sets)
+    if adaptive_eps or adaptive_l2:
+        chosen = evaluation[:adaptive_images]
+        clean_scores = detector.decide(x_test[evaluation])[0]
+        report["adaptive"] = adaptive_sets(detector, x_test[chosen], y_test[chosen], clean_scores,
+                                           {"linf": adaptive_eps, "l2": adaptive_l2}, steps=adaptive_steps,
+                                           targets=adaptive_targets, seed=seed)  # fmt: skip
+        report["adaptive"]["rule"] = f"the first {len(chosen)} evaluation images (the clean set's order)"
     report.update(run_folders(str(classifier_run), str(guard_run)))
     report["data"] = {
         "dataset": "mnist test", "images": images, "seed": seed, "split": CALIBRATION_RULE,

@@ -56,3 +56,16 @@ def test_missing_models_are_not_measured_never_passed():
     m = Measurements(models=["n2", "n20"])
     claims = evaluate_claims(m)
     assert all(c.verdict == "not measured" for c in claims), [(c.figure, c.verdict) for c in claims]
+
+
+def test_a_presets_limit_explains_but_never_changes_a_verdict():
+    from dam.experiments.report.claims import claim_keys
+
+    m = paper_like()
+    m.clean_error["n30"] = 0.037
+    limits = {"clean_error": "K = 400 models in a minute reach 2.4-3.7%", "memories": "never shown: it agrees"}
+    claims = {c.key: c for c in evaluate_claims(m, limits)}
+    assert list(claims) == claim_keys() and len(claims) == 11
+    assert claims["clean_error"].verdict == "differs" and claims["clean_error"].limit == limits["clean_error"]
+    assert claims["memories"].verdict == "agrees" and claims["memories"].limit == ""
+    assert [c.verdict for c in evaluate_claims(m)] == [c.verdict for c in claims.values()]

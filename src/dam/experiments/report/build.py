@@ -24,6 +24,7 @@ import jinja2
 from dam.experiments.report.claims import Claim, Measurements, evaluate_claims
 from dam.experiments.report.context import gather, report_context
 from dam.experiments.report.formatting import VERDICT_CLASS, reading
+from dam.results import read_json
 
 __all__ = ["CHECK_JS", "CSS", "VERDICT_CLASS", "build_report", "gather", "render", "template_environment"]
 
@@ -62,8 +63,12 @@ def build_report(out: str | Path) -> Path:
 
     out = Path(out)
     m = gather(out)
+    with reading(out / "reproduce.json"):
+        limits = ((read_json(out / "reproduce.json") or {}).get("preset") or {}).get("limits") or {}
+        if not isinstance(limits, dict):
+            raise TypeError("expected an object of limits")
     with reading(out, "its measurements, judged against the paper"):
-        claims = evaluate_claims(m)
+        claims = evaluate_claims(m, {str(k): str(v) for k, v in limits.items()})
     page = render(out, m, claims)
     report = out / "report"
     copies = [("tables", "probes", "*_transfer.*"), ("figures", "probes", "figures/*.png"),

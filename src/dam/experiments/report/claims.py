@@ -8,7 +8,7 @@ for a statement the paper makes in words; they are printed in the report next to
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 PAPER_BETA = {"n2": 4.7, "n3": 4.6, "n20": 4.0, "n30": 26.0}
@@ -39,6 +39,8 @@ class Claim:
     measured: str
     verdict: str  # "agrees", "partly", "differs", "not measured"
     rule: str  # how the verdict was decided
+    key: str = ""  # the check's name (clean_error, rubbish_large, ...): what a preset's ``limits`` refer to
+    limit: str = ""  # why the run's preset cannot show the statement (set only when it does not agree)
 
 
 def _pct(v: float) -> str:
@@ -290,5 +292,14 @@ CHECKS: tuple[Callable[[Measurements], Claim], ...] = (
 )
 
 
-def evaluate_claims(m: Measurements) -> list[Claim]:
-    return [check(m) for check in CHECKS]
+def claim_keys() -> list[str]:
+    """The name of every check, in the report's order."""
+    return [check.__name__ for check in CHECKS]
+
+
+def evaluate_claims(m: Measurements, limits: dict[str, str] | None = None) -> list[Claim]:
+    """Every check's claim.  ``limits`` (claim key -> one line) says why a preset's models are too small to
+    show a statement; it is attached to that claim when it does not agree, and never changes a verdict."""
+    claims = [replace(check(m), key=check.__name__) for check in CHECKS]
+    limits = limits or {}
+    return [replace(c, limit=limits[c.key]) if c.key in limits and c.verdict != "agrees" else c for c in claims]

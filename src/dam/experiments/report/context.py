@@ -245,6 +245,9 @@ def _fig7(out: Path, m: Measurements, figs: Path) -> dict[str, Any]:
     }
 
 
+SUMMARY_HEADER = ["figure", "verdict", "paper", "measured", "why not at this size"]
+
+
 def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str, Any]:
     """Every value the page template shows, as plain data."""
     with reading(out / "reproduce.json"):
@@ -258,7 +261,7 @@ def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str,
     figs = out / "probes" / "figures"
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICT_CLASS}
     setup = _setup(out, m, meta, stages)
-    summary_rows = [[c.figure, Verdict(c.verdict), c.statement, c.measured] for c in claims]
+    summary_rows = [[c.figure, Verdict(c.verdict), c.statement, c.measured, c.limit] for c in claims]
     return {
         "preset": {"name": text(name), "description": text(description), "quick": name == "quick"},
         "counts": {
@@ -269,7 +272,7 @@ def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str,
             "total": len(claims),
         },
         "setup": {**setup, "claims": _claims(claims, "Setup")},
-        "summary": {"table": table(["figure", "verdict", "paper", "measured"], summary_rows, "verdicts", 4)},
+        "summary": {"table": table(SUMMARY_HEADER, summary_rows, "verdicts", 5)},
         "fig2": {**_fig2(m, figs), "claims": _claims(claims, "Fig. 2")},
         "fig3": {**_fig3(out, m, figs), "claims": _claims(claims, "Fig. 3")},
         "fig4": {**_fig4(out, m, figs), "claims": _claims(claims, "Fig. 4")},

@@ -162,4 +162,5 @@ def claim(c: Claim) -> dict[str, str]:
         "verdict": c.verdict,
         "css": VERDICT_CLASS[c.verdict],
         "rule": text(c.rule),
+        "limit": text(c.limit),
     }

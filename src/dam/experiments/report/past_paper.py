@@ -87,6 +87,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     effort = table(["model", "norm", *(f"budget {i + 1}" for i in range(width)), "under 1 point", "seconds"],
                    effort_rows, "effort check", 2) if effort_rows else None  # fmt: skip
     return {
+        "checklist": _checklist(summary),
         "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),
@@ -115,6 +116,76 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         ),
         "masking": table(header, rows, "masking", 1),
     }
+
+
+def substitute_of(name: str, sources: list[str]) -> str | None:
+    """The source model that is ``name``'s most similar substitute: the same preset trained from another seed
+    (run folders named ``NAME-seedS`` by ``dam reproduce``)."""
+    return next((s for s in sources if s.startswith(f"{name}-seed")), None)
+
+
+def _checklist(summary: dict[str, Any]) -> dict[str, Any]:
+    """Carlini et al., "On Evaluating Adversarial Robustness" (2019): the checks behind a robustness claim, each
+    with what this run measured.  A check that did not run says so; none is counted as passed by default."""
+    from dam.robustness.attacks.accuracy import RobustnessTable
+    from dam.robustness.masking import GradientHealth, ce_dlr_gap, masking_verdict
+
+    models, suite, sources = summary["models"], summary["suite"], summary["sources"]
+    rows = []
+    # Unbounded attacks must win: accuracy falls to 0% as the budget grows.
+    for norm, title in (("linf", "L-inf"), ("l2", "L2")):
+        largest = fmt(suite[norm][-1], "g")
+        above = {n: number(m["tables"][norm]["worst_case"][-1]) for n, m in models.items()}
+        above = {n: a for n, a in above.items() if a > 0}
+        evidence = f"every model at 0% at eps {largest}"
+        if above:
+            left = ", ".join(f"{n} {pct(a)}" for n, a in above.items())
+            evidence = f"at eps {largest}, the largest budget run: {left}; the curve has not reached 0% there"
+        rows.append([f"accuracy falls to 0% as the {title} budget grows", "no" if above else "yes", evidence])
+    # More effort no longer changes the result.
+    check = "twice the iterations, restarts and another seed move the worst case by under 1 point"
+    effort = [
+        (max((number(p) for p in c["extra_broken_points"]), default=0.0), n, norm)
+        for n, m in models.items()
+        for norm, c in (m.get("effort_check") or {}).items()
+    ]
+    if effort:
+        points, n, norm = max(effort)
+        rows.append([check, "yes" if points < 1 else "no", f"largest change {points:.1f} points ({n}, {norm})"])
+    else:
+        rows.append([check, "not run", "the convergence check is off in this preset"])
+    # The rest from each model's masking verdict, re-derived from the saved measurements.
+    verdicts, gaps = {}, {}
+    for n, m in models.items():
+        tables = [RobustnessTable.from_json(t) for t in m["tables"].values()]
+        health = [GradientHealth(**g) for g in m["gradient_health"]]
+        verdicts[n] = masking_verdict(tables, health, m.get("starvation"))
+        per_norm = [max(g) for t in tables if (g := ce_dlr_gap(t)) is not None]
+        if per_norm:
+            gaps[n] = max(per_norm)
+    beaten = []
+    for n, v in verdicts.items():
+        if v["gaps"]:
+            g = v["gaps"][0]
+            beaten.append(f"{n}: {g['kind']} at {g['norm']} eps {g['eps']:g} leaves {pct(g['black_box'])}, "
+                          f"gradient attacks {pct(g['white_box'])}")  # fmt: skip
+    rows.append(["gradient-free attacks (Square, HopSkipJump, transfer) do no better than gradient attacks",
+                 "no" if beaten else "yes",
+                 "; ".join(beaten) or "no model shows a gap beyond two standard errors"])  # fmt: skip
+    have = {n: s for n in models if (s := substitute_of(n, sources))}
+    missing = [n for n in models if n not in have]
+    evidence = "; ".join(f"{n} attacked with the adversarials of {s}" for n, s in have.items())
+    if have and missing:
+        evidence += f"; no substitute for {', '.join(missing)}"
+    rows.append(["transfer from the most similar substitute (same n, another seed)", "yes" if have else "not run",
+                 evidence or f"transfer sources here: {joined(sources, 'none')}"])  # fmt: skip
+    evidence = ", ".join(f"{n} {100 * g:+.1f}" for n, g in gaps.items())
+    rows.append(["cross-entropy against DLR loss, per model (points; positive: cross-entropy overstates robustness)",
+                 "reported" if gaps else "not run", evidence or "needs the AutoAttack protocol"])  # fmt: skip
+    strongest = [f"{n} {norm}: {s['attack']}" for n, v in verdicts.items() for norm, s in v["strongest"].items() if s]
+    rows.append(["the masking verdict weighs the strongest attack", "yes" if strongest else "no",
+                 "; ".join(strongest) or "fewer than two attacks per norm"])  # fmt: skip
+    return table(["check (Carlini et al. 2019)", "holds", "evidence"], rows, "checklist", 3)
 
 
 def _detector(folder: Path) -> dict[str, Any]:
