@@ -120,7 +120,15 @@ def _tiny_reproduction():
             "aa_fab": False,
             "square_queries": 20,
         },
-        detector={"images": 200, "noise": 50, "attack_images": 20},
+        detector={
+            "images": 200,
+            "noise": 50,
+            "attack_images": 20,
+            "adaptive_eps": [0.3],
+            "adaptive_images": 10,
+            "adaptive_steps": 3,
+            "adaptive_targets": 2,
+        },
         adversarial={"models": ["n2"], "epochs": 1, "train_subset": 300, "max_steps": 25, "eval_images": 20},
     )
 

@@ -60,6 +60,8 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     robustness = json.loads((reproduction / "beyond" / "attacks" / "robustness.json").read_text())
     assert "n30-seed1" in robustness["sources"]
     assert any(k.startswith("transfer:n30-seed1") for k in robustness["models"]["n30"]["tables"]["linf"]["attacks"])
+    # the detector attacked by an attacker who knows the guard (its table), or said to be not run
+    assert 'data-required="detector adaptive"' in page or "disagree on" in page
     # a preset's limit explains a verdict that differs, escaped like every value
     assert "40 memories trained for 3 epochs on 5,000 images &lt;tiny&gt;" in page
     claims = json.loads((reproduction / "report" / "claims.json").read_text())
@@ -157,6 +159,8 @@ def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
     detector = json.loads((beyond / "detector" / "detector.json").read_text())
     assert detector["classifier"].endswith("n2") and detector["guard"].endswith("n30")
     assert {"clean", "gaussian noise", "uniform noise"} <= set(detector["sets"])
+    adaptive = detector["adaptive"]["budgets"]["linf 0.3"]  # the paper's rule: the adaptive attack ran
+    assert adaptive["count"] == 10 and 0 <= adaptive["safe_rate"] <= 1 and "safe_rate" in adaptive["non_adaptive"]
     adversarial = json.loads((beyond / "adversarial" / "n2-adv" / "robustness.json").read_text())
     assert adversarial["base"]["model_md5"] != adversarial["finetuned"]["model_md5"]
     for name in ("robust_accuracy_linf.csv", "masking.csv", "detector.json", "adversarial_training_n2-adv.json"):

@@ -41,6 +41,17 @@ def _baseline_configs(settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
     return model, train
 
 
+def _autoattack_available() -> bool:
+    from dam.errors import MissingExtraError
+    from dam.robustness.attacks.autoattack import require_autoattack
+
+    try:
+        require_autoattack()
+    except MissingExtraError:
+        return False
+    return True
+
+
 def _same_key(path: Path, key: dict[str, Any]) -> bool:
     """The package's one reuse rule (:mod:`dam.results`): the key on disk equals the key of the request."""
     return key_matches(read_json(path), key)
@@ -143,9 +154,13 @@ def run_beyond(
         from dam.robustness.detector_sets import foolbox_available, run_detection
 
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
+        detector_settings = dict(plan.detector)
+        if any(k.startswith("adaptive") for k in detector_settings) and not _autoattack_available():
+            log("[detector] adaptive attack skipped: it needs the reference AutoAttack (pip install 'dam[attacks]')")
+            detector_settings = {k: v for k, v in detector_settings.items() if not k.startswith("adaptive")}
         for stem, agreement in (("detector", False), ("detector-agreement", True)):
             folder = beyond / stem
-            key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": plan.detector,
+            key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": detector_settings,
                    "probes": [model_md5(r) for r in runs], "agreement": agreement,
                    "foolbox": foolbox_available()}  # fmt: skip
 
@@ -153,7 +168,8 @@ def run_beyond(
                 (folder / "skipped.json").unlink(missing_ok=True)
                 try:
                     run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
-                                  data_dir=data_dir, agreement=agreement, device=device, **plan.detector)  # fmt: skip
+                                  data_dir=data_dir, agreement=agreement, device=device,
+                                  **detector_settings)  # fmt: skip
                 except DetectorError as exc:  # e.g. weak models that disagree on too many clean images
                     log(f"[{folder.name}] not run: {exc}")
                     (folder / "detector.json").unlink(missing_ok=True)

@@ -69,3 +69,12 @@ def test_a_presets_limit_explains_but_never_changes_a_verdict():
     assert claims["clean_error"].verdict == "differs" and claims["clean_error"].limit == limits["clean_error"]
     assert claims["memories"].verdict == "agrees" and claims["memories"].limit == ""
     assert [c.verdict for c in evaluate_claims(m)] == [c.verdict for c in claims.values()]
+
+
+def test_every_presets_limits_name_a_check():
+    from dam.experiments.reproduce import PRESETS
+    from dam.experiments.report.claims import claim_keys
+
+    for name, plan in PRESETS.items():
+        assert set(plan.limits) <= set(claim_keys()), (name, set(plan.limits) - set(claim_keys()))
+        assert all(line and "\n" not in line for line in plan.limits.values())

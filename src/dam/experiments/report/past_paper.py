@@ -223,8 +223,26 @@ def _detector(folder: Path) -> dict[str, Any]:
             "agreement": bool(report.get("agreement")),
             "table": table(header, rows, folder.name, 2),
             "figure": figure(folder / "detector.png", "detector: ROC against clean images and guard-score histograms"),
+            "adaptive": _adaptive(report.get("adaptive"), folder.name),
         }
     return {"title": title, "result": result, "skipped": None}
+
+
+def _adaptive(adaptive: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """The adaptive attack's rows: per budget the safe rate when the attacker knows the guard, beside the
+    non-adaptive attack (the same APGD on the classifier alone) and the classifier without a guard."""
+    if not adaptive:
+        return None
+    rows = []
+    for budget, b in adaptive["budgets"].items():
+        na = b["non_adaptive"]
+        seconds = f"{number(b['seconds']) + number(na['seconds']):.0f}"
+        rows.append([budget, pct(b["classifier_robust_accuracy"]), pct(na["safe_rate"]), pct(b["safe_rate"]),
+                     pct(b["rejection_rate"]), fmt(b["roc"]["auc"], ".3f"), seconds,
+                     fmt(b["queries_per_image"], ".0f")])  # fmt: skip
+    header = ["budget", "classifier alone: robust", "detector, non-adaptive attack: safe", "detector, adaptive: safe",
+              "adaptive: rejected", "ROC AUC of the adaptive set", "seconds", "queries per image"]  # fmt: skip
+    return {"images": text(adaptive["images"]), "table": table(header, rows, f"{name} adaptive", 1)}
 
 
 def _adversarial(folder: Path) -> dict[str, Any] | None:
