@@ -238,7 +238,7 @@ def _adaptive(adaptive: dict[str, Any] | None, name: str) -> dict[str, Any] | No
         na = b["non_adaptive"]
         seconds = f"{number(b['seconds']) + number(na['seconds']):.0f}"
         rows.append([budget, pct(b["classifier_robust_accuracy"]), pct(na["safe_rate"]), pct(b["safe_rate"]),
-                     pct(b["rejection_rate"]), fmt(b["roc"]["auc"], ".3f"), seconds,
+                     pct(b["rejection_rate"]), fmt(b["roc"]["auc"], ".3f") if b.get("roc") else "-", seconds,
                      fmt(b["queries_per_image"], ".0f")])  # fmt: skip
     header = ["budget", "classifier alone: robust", "detector, non-adaptive attack: safe", "detector, adaptive: safe",
               "adaptive: rejected", "ROC AUC of the adaptive set", "seconds", "queries per image"]  # fmt: skip
