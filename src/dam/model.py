@@ -120,7 +120,7 @@ def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: flo
         raise InputError(f"pixels must lie in [{low:g}, {high:g}]{note}; got values in [{lo:.4g}, {hi:.4g}]")
 
 
-def _ipow(x: Tensor, n: int) -> Tensor:
+def ipow(x: Tensor, n: int) -> Tensor:
     """x**n (n >= 1) by repeated squaring: a few multiplies that fuse, instead of a call to pow()."""
     result: Tensor | None = None
     while True:
@@ -132,10 +132,27 @@ def _ipow(x: Tensor, n: int) -> Tensor:
         x = x * x
 
 
+def work_dtype(dtype: torch.dtype, config: DAMConfig, weight_max: float, spin_max: float) -> torch.dtype:
+    """The dtype to compute a model's scores in: ``dtype``, or float64 when F_n could overflow it.
+
+    Judged from a bound on |argument| <= 794 max|xi| max(|v|, 1) (``weight_max`` = max|xi|, ``spin_max`` =
+    max|v|): the sum over K memories of (arg / T)^n must stay below the dtype's maximum with room for the
+    backward pass.  Public so that stacked training (:mod:`dam.training.stacked`) makes the same choice.
+    """
+    if dtype == torch.float64:
+        return dtype
+    bound = (config.num_pixels + config.num_classes) * weight_max * max(spin_max, 1.0)
+    if bound <= 0:
+        return dtype
+    log_total = config.n * math.log(bound / config.temperature + 1e-30)
+    log_total += math.log(config.num_memories * max(config.n, 1))
+    return dtype if log_total < math.log(torch.finfo(dtype).max) - 20.0 else torch.float64
+
+
 def _gaps_forward(h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> Tensor:
     on = torch.relu((h[:, None, :] + 2.0 * lab[None, :, :]) * inv_t)
     off = torch.relu(h * inv_t)
-    return (_ipow(on, n) - _ipow(off, n)[:, None, :]).sum(dim=2)
+    return (ipow(on, n) - ipow(off, n)[:, None, :]).sum(dim=2)
 
 
 _BACKWARD_ROWS = 50
@@ -151,8 +168,8 @@ def _gaps_backward(g: Tensor, h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> 
     gc = g.view(batch // rows, rows, g.shape[1])
     on = torch.relu((hc[:, :, None, :] + 2.0 * lab[None, None, :, :]) * inv_t)
     off = torch.relu(hc * inv_t)
-    d_on = _ipow(on, n - 1) * gc[..., None]
-    dh = (d_on.sum(dim=2) - _ipow(off, n - 1) * gc.sum(dim=2, keepdim=True)) * (n * inv_t)
+    d_on = ipow(on, n - 1) * gc[..., None]
+    dh = (d_on.sum(dim=2) - ipow(off, n - 1) * gc.sum(dim=2, keepdim=True)) * (n * inv_t)
     dlab = d_on.sum(dim=1).sum(dim=0) * (2 * n * inv_t)
     return dh.view(batch, k), dlab
 
@@ -367,29 +384,20 @@ class DenseAssociativeMemory(nn.Module):
 
     def _scores(self, v: Tensor, vmax: float) -> Tensor:
         xi = self.memories
-        work_dtype = self._work_dtype(vmax)
-        if work_dtype == xi.dtype:
+        work = self._work_dtype(vmax)
+        if work == xi.dtype:
             return dam_scores(v.to(xi.dtype), xi, self.config.n, self.config.temperature)
-        s = dam_scores(v.to(work_dtype), xi.to(work_dtype), self.config.n, self.config.temperature)
+        s = dam_scores(v.to(work), xi.to(work), self.config.n, self.config.temperature)
         big = torch.finfo(xi.dtype).max
         return s.clamp(-big, big).to(xi.dtype)
 
     def _work_dtype(self, vmax: float) -> torch.dtype:
-        """float64 when F_n could overflow the model's dtype, judged from a bound on |argument|.
-
-        |argument| <= 794 max|xi| max(|v|, 1); the sum over K memories of (arg / T)^n must stay below
-        the dtype's maximum with room for the backward pass.  This runs on every forward, training
-        steps included.
-        """
+        """float64 when F_n could overflow the model's dtype (:func:`work_dtype`).  This runs on every
+        forward, training steps included."""
         dtype = self.memories.dtype
         if dtype == torch.float64:
             return dtype
-        bound = self.memories.shape[1] * float(_abs_max(self.memories)) * max(vmax, 1.0)
-        if bound <= 0:
-            return dtype
-        log_total = self.config.n * math.log(bound / self.config.temperature + 1e-30)
-        log_total += math.log(self.config.num_memories * max(self.config.n, 1))
-        return dtype if log_total < math.log(torch.finfo(dtype).max) - 20.0 else torch.float64
+        return work_dtype(dtype, self.config, float(_abs_max(self.memories)), vmax)
 
     def scores(self, images: Tensor) -> Tensor:
         """Pre-tanh scores (scaled energy gaps) of images in [0, 1]: logits for attacks and softmax.

@@ -48,6 +48,11 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay", type=fraction, help="per-epoch factor f: eps = eps0 * f^epoch")
     p.add_argument("--momentum", type=finite_float, help="momentum p")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="train one DAM per seed, all in this process (stacked: fills a GPU that one model leaves idle), "
+        "into run folders OUT/s{SEED}; --resume continues each",
+    )  # fmt: skip
     p.add_argument("--train-subset", type=positive_int, help="train on this many examples (seeded choice)")
     p.add_argument("--validation", action="store_true", default=None, help="hold out 10k training images")
     p.add_argument("--eval-every", type=positive_int, help="evaluate every this many epochs")
@@ -136,12 +141,37 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
     return asdict(model_config)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -> Any:
+    """The TrainConfig for run folder ``out`` (with ``seed``, when given): None to resume a run with its saved
+    settings, which only --epochs may extend; the flags' settings otherwise."""
+    from dam.runs import STATE_FILE
+
+    if args.resume and (out / STATE_FILE).exists():
+        if args.epochs is None:
+            return None
+        from dam.runs import read_run_config
+        from dam.training import TrainConfig
+
+        return replace(TrainConfig.from_dict(read_run_config(out)["train"]), epochs=args.epochs)
+    config = train_config(args)
+    return config if seed is None else replace(config, seed=seed)
+
+
+def _summary(out: Path, model_settings: dict[str, Any]) -> dict[str, Any]:
     from dam.io import read_jsonl
-    from dam.runs import METRICS_FILE, STATE_FILE, OutputFolder
+    from dam.runs import METRICS_FILE
+
+    last = read_jsonl(out / METRICS_FILE)[-1:]
+    return {"run": str(out), "model": model_settings, "last_epoch": last[0] if last else None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dam.runs import OutputFolder
 
     out = Path(args.out)
     OutputFolder(out, "run folder").check_writable()  # before any data is read or anything computed
+    if args.seeds is not None:
+        return _train_seeds(args, out)
     if args.model != "dam":
         model_settings = _train_mlp(args, out)
     else:
@@ -149,21 +179,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if args.degree is not None or args.hidden is not None:
             raise ConfigError("--degree and --hidden are settings of --model mlp-relu / mlp-repu")
-        if args.resume and (out / STATE_FILE).exists():
-            config = None  # the saved settings rule a resumed run; only --epochs may extend it
-            if args.epochs is not None:
-                from dam.runs import read_run_config
-                from dam.training import TrainConfig
-
-                config = replace(TrainConfig.from_dict(read_run_config(out)["train"]), epochs=args.epochs)
-        else:
-            config = train_config(args)
         logger.info("training into %s", out)
-        model = train(config, out, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
-                      progress=False if args.no_progress else None)  # fmt: skip
+        model = train(dam_settings(args, out), out, data_dir=args.data_dir, device=args.device, resume=args.resume,
+                      force=args.force, progress=False if args.no_progress else None)  # fmt: skip
         model_settings = asdict(model.config)
-    last = read_jsonl(out / METRICS_FILE)[-1:]
-    print(json.dumps({"run": str(out), "model": model_settings, "last_epoch": last[0] if last else None}, indent=2))
+    print(json.dumps(_summary(out, model_settings), indent=2))
+    return 0
+
+
+def _train_seeds(args: argparse.Namespace, out: Path) -> int:
+    """``--seeds``: one DAM per seed into OUT/s{seed}, trained together (dam.training.train_many)."""
+    from dam.runs import OutputFolder
+    from dam.training import train_many
+
+    if args.model != "dam" or args.degree is not None or args.hidden is not None:
+        raise ConfigError("--seeds trains DAMs; train baselines one --seed at a time")
+    if args.seed is not None:
+        raise ConfigError("--seed and --seeds: give one or the other")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated")
+    if OutputFolder(out).holds_run():
+        raise ConfigError(f"{out}: holds a run; --seeds writes one run folder per seed inside --out, give another")
+    outs = [out / f"s{seed}" for seed in args.seeds]
+    logger.info("training %d DAMs into %s", len(outs), out)
+    models = train_many([dam_settings(args, folder, seed) for folder, seed in zip(outs, args.seeds, strict=True)],
+                        outs, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
+                        progress=False if args.no_progress else None)  # fmt: skip
+    print(json.dumps([_summary(f, asdict(m.config)) for f, m in zip(outs, models, strict=True)], indent=2))
     return 0
 
 

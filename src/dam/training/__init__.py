@@ -3,26 +3,31 @@
 Layer: depends on data, the models and run folders; probes, robustness and experiments build on it.
 """
 
-from dam.training.loop import TrainData, Trainer, error_rate, fit, prepare_data
+from dam.training.loop import Run, TrainData, Trainer, error_rate, fit, fit_runs, prepare_data
 from dam.training.mlp import MLPTrainConfig, train_mlp
 from dam.training.presets import preset, preset_names, schedule_names
 from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step, train, update_memories
+from dam.training.stacked import StackedDAMs, train_many
 
 __all__ = [
     "DAMTrainer",
     "MLPTrainConfig",
+    "Run",
+    "StackedDAMs",
     "TrainConfig",
     "TrainData",
     "Trainer",
     "dam_loss",
     "error_rate",
     "fit",
+    "fit_runs",
     "minibatch_step",
     "prepare_data",
     "preset",
     "preset_names",
     "schedule_names",
     "train",
+    "train_many",
     "train_mlp",
     "update_memories",
 ]

@@ -3,7 +3,9 @@
 Every model of the package trains through :func:`fit`: the DAM with the authors' rule
 (:mod:`dam.training.rule`), the MLP baselines with cross-entropy and Adam (:mod:`dam.training.mlp`) and
 adversarial fine-tuning (:mod:`dam.robustness.adversarial_training`).  What differs is a
-:class:`Trainer`: one epoch's work and the tensors resuming needs.  What is shared is here:
+:class:`Trainer`: one epoch's work and the tensors resuming needs.  :func:`fit` is the one-run case of
+:func:`fit_runs`, which also trains several run folders whose epochs one step computes together (stacked
+DAMs, :mod:`dam.training.stacked`).  What is shared is here:
 
 - the run folder is locked for the run and never overwritten silently (:class:`dam.runs.OutputFolder`);
 - the data are loaded before anything is written, so a failed download leaves no half-made run;
@@ -196,6 +198,23 @@ class RunPlan:
     postfix: tuple[str, ...] = ("loss", "train_error")
 
 
+@dataclass
+class Run:
+    """One run folder in the loop: its trainer (state, weights, model files), plan, config.json record, data
+    and the epoch it starts from (0, or the epochs its training state has done)."""
+
+    trainer: Trainer
+    plan: RunPlan
+    run_info: dict[str, Any]
+    data: TrainData
+    start_epoch: int = 0
+
+
+# Trains the given runs (those with this epoch still to do) through one epoch, together; one statistics dict
+# per run, in their order.
+EpochStep = Callable[[int, list[Run]], list[dict[str, Any]]]
+
+
 def fit(
     trainer: Trainer,
     plan: RunPlan,
@@ -209,36 +228,96 @@ def fit(
 ) -> None:
     """Train from ``start_epoch`` to ``plan.epochs`` (or ``stop_after``, as a kill would), writing the run
     folder every epoch.  The caller holds the folder's lock (:meth:`dam.runs.OutputFolder.writing`)."""
-    folder = plan.folder
-    keep_metrics_until(folder, start_epoch)
-    atomic_write_json(folder / CONFIG_FILE, run_info)
-    end_epoch = plan.epochs if stop_after is None else min(plan.epochs, stop_after)
-    bar = progress_bar(plan.epochs, start_epoch, plan.desc, progress)
+    fit_runs([Run(trainer, plan, run_info, data, start_epoch)], lambda epoch, runs: [trainer.train_epoch(epoch, data)],
+             stop_after=stop_after, progress=progress, log=log, desc=plan.desc)  # fmt: skip
+
+
+def fit_runs(
+    runs: list[Run],
+    step: EpochStep,
+    *,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    desc: str = "train",
+) -> None:
+    """The one training loop: every run from its start epoch to its ``plan.epochs`` (or ``stop_after``),
+    ``step`` training the runs due at an epoch together, then each run's folder written as :func:`fit`
+    writes one.  Runs may start and end at different epochs (a multi-model run killed between two folders'
+    writes resumes them one epoch apart).  The caller holds every folder's lock.
+
+    A run whose statistics are not finite stops the loop with FloatingPointError, after the other runs'
+    epoch has been written.
+    """
+    ends = [run.plan.epochs if stop_after is None else min(run.plan.epochs, stop_after) for run in runs]
+    for run in runs:
+        keep_metrics_until(run.plan.folder, run.start_epoch)
+        atomic_write_json(run.plan.folder / CONFIG_FILE, run.run_info)
+    first = min(run.start_epoch for run in runs)
+    bar = progress_bar(max(run.plan.epochs for run in runs), first, desc, progress)
     try:
-        for epoch in range(start_epoch, end_epoch):
+        for epoch in range(first, max(ends)):
+            due = [run for run, end in zip(runs, ends, strict=True) if run.start_epoch <= epoch < end]
+            if not due:  # a gap between runs that ended (stop_after) and runs that start later
+                bar.update(1)
+                continue
             t0 = time.perf_counter()
-            stats = trainer.train_epoch(epoch, data)
-            record: dict[str, Any] = {"epoch": epoch + 1, **stats, "train_seconds": time.perf_counter() - t0}
-            if (epoch + 1) % plan.eval_every == 0 or epoch + 1 == plan.epochs:
-                record[f"{data.eval_name}_error"] = error_rate(trainer.model, data.eval_images, data.eval_labels)
-            record["seconds"] = time.perf_counter() - t0
-            bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)}
+            stats = step(epoch, due)
+            train_seconds = time.perf_counter() - t0
+            records, bad = [], []
+            for run, run_stats in zip(due, stats, strict=True):
+                record = _epoch_record(run, epoch, run_stats, train_seconds)
+                nonfinite = {k: v for k, v in run_stats.items() if isinstance(v, float) and not math.isfinite(v)}
+                if nonfinite:
+                    where = f"{run.plan.folder}: " if len(runs) > 1 else ""
+                    bad.append(f"{where}epoch {epoch + 1}: non-finite training statistics {nonfinite}")
+                    continue
+                _write_epoch(run, epoch, record)
+                records.append(record)
+                logger.debug("%s", json.dumps(record))
+                if log is not None:
+                    log(json.dumps(record) if len(runs) == 1 else json.dumps({"run": str(run.plan.folder), **record}))
             if bad:
-                raise FloatingPointError(f"epoch {epoch + 1}: non-finite training statistics {bad}; lower the lr")
-            append_jsonl(folder / METRICS_FILE, record)
-            tensors, meta = trainer.state()
-            save_train_state(folder, tensors, epoch + 1, meta)
-            trainer.save_model(folder, run_info)
+                raise FloatingPointError("; ".join(bad) + "; lower the lr")
             bar.update(1)
-            shown = {k: record[k] for k in (*plan.postfix, f"{data.eval_name}_error") if record.get(k) is not None}
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-            logger.debug("%s", json.dumps(record))
-            if log is not None:
-                log(json.dumps(record))
+            bar.set_postfix(_postfix(due, records))
     finally:
         bar.close()
-    if start_epoch >= end_epoch:  # nothing left to do: make sure the model files match the state
-        trainer.save_model(folder, run_info)
+    for run, end in zip(runs, ends, strict=True):
+        if run.start_epoch >= end:  # nothing left to do: make sure the model files match the state
+            run.trainer.save_model(run.plan.folder, run.run_info)
+
+
+def _epoch_record(run: Run, epoch: int, stats: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+    """An epoch's metrics line: the step's statistics, its time and (when due) the error on the eval set.
+
+    ``train_seconds`` is the step's: with several runs trained together, the time all of them took."""
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"epoch": epoch + 1, **stats, "train_seconds": train_seconds}
+    plan, data = run.plan, run.data
+    if (epoch + 1) % plan.eval_every == 0 or epoch + 1 == plan.epochs:
+        record[f"{data.eval_name}_error"] = error_rate(run.trainer.model, data.eval_images, data.eval_labels)
+    record["seconds"] = train_seconds + time.perf_counter() - t0
+    return record
+
+
+def _write_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Metrics first, then the training state atomically, then the model files (see the module docstring)."""
+    append_jsonl(run.plan.folder / METRICS_FILE, record)
+    tensors, meta = run.trainer.state()
+    save_train_state(run.plan.folder, tensors, epoch + 1, meta)
+    run.trainer.save_model(run.plan.folder, run.run_info)
+
+
+def _postfix(runs: list[Run], records: list[dict[str, Any]]) -> dict[str, str]:
+    """The progress bar's figures: a run's own, or the mean over the runs trained together."""
+    keys = [*runs[0].plan.postfix, f"{runs[0].data.eval_name}_error"]
+    shown = {}
+    for key in keys:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            shown[key if len(runs) == 1 else f"mean_{key}"] = f"{sum(values) / len(values):.4g}"
+    return shown
 
 
 def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, device: torch.device,

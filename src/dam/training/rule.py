@@ -26,6 +26,7 @@ from dam.errors import CheckpointError, ConfigError
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
 from dam.runs import OutputFolder, read_run_config
 from dam.training.loop import (
+    Run,
     RunPlan,
     TrainData,
     as_unit_float,
@@ -106,9 +107,15 @@ class TrainConfig:
 
 def dam_loss(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
     """Eq. (3): sum over examples and classes of (Y - t)^(2m), t = +1 for the true class, -1 else."""
+    return dam_loss_terms(outputs, labels, m).sum()
+
+
+def dam_loss_terms(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
+    """The terms (Y - t)^(2m) of eq. (3), one per example and class: outputs (..., B, 10), labels (..., B).
+    Stacked training sums them per model."""
     target = torch.full_like(outputs, -1.0)
-    target.scatter_(1, labels[:, None], 1.0)
-    return (outputs - target).pow(2 * m).sum()
+    target.scatter_(-1, labels[..., None], 1.0)
+    return (outputs - target).pow(2 * m)
 
 
 def _update_step(
@@ -116,7 +123,7 @@ def _update_step(
 ) -> tuple[Tensor, Tensor]:
     new_velocity = velocity * momentum - grad
     # A memory with no gradient at all (never active) has max |V| = 0: leave it where it is.
-    scale = new_velocity.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(velocity.dtype).tiny)
+    scale = new_velocity.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(velocity.dtype).tiny)
     return (memories + new_velocity / scale * lr).clamp(-1.0, 1.0), new_velocity
 
 
@@ -124,15 +131,18 @@ _UPDATE = FusedKernel(_update_step)
 
 
 @torch.no_grad()
-def update_memories(memories: Tensor, grad: Tensor, velocity: Tensor, lr: float, momentum: float) -> None:
+def update_memories(
+    memories: Tensor, grad: Tensor, velocity: Tensor, lr: float | Tensor, momentum: float | Tensor
+) -> None:
     """One step of the authors' rule, in place: momentum, per-memory max-normalisation, clip.
 
-    Fused into one kernel like the model's; lr and momentum travel as 0-dim tensors so that the
-    decaying learning rate does not trigger recompiles.
+    Memories are (K, 794), or (G, K, 794) for G models trained together, with ``lr`` and ``momentum``
+    then shaped (G, 1, 1), one per model.  Fused into one kernel like the model's; lr and momentum travel as
+    tensors so that the decaying learning rate does not trigger recompiles.
     """
     new_memories, new_velocity = _UPDATE(
-        memories, grad, velocity, torch.tensor(lr, dtype=memories.dtype, device=memories.device),
-        torch.tensor(momentum, dtype=memories.dtype, device=memories.device),
+        memories, grad, velocity, torch.as_tensor(lr, dtype=memories.dtype, device=memories.device),
+        torch.as_tensor(momentum, dtype=memories.dtype, device=memories.device),
     )  # fmt: skip
     # (inductor of torch 2.13 fails on in-place updates of inputs here, hence the copies)
     velocity.copy_(new_velocity)
@@ -214,6 +224,47 @@ def new_model(config: TrainConfig, device: torch.device) -> DenseAssociativeMemo
     return model.to(device)
 
 
+def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> TrainConfig:
+    """The settings a DAM run folder trains with: ``config`` for a new run; for a resumed one the saved
+    settings, which ``config`` (or None) may change only in ``epochs``."""
+    if resuming:
+        saved_run = read_run_config(folder)
+        if "adversarial" in saved_run:  # plain training would drop the fine-tuning's settings and state
+            raise CheckpointError(
+                f"{folder}: holds an adversarial fine-tuning; continue it with dam adversarial-train "
+                f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
+            )
+        if saved_run.get("kind", "dam") != "dam":
+            raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with its --model")
+        saved = settings_from(TrainConfig, saved_run.get("train"), str(folder / CONFIG_FILE))
+        config = resumed_settings(saved, config, folder)
+    if config is None:
+        raise ConfigError(f"no training settings given and no run to resume in {folder}")
+    return config
+
+
+def start_trainer(config: TrainConfig, folder: Path, resuming: bool, device: torch.device) -> tuple[DAMTrainer, int]:
+    """The trainer of a run and the epoch it starts from: the seeded initial model at epoch 0, or, resuming,
+    the weights and momentum of the folder's last finished epoch."""
+    trainer = DAMTrainer(new_model(config, device), config)
+    if not resuming:
+        return trainer, 0
+    tensors, meta, start_epoch = load_train_state(folder)
+    trainer.load_state(tensors, meta, folder)
+    trainer.model.temperature = config.temperature_at(max(start_epoch - 1, 0))
+    return trainer, start_epoch
+
+
+def dam_run(
+    config: TrainConfig, folder: Path, trainer: DAMTrainer, start_epoch: int, data: TrainData,
+    device: torch.device, data_dir: str | None,
+) -> Run:  # fmt: skip
+    """A DAM run folder as the training loop takes it (:class:`dam.training.loop.Run`)."""
+    run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
+    plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")
+    return Run(trainer, plan, run_info, data, start_epoch)
+
+
 def train(
     config: TrainConfig | None,
     out: str | os.PathLike[str],
@@ -232,34 +283,17 @@ def train(
     may then be None, or equal to the saved one but for ``epochs``, to extend a run); on a new folder it
     starts the run.  A folder that holds a run is never overwritten: without ``resume`` it is refused,
     unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
-    would.  ``progress=None`` shows a bar on a terminal or in Jupyter.
+    would.  ``progress=None`` shows a bar on a terminal or in Jupyter.  :func:`dam.training.train_many`
+    trains several runs in one process.
     """
     device = resolve_device(device)
     folder = Path(out)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
-        if resuming:
-            saved_run = read_run_config(folder)
-            if "adversarial" in saved_run:  # plain training would drop the fine-tuning's settings and state
-                raise CheckpointError(
-                    f"{folder}: holds an adversarial fine-tuning; continue it with dam adversarial-train "
-                    f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
-                )
-            if saved_run.get("kind", "dam") != "dam":
-                raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with its --model")
-            saved = settings_from(TrainConfig, saved_run.get("train"), str(folder / CONFIG_FILE))
-            config = resumed_settings(saved, config, folder)
-        if config is None:
-            raise ConfigError(f"no training settings given and no run to resume in {folder}")
+        config = run_settings(folder, config, resuming)
         data_dir = resolved_data_dir(data_dir, folder, resuming)
         data = prepare_data(config.dataset, config.seed, config.train_subset, config.validation, data_dir, device)
-        trainer = DAMTrainer(new_model(config, device), config)
-        start_epoch = 0
-        if resuming:
-            tensors, meta, start_epoch = load_train_state(folder)
-            trainer.load_state(tensors, meta, folder)
-            trainer.model.temperature = config.temperature_at(max(start_epoch - 1, 0))
-        run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
-        plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")
-        fit(trainer, plan, run_info, data, start_epoch=start_epoch, stop_after=stop_after, progress=progress,
+        trainer, start_epoch = start_trainer(config, folder, resuming, device)
+        run = dam_run(config, folder, trainer, start_epoch, data, device, data_dir)
+        fit(trainer, run.plan, run.run_info, data, start_epoch=start_epoch, stop_after=stop_after, progress=progress,
             log=log)  # fmt: skip
     return trainer.model

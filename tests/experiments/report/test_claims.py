@@ -72,8 +72,8 @@ def test_a_presets_limit_explains_but_never_changes_a_verdict():
 
 
 def test_every_presets_limits_name_a_check():
-    from dam.experiments.reproduce import PRESETS
     from dam.experiments.report.claims import claim_keys
+    from dam.experiments.reproduce import PRESETS
 
     for name, plan in PRESETS.items():
         assert set(plan.limits) <= set(claim_keys()), (name, set(plan.limits) - set(claim_keys()))
