@@ -106,3 +106,19 @@ def test_every_command_has_help(capsys) -> None:
     for verb in verbs:
         assert main([verb, "--help"]) == 0, verb
         assert "usage: dam " + verb in capsys.readouterr().out
+
+
+def test_reproduce_seed_reaches_the_preset(monkeypatch, tmp_path, capsys) -> None:
+    import dam.experiments.reproduce as reproduce_module
+
+    seen = {}
+
+    def fake_reproduce(plan, out, **kwargs):
+        seen["plan"], seen["out"] = plan, out
+        return tmp_path / "report" / "index.html"
+
+    monkeypatch.setattr(reproduce_module, "reproduce", fake_reproduce)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--preset", "quick", "--seed", "1", "--no-check"]) == 0
+    assert seen["plan"].seed == 1 and seen["plan"].name == "quick" and seen["out"] == "runs/quick-seed1"
+    assert main(["reproduce", "--seed", "-1"]) == 2 and "seed" in capsys.readouterr().err

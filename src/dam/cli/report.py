@@ -6,20 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from dam.cli.args import device
+from dam.cli.args import device, nonnegative_int
 from dam.errors import InputError
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from dam.experiments.reproduce import reproduce
+    from dataclasses import replace
+
+    from dam.experiments.reproduce import PRESETS, reproduce
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     check = True if args.check else (False if args.no_check else None)
+    plan = PRESETS[args.preset] if args.seed is None else replace(PRESETS[args.preset], seed=args.seed)
+    default_out = f"runs/{args.preset}" + ("" if args.seed is None else f"-seed{args.seed}")
     report = reproduce(
-        args.preset,
-        args.out or f"runs/{args.preset}",
+        plan,
+        args.out or default_out,
         data_dir=args.data_dir,
         device=args.device,
         progress=False if args.no_progress else None,
@@ -63,7 +67,13 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         default="quick",
         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace("%", "%%"),  # argparse formats help
     )
-    p.add_argument("--out", help="output folder (default: runs/PRESET)")
+    p.add_argument("--out", help="output folder (default: runs/PRESET, or runs/PRESET-seedS with --seed)")
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        help="seed of every model, search and subset (default 0): run it again with another seed to see which "
+        "verdicts hold across seeds",
+    )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $DAM_DATA_DIR, cache, download)")
     p.add_argument(
         "--device", type=device, default="auto", help="auto (default: a GPU when there is one), cpu, cuda, ..."
