@@ -86,8 +86,11 @@ def run_beyond(
         stages.run(f"train {name}", train, done)
         baselines.append(run)
 
+    from dam.robustness.detector_sets import foolbox_available
+
     substitutes = []
-    for name in plan.substitutes:
+    # A substitute serves the attack stage only: not trained where that stage will not run.
+    for name in plan.substitutes if plan.attacks is not None and foolbox_available() else ():
         if name not in by_name:
             log(f"[substitute {name}] skipped: {name} is not among this reproduction's models")
             continue
