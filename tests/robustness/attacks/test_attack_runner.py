@@ -25,7 +25,16 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
     assert set(summary["models"]) == {"n2", "n30"}
     for m in summary["models"].values():
         linf = m["tables"]["linf"]
-        assert {"fgsm", "pgd", "hopskipjump", "transfer:mlp-relu", "apgd-ce", "apgd-t"} <= set(linf["attacks"])
+        # the source's PGD and targeted-DLR adversarials are both transferred
+        assert {
+            "fgsm",
+            "pgd",
+            "hopskipjump",
+            "transfer:mlp-relu",
+            "transfer:mlp-relu (apgd-t)",
+            "apgd-ce",
+            "apgd-t",
+        } <= set(linf["attacks"])
         assert "hopskipjump" not in m["tables"]["l2"]["attacks"]
         for accs in linf["attacks"].values():
             assert all(0 <= a <= 1 for a in accs)
