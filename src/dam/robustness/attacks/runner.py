@@ -143,11 +143,11 @@ def attack_model(
     images: Tensor,
     labels: Tensor,
     suite: AttackSuite,
-    source_results: dict[str, dict[str, AttackResult]],
+    source_results: dict[str, dict[str, dict[str, AttackResult]]],
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Everything for one model; ``source_results[norm][source + suffix]`` are the sources' attack results to
-    transfer (:meth:`AttackSuite.source_attacks`)."""
+    """Everything for one model; ``source_results[norm][source][suffix]`` are a source model's attack results
+    to transfer, by the suffix of :meth:`AttackSuite.source_attacks`."""
     name = model_name(run)
     model = load_model(run, device=device).eval()
     tables: dict[str, RobustnessTable] = {}
@@ -156,10 +156,9 @@ def attack_model(
     for norm in ("linf", "l2"):
         attacks: list[Any] = [*suite.white_box(model, norm), *suite.decision_based(model, norm)]
         made_by = suite.source_attacks(model, norm)  # (describe the source attack of each transfer)
-        for src, result in source_results.get(norm, {}).items():
-            source, suffix = src.split(" ", 1) if " " in src else (src, "")
-            if source != name:
-                attacks.append(Transfer(model, made_by[f" {suffix}" if suffix else ""], src, result))
+        attacks += [Transfer(model, made_by[suffix], src + suffix, result)
+                    for src, by_attack in source_results.get(norm, {}).items() if src != name
+                    for suffix, result in by_attack.items()]  # fmt: skip
         table, results = robust_accuracy(model, name, images, labels, attacks, suite.protocols(model, norm))
         tables[norm] = table
         starved[norm] = starvation(model, results.get("pgd"))
@@ -223,7 +222,7 @@ def run_attacks(
     (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
     source_md5 = {model_name(s): model_md5(s) for s in sources}
-    source_results: dict[str, dict[str, AttackResult]] | None = None
+    source_results: dict[str, dict[str, dict[str, AttackResult]]] | None = None
     models: dict[str, Any] = {}
     for run in runs:
         name = model_name(run)
@@ -243,8 +242,9 @@ def run_attacks(
             for src in sources:
                 source = load_model(src, device=device).eval()
                 for norm in source_results:
-                    for suffix, attack in suite.source_attacks(source, norm).items():
-                        source_results[norm][model_name(src) + suffix] = attack(images, labels)
+                    source_results[norm][model_name(src)] = {
+                        suffix: attack(images, labels) for suffix, attack in suite.source_attacks(source, norm).items()
+                    }
         log(f"attack {name}: {len(images)} images ...")
         result = {**attack_model(run, images, labels, suite, source_results, device), "key": key}
         atomic_write_json(path, result)
