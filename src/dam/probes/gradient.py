@@ -10,20 +10,18 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError
+from dam.training.rule import dam_loss_terms, target_outputs
 
 
 def class_objective(outputs: Tensor, targets: Tensor, m: int) -> Tensor:
-    """C^alpha = sum_gamma (Y_gamma - t^(alpha)_gamma)^(2m) per example, t = +1 at alpha, -1 elsewhere."""
-    t = torch.full_like(outputs, -1.0)
-    t.scatter_(1, targets[:, None], 1.0)
-    return (outputs - t).pow(2 * m).sum(dim=1)
+    """C^alpha = sum_gamma (Y_gamma - t^(alpha)_gamma)^(2m) per example, t = +1 at alpha, -1 elsewhere: the
+    training loss (3) of one image labelled alpha."""
+    return dam_loss_terms(outputs, targets, m).sum(dim=1)
 
 
 def output_distance(outputs: Tensor, targets: Tensor) -> Tensor:
     """max_gamma |Y_gamma - t^(alpha)_gamma| per example: how far the outputs are from a perfect answer alpha."""
-    t = torch.full_like(outputs, -1.0)
-    t.scatter_(1, targets[:, None], 1.0)
-    return (outputs - t).abs().amax(dim=1)
+    return (outputs - target_outputs(outputs, targets)).abs().amax(dim=1)
 
 
 def outputs_of_spins(model: nn.Module, v: Tensor) -> Tensor:

@@ -110,12 +110,15 @@ def dam_loss(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
     return dam_loss_terms(outputs, labels, m).sum()
 
 
+def target_outputs(outputs: Tensor, labels: Tensor) -> Tensor:
+    """The target t of each example, shaped like ``outputs`` (..., B, 10): +1 at its label, -1 elsewhere."""
+    return torch.full_like(outputs, -1.0).scatter_(-1, labels[..., None], 1.0)
+
+
 def dam_loss_terms(outputs: Tensor, labels: Tensor, m: int) -> Tensor:
     """The terms (Y - t)^(2m) of eq. (3), one per example and class: outputs (..., B, 10), labels (..., B).
     Stacked training sums them per model."""
-    target = torch.full_like(outputs, -1.0)
-    target.scatter_(-1, labels[..., None], 1.0)
-    return (outputs - target).pow(2 * m)
+    return (outputs - target_outputs(outputs, labels)).pow(2 * m)
 
 
 def _update_step(
