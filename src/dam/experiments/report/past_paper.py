@@ -41,6 +41,12 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     from dam.robustness.masking import GradientHealth, ce_dlr_gap, masking_verdict
 
     suite, images = summary["suite"], summary["images"]
+    tables = {name: {norm: RobustnessTable.from_json(t) for norm, t in m["tables"].items()}
+              for name, m in summary["models"].items()}  # fmt: skip
+    # re-derived from the measurements, so the verdict follows this dam's rule whenever the results were made
+    verdicts = {name: masking_verdict(list(tables[name].values()), [GradientHealth(**g) for g in m["gradient_health"]],
+                                      m.get("starvation"))
+                for name, m in summary["models"].items()}  # fmt: skip
     norms = []
     for norm in ("linf", "l2"):
         header = ["model", "clean", *(f"eps {fmt(e, 'g')}" for e in suite[norm])]
@@ -48,7 +54,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         for name, m in summary["models"].items():
             t = m["tables"][norm]
             summary_rows.append([name, pct(t["clean_accuracy"]), *(pct(a) for a in t["worst_case"])])
-            gap = ce_dlr_gap(RobustnessTable.from_json(t))
+            gap = ce_dlr_gap(tables[name][norm])
             if gap is not None:
                 gap_rows.append([name, *(f"{100 * g:+.1f}" for g in gap)])
             detail_rows += [[name if i == 0 else "", a, *(pct(v) for v in accs)]
@@ -68,10 +74,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         )
     rows = []
     for name, m in summary["models"].items():
-        # re-derived from the measurements, so the verdict follows this dam's rule whenever the results were made
-        health = [GradientHealth(**g) for g in m["gradient_health"]]
-        v = masking_verdict([RobustnessTable.from_json(t) for t in m["tables"].values()], health,
-                            m.get("starvation"))  # fmt: skip
+        v = verdicts[name]
         h = {g["dtype"]: g for g in m["gradient_health"]}
         bad = [pct(number(h[d]["zero_fraction"]) + number(h[d]["nonfinite_fraction"])) if d in h else "-"
                for d in ("float32", "float64")]  # fmt: skip
@@ -87,7 +90,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     effort = table(["model", "norm", *(f"budget {i + 1}" for i in range(width)), "under 1 point", "seconds"],
                    effort_rows, "effort check", 2) if effort_rows else None  # fmt: skip
     return {
-        "checklist": _checklist(summary),
+        "checklist": _checklist(summary, tables, verdicts),
         "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),
@@ -124,11 +127,11 @@ def substitute_of(name: str, sources: list[str]) -> str | None:
     return next((s for s in sources if s.startswith(f"{name}-seed")), None)
 
 
-def _checklist(summary: dict[str, Any]) -> dict[str, Any]:
+def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdicts: dict[str, Any]) -> dict[str, Any]:
     """Carlini et al., "On Evaluating Adversarial Robustness" (2019): the checks behind a robustness claim, each
-    with what this run measured.  A check that did not run says so; none is counted as passed by default."""
-    from dam.robustness.attacks.accuracy import RobustnessTable
-    from dam.robustness.masking import GradientHealth, ce_dlr_gap, masking_verdict
+    with what this run measured (``tables``, ``verdicts``: each model's robustness tables and masking verdict).
+    A check that did not run says so; none is counted as passed by default."""
+    from dam.robustness.masking import ce_dlr_gap
 
     models, suite, sources = summary["models"], summary["suite"], summary["sources"]
     rows = []
@@ -154,13 +157,10 @@ def _checklist(summary: dict[str, Any]) -> dict[str, Any]:
         rows.append([check, "yes" if points < 1 else "no", f"largest change {points:.1f} points ({n}, {norm})"])
     else:
         rows.append([check, "not run", "the convergence check is off in this preset"])
-    # The rest from each model's masking verdict, re-derived from the saved measurements.
-    verdicts, gaps = {}, {}
-    for n, m in models.items():
-        tables = [RobustnessTable.from_json(t) for t in m["tables"].values()]
-        health = [GradientHealth(**g) for g in m["gradient_health"]]
-        verdicts[n] = masking_verdict(tables, health, m.get("starvation"))
-        per_norm = [max(g) for t in tables if (g := ce_dlr_gap(t)) is not None]
+    # The rest from each model's masking verdict and cross-entropy-versus-DLR gap.
+    gaps = {}
+    for n in models:
+        per_norm = [max(g) for t in tables[n].values() if (g := ce_dlr_gap(t)) is not None]
         if per_norm:
             gaps[n] = max(per_norm)
     beaten = []
