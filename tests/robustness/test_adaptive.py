@@ -89,13 +89,18 @@ def probe_images(model: nn.Module) -> Tensor:
 # (a) the system model is the detector
 
 
-@pytest.mark.parametrize("agreement", [False, True])
-def test_system_argmax_is_the_detectors_decision(agreement: bool) -> None:
+def prototype_detector(agreement: bool) -> tuple[Detector, Tensor, Tensor]:
+    """DAM_2 guarded by DAM_20 (hand-built), calibrated for 10% false rejection on held-out images; returns
+    the detector, those images and the probe images."""
     classifier = prototype_model(n=2, per_class=3, seed=0)
     guard = prototype_model(n=20, per_class=3, seed=0)
     held, _ = prototype_images(classifier, 60, noise=0.15, seed=2)
-    detector = Detector.calibrate(classifier, guard, held, 0.1, agreement=agreement)
-    x = probe_images(classifier)
+    return Detector.calibrate(classifier, guard, held, 0.1, agreement=agreement), held, probe_images(classifier)
+
+
+@pytest.mark.parametrize("agreement", [False, True])
+def test_system_argmax_is_the_detectors_decision(agreement: bool) -> None:
+    detector, held, x = prototype_detector(agreement)
     predicted = detector.predict(x)
     for scale in (0.01, 1.0, junk_scale_for(detector, held)):
         with torch.no_grad():
@@ -140,11 +145,7 @@ def test_system_on_perturbed_block_images(agreement: bool) -> None:
 
 @pytest.mark.parametrize("agreement", [False, True])
 def test_safe_outcome_view_is_wrong_exactly_when_the_detector_is_unsafe(agreement: bool) -> None:
-    classifier = prototype_model(n=2, per_class=3, seed=0)
-    guard = prototype_model(n=20, per_class=3, seed=0)
-    held, _ = prototype_images(classifier, 60, noise=0.15, seed=2)
-    detector = Detector.calibrate(classifier, guard, held, 0.1, agreement=agreement)
-    x = probe_images(classifier)
+    detector, held, x = prototype_detector(agreement)
     predicted = detector.predict(x)
     system = DetectorSystem.fitted(detector, held)
     seen = 0
