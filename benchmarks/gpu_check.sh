@@ -3,7 +3,7 @@
 #
 # Before the session, on the machine with the repository: put MNIST's four IDX files in data/mnist/
 # (ignored by git; about 11 MB) so that they travel with the working tree, e.g.
-#     mkdir -p data && cp -r ../shared/datasets/mnist data/
+#     mkdir -p data && cp -r "$DAM_DATA_DIR/mnist" data/     (or ~/.cache/dam/mnist after a first run)
 # then run this script on the device machine with that folder carried:
 #     run(command="bash benchmarks/gpu_check.sh", carry=["data"], timeout_s=600)
 # The device image has torch with CUDA; the package runs from src/ (PYTHONPATH), nothing is installed.

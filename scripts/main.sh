@@ -6,8 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh attacks
 . .venv/bin/activate
-if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
-    export DAM_DATA_DIR=$(cd ../shared/datasets && pwd)
-fi
 if [ "$#" -eq 0 ]; then set -- --preset quick --out runs/quick; fi
 dam reproduce "$@"

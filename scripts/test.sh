@@ -4,9 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test attacks sweep
 . .venv/bin/activate
-# The real-MNIST tests read $DAM_DATA_DIR/mnist; default to the shared copy beside this checkout.
-if [ -z "${DAM_DATA_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
-    export DAM_DATA_DIR=$(cd ../shared/datasets && pwd)
+# The real-MNIST tests read $DAM_DATA_DIR/mnist (they are skipped without it, outside CI); default to dam's
+# cache, where `bash scripts/main.sh` downloads MNIST.
+if [ -z "${DAM_DATA_DIR:-}" ]; then
+    cache=$(python -c "from dam.data.sources import cache_dir; print(cache_dir())")
+    if [ -d "$cache/mnist" ]; then export DAM_DATA_DIR=$cache; fi
 fi
 ruff check src tests benchmarks
 ruff format --check src tests benchmarks
