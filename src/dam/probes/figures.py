@@ -50,7 +50,7 @@ def rubbish_figure(result: RubbishResult, path: str | os.PathLike[str], title: s
                 mark = "" if bool(result.success[i]) else " x"
                 ax.set_title(f"{int(result.predictions[i])}{mark}", fontsize=8, pad=1)
     fig.suptitle(
-        f"{title}: rubbish images from noise, columns = target class 0-9 (title: model label; x = C did not converge)"
+        f"{title}: rubbish images from noise, columns = target class 0-9 (title: model label; x = not converged)"
     )
     return save_figure(fig, path)
 
