@@ -67,6 +67,8 @@ def test_bad_input_is_named():
         PGD(model, [0.1])(x * 3, y)
     with pytest.raises(InputError, match="labels"):
         PGD(model, [0.1])(x, y.float())
+    with pytest.raises(InputError, match="empty"):
+        PGD(model, [0.1])(x[:0], y[:0])
     with pytest.raises(ValueError, match="norm"):
         PGD(model, [0.1], norm="l1")
     with pytest.raises(ValueError, match="epsilons"):

@@ -70,6 +70,8 @@ class QueryCounter(nn.Module):
 
 def check_attack_inputs(images: Tensor, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     x = flatten_images(images, 784, torch.float32)
+    if x.shape[0] == 0:
+        raise InputError("no images to attack: the batch is empty")
     if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
         raise InputError("attack images must be finite and lie in [0, 1]")
     if labels.dtype != torch.long or labels.shape != (x.shape[0],):
