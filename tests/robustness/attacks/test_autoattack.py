@@ -3,6 +3,8 @@ diagnostics name the starvation."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -73,12 +75,16 @@ def test_every_adversarial_is_checked(starved) -> None:
             assert bool((as_logits(model)(adv[ok]).argmax(dim=1) != y[ok]).all())
 
 
-def test_worst_case_is_never_above_any_attack_and_diagnostics_flag_starvation(starved) -> None:
+def test_worst_case_is_never_above_any_attack_and_diagnostics_flag_starvation(starved, caplog) -> None:
     model, x, y = starved
     pgd = PGD(model, [0.02, 0.05], norm="linf", steps=20)
     protocol = AutoAttack(model, [0.02, 0.05], norm="linf", steps=20, targets=3, fab=False, square_queries=200)
-    table, results = robust_accuracy(model, "starved", x, y, [pgd], [protocol])
+    with caplog.at_level(logging.INFO, logger="dam.robustness.attacks.accuracy"):
+        table, results = robust_accuracy(model, "starved", x, y, [pgd], [protocol])
     assert {"pgd", "apgd-ce", "apgd-t"} <= set(table.attacks)
+    # what each attack cost is recorded, and each finished attack is one progress line
+    assert all(table.settings[a]["seconds"] > 0 for a in table.attacks)
+    assert all(any(f"linf {a}:" in r.getMessage() for r in caplog.records) for a in table.attacks)
     for accs in table.attacks.values():
         assert all(w <= a + 1e-9 for w, a in zip(table.worst_case, accs, strict=True))
     gap = ce_dlr_gap(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -13,6 +14,8 @@ from dam.data import seeded_subset
 from dam.errors import InputError
 from dam.model import as_logits
 from dam.robustness.attacks.standard import AttackResult
+
+logger = logging.getLogger(__name__)
 
 
 class Attacker(Protocol):
@@ -97,8 +100,9 @@ def robust_accuracy(
         table.attacks[attack.name] = result.robust_accuracy()
         table.gradient_free[attack.name] = not attack.uses_gradients
         table.queries_per_image[attack.name] = result.queries_per_image
-        table.settings[attack.name] = attack.describe()
+        table.settings[attack.name] = {**attack.describe(), "seconds": round(result.seconds, 2)}
         broken |= result.success
+        _log_attack(name, attack.name, result)
     for protocol in protocols:
         outcome = protocol(images, labels)
         for key, result in outcome.results.items():
@@ -110,13 +114,21 @@ def robust_accuracy(
             table.gradient_free[column] = not settings["gradients"]
             table.queries_per_image[column] = result.queries_per_image
             table.settings[column] = {**settings, "protocol": protocol.describe()["protocol"],
-                                      "seconds": round(outcome.seconds[key], 2)}  # fmt: skip
+                                      "seconds": round(result.seconds, 2)}  # fmt: skip
             if outcome.on_survivors[key]:
                 table.extra_broken[column] = [float((s & ~b).float().mean()) for s, b in zip(result.success, broken,
                                                                                               strict=True)]  # fmt: skip
             broken |= result.success
+            _log_attack(name, column, result)
     table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
     # the per-image worst case, for checks that continue from it (dam.robustness.attacks.autoattack.effort_check)
     results["worst case"] = AttackResult("worst case", norm, list(epsilons), images.new_empty(0), broken,
                                          broken.float(), 0.0)  # fmt: skip
     return table, results
+
+
+def _log_attack(model: str, column: str, result: AttackResult) -> None:
+    """One line per finished attack: an attack stage runs for hours at full size, this is its progress."""
+    accuracy = ", ".join(f"{e:g}: {100 * a:.1f}%" for e, a in zip(result.epsilons, result.robust_accuracy(),
+                                                                   strict=True))  # fmt: skip
+    logger.info("  %s, %s %s: %.0f s, robust accuracy %s", model, result.norm, column, result.seconds, accuracy)

@@ -146,10 +146,8 @@ class ReferenceAttack:
                     success[e, part[ok]] = True
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs]) if num else advs.new_zeros(
             len(self.epsilons), 0)  # fmt: skip
-        result = AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
-                              counter.rows / max(num, 1))  # fmt: skip
-        result.seconds = time.perf_counter() - started  # type: ignore[attr-defined]
-        return result
+        return AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
+                            counter.rows / max(num, 1), time.perf_counter() - started)  # fmt: skip
 
 
 class APGDCE(ReferenceAttack):
@@ -267,7 +265,7 @@ class AutoAttackResult:
 
     def add(self, key: str, attack: ReferenceAttack, result: AttackResult, on_survivors: bool) -> None:
         self.results[key] = result
-        self.seconds[key] = result.seconds  # type: ignore[attr-defined]
+        self.seconds[key] = result.seconds
         self.settings[key] = attack.describe()
         self.on_survivors[key] = on_survivors
 
@@ -370,7 +368,7 @@ def effort_check(
             break
         result = attack(images, labels, attack_only=todo)
         extra |= result.success & todo
-        seconds += result.seconds  # type: ignore[attr-defined]
+        seconds += result.seconds
     points = [100.0 * float(e.float().mean()) for e in extra]
     return {
         "attacks": [a.describe() for a in more],

@@ -11,6 +11,7 @@ the bookkeeping.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -50,6 +51,7 @@ class AttackResult:
     success: Tensor  # (E, B) bool: the model's label differs from the true label
     distances: Tensor  # (E, B) in the attack's norm
     queries_per_image: float  # forward evaluations of the model per image (a gradient costs one more)
+    seconds: float = 0.0  # wall time the attack took (what it cost, beside the queries)
 
     def robust_accuracy(self) -> list[float]:
         return [1.0 - float(s.float().mean()) for s in self.success] if self.success.shape[1] else []
@@ -128,6 +130,7 @@ class Attack:
         fmodel = fb.PyTorchModel(counting, bounds=(0.0, 1.0), device=device)
         attack = self._foolbox_attack(fb)
         advs, wins = [], []
+        started = time.perf_counter()
         # Foolbox draws its random starts and directions from torch's global generator: fork it so the
         # result depends on ``seed`` only and the caller's random state is left alone.
         devices = [device] if device.type == "cuda" else []
@@ -142,7 +145,7 @@ class Attack:
         success = torch.cat(wins, dim=1) if wins else torch.zeros(len(self.epsilons), 0, dtype=torch.bool)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in adversarials])
         return AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(), success.cpu(), distances.cpu(),
-                            counting.rows / max(len(x), 1))  # fmt: skip
+                            counting.rows / max(len(x), 1), time.perf_counter() - started)  # fmt: skip
 
 
 class FGSM(Attack):
@@ -278,6 +281,7 @@ class Transfer:
                 "source": self.source_attack.describe()}  # fmt: skip
 
     def __call__(self, images: Tensor, labels: Tensor) -> AttackResult:
+        started = time.perf_counter()
         src = self.source_result
         if src is None:
             src = self.source_attack(images, labels)
@@ -289,4 +293,4 @@ class Transfer:
         with torch.no_grad():
             success = torch.stack([logits(a.to(device)).argmax(dim=1) != y for a in src.adversarials]).cpu()
         return AttackResult(self.name, self.norm, self.epsilons, src.adversarials, success, src.distances,
-                            float(len(self.epsilons)))  # fmt: skip
+                            float(len(self.epsilons)), time.perf_counter() - started)  # fmt: skip
