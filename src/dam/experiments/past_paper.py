@@ -154,7 +154,7 @@ def run_beyond(
 
     if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
         from dam.robustness.detector import DetectorError
-        from dam.robustness.detector_sets import foolbox_available, run_detection
+        from dam.robustness.detector_sets import run_detection
 
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
         detector_settings = dict(plan.detector)

@@ -123,9 +123,8 @@ class ReferenceAttack:
         x, y = check_attack_inputs(images, labels, device)
         counter = QueryCounter(as_logits(self.model)).eval()
         net = _Images4d(counter).eval()
-        num = len(x)
         with torch.no_grad(), eager_kernels():
-            correct = counter(x).argmax(dim=1) == y if num else torch.zeros(0, dtype=torch.bool, device=device)
+            correct = counter(x).argmax(dim=1) == y
         counter.rows = 0
         advs = x.unsqueeze(0).repeat(len(self.epsilons), 1, 1)
         success = (~correct).unsqueeze(0).repeat(len(self.epsilons), 1)
@@ -144,10 +143,9 @@ class ReferenceAttack:
                     ok = verified_success(counter, x[part], candidate, y[part], self.norm, eps)
                     advs[e, part[ok]] = candidate[ok]
                     success[e, part[ok]] = True
-        distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs]) if num else advs.new_zeros(
-            len(self.epsilons), 0)  # fmt: skip
+        distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
         return AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
-                            counter.rows / max(num, 1), time.perf_counter() - started)  # fmt: skip
+                            counter.rows / len(x), time.perf_counter() - started)  # fmt: skip
 
 
 class APGDCE(ReferenceAttack):
@@ -259,13 +257,11 @@ class AutoAttackResult:
     norm: str
     epsilons: list[float]
     results: dict[str, AttackResult] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_survivors: dict[str, bool] = field(default_factory=dict)  # saw only what the attacks before left
 
     def add(self, key: str, attack: ReferenceAttack, result: AttackResult, on_survivors: bool) -> None:
         self.results[key] = result
-        self.seconds[key] = result.seconds
         self.settings[key] = attack.describe()
         self.on_survivors[key] = on_survivors
 

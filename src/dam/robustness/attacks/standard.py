@@ -141,11 +141,11 @@ class Attack:
                                                   y[i : i + self.batch_size])  # fmt: skip
                 advs.append(adv)
                 wins.append(success)
-        adversarials = torch.cat(advs, dim=1) if advs else x.new_empty(len(self.epsilons), 0, 784)
-        success = torch.cat(wins, dim=1) if wins else torch.zeros(len(self.epsilons), 0, dtype=torch.bool)
+        adversarials = torch.cat(advs, dim=1)
+        success = torch.cat(wins, dim=1)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in adversarials])
         return AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(), success.cpu(), distances.cpu(),
-                            counting.rows / max(len(x), 1), time.perf_counter() - started)  # fmt: skip
+                            counting.rows / len(x), time.perf_counter() - started)  # fmt: skip
 
 
 class FGSM(Attack):
