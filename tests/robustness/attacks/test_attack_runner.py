@@ -87,3 +87,16 @@ def test_cli_attack_missing_run_is_one_line_before_any_data(tmp_path, capsys):
     assert cli.main(["attack", str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--data-dir", "/nowhere"]) == 2
     err = capsys.readouterr().err
     assert "no such run folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_reuse_key_names_the_attacks_that_are_transferred():
+    """A result made without the APGD-T transfers is not reused by a suite that transfers them."""
+    import torch
+
+    model = torch.nn.Linear(784, 10)
+    for suite, names, suffixes in ((SMALL, ["pgd", "apgd-t"], ["", " (apgd-t)"]),
+                                   (AttackSuite(autoattack="none"), ["pgd"], [""])):  # fmt: skip
+        assert suite.transferred() == names
+        made = suite.source_attacks(model, "linf")
+        assert list(made) == suffixes
+        assert [a.name for a in made.values()] == names

@@ -107,19 +107,25 @@ class AttackSuite:
                             initial_gradient_eval_steps=min(100, self.hsj_max_evals),
                 max_gradient_eval_steps=self.hsj_max_evals, seed=self.seed)]  # fmt: skip
 
-    def source_attack(self, model: nn.Module, norm: str) -> Attack:
-        return PGD(model, self.budgets(norm), norm=norm, steps=self.pgd_steps, seed=self.seed)
+    def transferred(self) -> list[str]:
+        """The attacks whose adversarials on a source model are transferred: PGD on cross-entropy, and (with
+        AutoAttack on) targeted APGD on the DLR loss.  PGD alone is starved on a large-n source as it is on a
+        large-n target (measured on the quick models: DAM_30's seed-1 substitute's PGD adversarials left
+        DAM_30 87% at L-inf 0.1, its worst case 70%)."""
+        return ["pgd"] + (["apgd-t"] if self.autoattack != "none" else [])
 
-    def source_attacks(self, model: nn.Module, norm: str) -> dict[str, Any]:
-        """The attacks whose adversarials on a source model are transferred, by the suffix of their transfer's
-        name: PGD on cross-entropy, and (with AutoAttack on) targeted APGD on the DLR loss.  PGD alone is
-        starved on a large-n source as it is on a large-n target (measured on the quick models: DAM_30's
-        seed-1 substitute's PGD adversarials left DAM_30 87% at L-inf 0.1, its worst case 70%)."""
-        attacks: dict[str, Any] = {"": self.source_attack(model, norm)}
-        if self.autoattack != "none":
-            from dam.robustness.attacks.autoattack import APGDT
+    def source_attacks(self, model: nn.Module, norm: str) -> dict[str, Attack]:
+        """The attacks of :meth:`transferred` on a source model, by the suffix of their transfer's name
+        ("" for PGD, " (apgd-t)")."""
+        attacks: dict[str, Attack] = {}
+        for name in self.transferred():
+            if name == "pgd":
+                attacks[""] = PGD(model, self.budgets(norm), norm=norm, steps=self.pgd_steps, seed=self.seed)
+            elif name == "apgd-t":
+                from dam.robustness.attacks.autoattack import APGDT
 
-            attacks[" (apgd-t)"] = APGDT(model, self.budgets(norm), norm=norm, steps=self.aa_steps, seed=self.seed)
+                attacks[f" ({name})"] = APGDT(model, self.budgets(norm), norm=norm, steps=self.aa_steps,
+                                              seed=self.seed)  # fmt: skip
         return attacks
 
 
@@ -133,9 +139,8 @@ def attack_images(
 
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
     """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
-    transfers = ["pgd"] + (["apgd-t"] if suite.autoattack != "none" else [])  # what source_attacks transfers
     return result_key(weights=model_md5(run), sources=sources, suite=asdict(suite), images_md5=tensor_md5(images),
-                      transfers=transfers)  # fmt: skip
+                      transfers=suite.transferred())  # fmt: skip
 
 
 def attack_model(
