@@ -48,9 +48,9 @@ from dam.training.loop import (
     epoch_permutation,
     error_rate,
     fit,
-    load_train_state,
     prepare_data,
     resolved_data_dir,
+    restore_trainer,
     resumed_settings,
     run_record,
     settings_from,
@@ -263,10 +263,7 @@ def adversarial_finetune(
         data = prepare_data(settings.dataset, settings.seed, settings.train_subset, False, data_dir, device)
         # the base run's momentum is not carried over: the trainer starts from V = 0
         trainer = AdversarialTrainer(model, settings, training_search(model, config, settings.m), config.fraction)
-        start_epoch = 0
-        if resuming:
-            tensors, meta, start_epoch = load_train_state(folder)
-            trainer.load_state(tensors, meta, folder)
+        start_epoch = restore_trainer(trainer, folder) if resuming else 0
         run_info = {
             **run_record("dam", asdict(model.config), settings, device, data_dir),
             "adversarial": asdict(config),

@@ -187,6 +187,13 @@ class Trainer(Protocol):
     def save_model(self, folder: Path, run_info: dict[str, Any]) -> None: ...
 
 
+def restore_trainer(trainer: Trainer, folder: Path) -> int:
+    """Load a run folder's training state into ``trainer`` (its ``load_state``); the epochs it had done."""
+    tensors, meta, epochs_done = load_train_state(folder)
+    trainer.load_state(tensors, meta, folder)
+    return epochs_done
+
+
 @dataclass
 class RunPlan:
     """Where a run goes and how far: shared by every trainer."""

@@ -25,9 +25,9 @@ from dam.training.loop import (
     as_unit_float,
     epoch_permutation,
     fit,
-    load_train_state,
     prepare_data,
     resolved_data_dir,
+    restore_trainer,
     resumed_settings,
     run_record,
     settings_from,
@@ -138,10 +138,7 @@ def train_mlp(
                             train_config.validation, data_dir, device)  # fmt: skip
         model = MLPClassifier(model_config, torch.Generator().manual_seed(train_config.seed)).to(device)
         trainer = MLPTrainer(model, train_config)
-        start = 0
-        if resuming:
-            tensors, meta, start = load_train_state(folder)
-            trainer.load_state(tensors, meta, folder)
+        start = restore_trainer(trainer, folder) if resuming else 0
         run_info = run_record(KIND, asdict(model_config), train_config, device, data_dir)
         plan = RunPlan(folder, train_config.epochs, train_config.eval_every, f"train {model_config.name}")
         fit(trainer, plan, run_info, data, start_epoch=start, stop_after=stop_after, progress=progress, log=log)

@@ -32,9 +32,9 @@ from dam.training.loop import (
     as_unit_float,
     epoch_permutation,
     fit,
-    load_train_state,
     prepare_data,
     resolved_data_dir,
+    restore_trainer,
     resumed_settings,
     run_record,
     settings_from,
@@ -252,8 +252,7 @@ def start_trainer(config: TrainConfig, folder: Path, resuming: bool, device: tor
     trainer = DAMTrainer(new_model(config, device), config)
     if not resuming:
         return trainer, 0
-    tensors, meta, start_epoch = load_train_state(folder)
-    trainer.load_state(tensors, meta, folder)
+    start_epoch = restore_trainer(trainer, folder)
     trainer.model.temperature = config.temperature_at(max(start_epoch - 1, 0))
     return trainer, start_epoch
 
