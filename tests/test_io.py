@@ -1,4 +1,5 @@
-"""Atomic writes: permissions from the umask, and write failures as one-line RunFolderErrors."""
+"""Atomic writes: permissions from the umask, and write failures as one-line RunFolderErrors; config reads
+as one-line CheckpointErrors."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from pathlib import Path
 import pytest
 
 import dam.io
-from dam.errors import RunFolderError
-from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, current_umask, read_jsonl
+from dam.errors import CheckpointError, RunFolderError
+from dam.io import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    current_umask,
+    read_json_object,
+    read_jsonl,
+)
 
 
 @pytest.fixture
@@ -140,3 +148,15 @@ def test_append_jsonl_full_disk_cuts_the_torn_line_off(tmp_path: Path, monkeypat
 def test_append_jsonl_to_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(RunFolderError, match="No such file or directory"):
         append_jsonl(tmp_path / "absent" / "metrics.jsonl", {"k": 1})
+
+
+def test_read_json_object_names_each_problem(tmp_path: Path):
+    path = tmp_path / "config.json"
+    with pytest.raises(CheckpointError, match="missing; not a run folder"):
+        read_json_object(path, "not a run folder")
+    for text, problem in (("{", "not valid JSON"), ("[1, 2]", "not a JSON object"), (b"\xff", "not valid JSON")):
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(CheckpointError, match=problem):
+            read_json_object(path, "not a run folder")
+    atomic_write_json(path, {"kind": "dam"})
+    assert read_json_object(path, "") == {"kind": "dam"}

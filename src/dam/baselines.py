@@ -10,7 +10,6 @@ config.json with ``"kind": "mlp"``, metrics.jsonl, a resumable training state); 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 from dam.model import (
     ACCEPTED_NOTE,
     ACCEPTED_PIXELS,
@@ -105,8 +105,6 @@ class MLPClassifier(nn.Module):
         """``model.safetensors`` and ``config.json`` (with ``run_info``), both written atomically; no pickle."""
         from safetensors.torch import save as st_save
 
-        from dam.io import atomic_write_bytes, atomic_write_json
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -122,12 +120,7 @@ class MLPClassifier(nn.Module):
 
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        try:
-            raw = json.loads(config_path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{config_path}: missing; {folder} is not a run folder") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+        raw = read_json_object(config_path, f"{folder} is not a run folder")
         if raw.get("kind") != KIND:
             raise CheckpointError(f"{config_path}: holds a {raw.get('kind', 'dam')!r} model, not an MLP baseline")
         if raw.get("format_version") != FORMAT_VERSION:

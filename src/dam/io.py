@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dam.errors import RunFolderError
+from dam.errors import CheckpointError, RunFolderError
 
 
 @functools.cache
@@ -116,3 +116,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 break
             raise
     return records
+
+
+def read_json_object(path: str | os.PathLike[str], missing: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a run folder's config.json); a missing, unreadable or other
+    file is one CheckpointError, ``missing`` saying what its absence means."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {missing}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data

@@ -15,7 +15,6 @@ elementwise map-reduce over (B, 10, K) that we fuse with ``torch.compile`` where
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import CheckpointError, InputError
+from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10
@@ -449,8 +449,6 @@ class DenseAssociativeMemory(nn.Module):
         """
         from safetensors.torch import save as st_save
 
-        from dam.io import atomic_write_bytes, atomic_write_json
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = {"memories": self.memories.detach().to("cpu").contiguous()}
@@ -509,11 +507,8 @@ def _read_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor,
     for path in (config_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (a run folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict) or "model" not in raw:
+    raw = read_json_object(config_path, f"{folder} is not a run folder")
+    if "model" not in raw:
         raise CheckpointError(f"{config_path}: no 'model' section; not a dam run folder")
     if raw.get("kind", "dam") != "dam":
         raise CheckpointError(

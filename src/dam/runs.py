@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from dam.errors import CheckpointError, RunFolderError, RunLockedError
+from dam.io import read_json_object
 from dam.model import CONFIG_FILE, WEIGHTS_FILE, DenseAssociativeMemory
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,16 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 def read_run_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; {folder} is not a dam run folder") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return data
+    return read_json_object(Path(folder) / CONFIG_FILE, f"{folder} is not a dam run folder")
 
 
 def run_kind(folder: str | os.PathLike[str]) -> str:
