@@ -65,7 +65,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=list(PRESETS),
         default="quick",
-        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace("%", "%%"),  # argparse formats help
+        help=" ".join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace("%", "%%"),  # argparse formats help
     )
     p.add_argument("--out", help="output folder (default: runs/PRESET, or runs/PRESET-seedS with --seed)")
     p.add_argument(

@@ -116,7 +116,7 @@ PRESETS: dict[str, ReproducePreset] = {
         limits={
             "clean_error": "K = 400 memories trained for 30 epochs (half a minute per model here) reach 2.4-3.7%; "
             "other uses of the same minutes did no better for DAM_30 (3.4-8.3%, dam.training.presets); the "
-            "paper's 1.5% needs K = 2000 and hundreds of epochs (the cpu preset: 1.6-1.9%)",
+            "paper's 1.5% needs K = 2000 and hundreds of epochs (the cpu preset: 1.6-2.0%)",
             "boundary_pictures": "the K = 400 DAM_2 and DAM_3 have few features, so their own boundary "
             "deformations already follow the class-mean difference (correlation 0.56 and 0.50, against 0.39 and "
             "0.40 for the K = 2000 cpu models) about as much as DAM_30's (0.52)",
@@ -137,7 +137,7 @@ PRESETS: dict[str, ReproducePreset] = {
         "cpu",
         images=10000,
         per_class=100,
-        description="K = 2000 models, 400 epochs each (the foundation's CPU schedule, 1.6-1.9% test "
+        description="K = 2000 models, 400 epochs each (the CPU schedule, 1.6-2.0% test "
         "error); the paper's full probes: 10,000 test images and 100 rubbish images per class and model. "
         "Hours on a 2-core CPU.",
         baselines=FULL_BASELINES,
