@@ -51,6 +51,18 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
     lines.clear()
     run_attacks(runs, tmp_path, SMALL, sources=[str(mlp_run)], data_dir=mnist_dir, log=lines.append)
     assert sum("reused" in line for line in lines) == 2
+    # a model attacked again (here: its result deleted, as a kill mid-model leaves it) reuses the source's
+    # attacks from OUT/sources, and its transfers come out as before
+    assert sorted(p.name for p in (tmp_path / "sources").iterdir()) == [
+        "mlp-relu-l2.json", "mlp-relu-l2.safetensors", "mlp-relu-linf.json", "mlp-relu-linf.safetensors"]  # fmt: skip
+    (tmp_path / "models" / "n2.json").unlink()
+    lines.clear()
+    again = run_attacks(runs, tmp_path, SMALL, sources=[str(mlp_run)], data_dir=mnist_dir, log=lines.append)
+    assert sum(line.startswith("source mlp-relu") and "reused" in line for line in lines) == 2
+    for norm in ("linf", "l2"):
+        before, after = summary["models"]["n2"]["tables"][norm], again["models"]["n2"]["tables"][norm]
+        for name in ("transfer:mlp-relu", "transfer:mlp-relu (apgd-t)"):
+            assert after["attacks"][name] == before["attacks"][name]
 
 
 def test_cli_attack_prints_the_table_and_verdicts(tiny_reproduction, mnist_dir, tmp_path, capsys):

@@ -3,7 +3,8 @@
 Per model: robust accuracy against budget (L-inf and L2) under FGSM, PGD, HopSkipJump and transfer
 from the source models, the gradient-health check in float32 and float64, and the masking verdict,
 written to ``OUT/models/<name>.json`` once finished and reused while the model's weights, the sources'
-weights, the image subset and the settings are unchanged.
+weights, the image subset and the settings are unchanged.  The source models' attacks, whose adversarials
+every model is shown, are kept in ``OUT/sources`` by the same rule.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from dam.data import load_dataset
 from dam.environment import environment_info
 from dam.errors import InputError
-from dam.io import atomic_write_json
+from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
@@ -143,6 +144,64 @@ def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) 
                       transfers=suite.transferred())  # fmt: skip
 
 
+RESULT_TENSORS = ("adversarials", "success", "distances")  # what AttackResult holds as tensors
+
+
+def source_attack_results(
+    source: str,
+    images: Tensor,
+    labels: Tensor,
+    suite: AttackSuite,
+    folder: Path,
+    device: str = "cpu",
+    log: Callable[[str], None] = logger.info,
+) -> dict[str, dict[str, AttackResult]]:
+    """The transferred attacks' results on a source model, per norm and suffix (:meth:`AttackSuite.source_attacks`).
+
+    Each norm's results are kept in ``folder`` (``<source>-<norm>.safetensors`` with a JSON key beside it) and
+    reused while the source's weights, the suite and the images are unchanged: at full size they take half an
+    hour for a large-n source, which a resumed attack stage would otherwise pay again.
+    """
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
+
+    name = model_name(source)
+    key = result_key(weights=model_md5(source), suite=asdict(suite), images_md5=tensor_md5(images),
+                     transfers=suite.transferred())  # fmt: skip
+    model: nn.Module | None = None
+    results: dict[str, dict[str, AttackResult]] = {}
+    for norm in ("linf", "l2"):
+        stem = folder / f"{name}-{norm}"
+        saved = _saved(stem.with_suffix(".json"))
+        if key_matches(saved, key, "key") and stem.with_suffix(".safetensors").exists():
+            tensors = load_file(str(stem.with_suffix(".safetensors")))
+            results[norm] = {
+                r["suffix"]: AttackResult(attack=r["attack"], norm=norm, epsilons=r["epsilons"],
+                                          queries_per_image=r["queries_per_image"], seconds=r["seconds"],
+                                          **{t: tensors[f"{i}.{t}"] for t in RESULT_TENSORS})
+                for i, r in enumerate(saved["results"])
+            }  # fmt: skip
+            log(f"source {name}, {norm}: reused {stem.with_suffix('.json')}")
+            continue
+        if model is None:
+            model = load_model(source, device=device).eval()
+        results[norm] = {}
+        for suffix, attack in suite.source_attacks(model, norm).items():
+            results[norm][suffix] = result = attack(images, labels)
+            log(f"  source {name}, {norm} {result.attack}: {result.seconds:.0f} s, its own robust accuracy "
+                + ", ".join(f"{e:g}: {100 * a:.1f}%" for e, a in zip(result.epsilons, result.robust_accuracy(),
+                                                                     strict=True)))  # fmt: skip
+        by_suffix = list(results[norm].items())
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{i}.{t}": getattr(r, t).detach().cpu().contiguous()
+                   for i, (_, r) in enumerate(by_suffix) for t in RESULT_TENSORS}  # fmt: skip
+        atomic_write_bytes(stem.with_suffix(".safetensors"), st_save(tensors))
+        atomic_write_json(stem.with_suffix(".json"), {"key": key, "results": [
+            {"suffix": suffix, "attack": r.attack, "epsilons": r.epsilons, "queries_per_image": r.queries_per_image,
+             "seconds": r.seconds} for suffix, r in by_suffix]})  # fmt: skip
+    return results
+
+
 def attack_model(
     run: str,
     images: Tensor,
@@ -245,11 +304,9 @@ def run_attacks(
         if source_results is None:  # made once, only when some model needs them
             source_results = {norm: {} for norm in ("linf", "l2")}
             for src in sources:
-                source = load_model(src, device=device).eval()
-                for norm in source_results:
-                    source_results[norm][model_name(src)] = {
-                        suffix: attack(images, labels) for suffix, attack in suite.source_attacks(source, norm).items()
-                    }
+                for norm, by_suffix in source_attack_results(src, images, labels, suite, out / "sources", device,
+                                                             log).items():  # fmt: skip
+                    source_results[norm][model_name(src)] = by_suffix
         log(f"attack {name}: {len(images)} images ...")
         result = {**attack_model(run, images, labels, suite, source_results, device), "key": key}
         atomic_write_json(path, result)
@@ -318,8 +375,6 @@ def write_tables(summary: dict[str, Any], out: Path) -> None:
     """robust_accuracy_<norm>.csv (model, attack, one column per budget) and masking.csv (one verdict per model)."""
     import csv
     import io
-
-    from dam.io import atomic_write_bytes
 
     for norm in ("linf", "l2"):
         buf = io.StringIO()
