@@ -13,14 +13,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     for run in [*args.runs, *args.transfer_from]:
         run_kind(run)
-    out = OutputFolder(args.out, "attack output folder")
-    out.check_writable()
-
+    # settings are checked before the output folder is made
     suite = AttackSuite(images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
                         hsj_steps=args.hsj_steps, hsj_max_evals=args.hsj_max_evals,
                         hsj_norms=tuple(args.hsj_norms.split(",")) if args.hsj_norms else (),
                         autoattack=args.autoattack, aa_steps=args.aa_steps, aa_fab=not args.no_fab,
                         square_queries=args.square_queries)  # fmt: skip
+    out = OutputFolder(args.out, "attack output folder")
+    out.check_writable()
+
     with out.lock():
         summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
                               device=args.device)  # fmt: skip
@@ -49,14 +50,14 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", help="run folders (DAMs or baselines) to attack")
     p.add_argument("--out", required=True, help="output folder (finished models are reused)")
     p.add_argument("--transfer-from", nargs="*", default=[], metavar="RUN",
-                   help="source models whose PGD adversarials are shown to every other model")  # fmt: skip
+                   help="source models whose PGD and APGD-T adversarials are shown to every other model")  # fmt: skip
     p.add_argument("--images", type=positive_int, default=d.images, help="size of the seeded test subset")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--linf", type=positive_floats, default=d.linf, help="L-inf budgets, comma-separated")
     p.add_argument("--l2", type=positive_floats, default=d.l2, help="L2 budgets, comma-separated")
     p.add_argument("--pgd-steps", type=positive_int, default=d.pgd_steps)
-    p.add_argument("--hsj-steps", type=int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
-    p.add_argument("--hsj-max-evals", type=int, default=d.hsj_max_evals,
+    p.add_argument("--hsj-steps", type=nonnegative_int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
+    p.add_argument("--hsj-max-evals", type=positive_int, default=d.hsj_max_evals,
                    help="HopSkipJump's cap on queries per gradient estimate")  # fmt: skip
     p.add_argument("--hsj-norms", default=",".join(d.hsj_norms), help="norms HopSkipJump runs in: linf, l2 or linf,l2")
     p.add_argument("--autoattack", choices=["standard", "plus", "none"], default=d.autoattack,

@@ -112,3 +112,18 @@ def test_the_reuse_key_names_the_attacks_that_are_transferred():
         made = suite.source_attacks(model, "linf")
         assert list(made) == suffixes
         assert [a.name for a in made.values()] == names
+
+
+def test_bad_settings_name_the_rule_before_the_output_folder_exists(tiny_reproduction, tmp_path, capsys):
+    import pytest
+
+    from dam.errors import InputError
+
+    with pytest.raises(InputError, match="pgd_steps >= 1 violated"):
+        AttackSuite(pgd_steps=0)
+    out = tmp_path / "out"
+    run = str(tiny_reproduction / "runs" / "n2")
+    assert cli.main(["attack", run, "--out", str(out), "--hsj-norms", "linf,l1"]) == 2
+    err = capsys.readouterr().err
+    assert "hsj_norms among linf, l2 violated" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

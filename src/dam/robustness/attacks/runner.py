@@ -83,13 +83,21 @@ class AttackSuite:
                            fab=self.aa_fab, square_queries=self.square_queries, seed=self.seed)]  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.autoattack not in ("standard", "plus", "none") or self.aa_steps < 1 or self.square_queries < 0:
-            raise InputError(f"invalid AutoAttack settings in {self}")
-        if (self.images < 1 or not self.linf or not self.l2 or self.pgd_steps < 1 or self.hsj_steps < 0
-                or self.hsj_max_evals < 1):  # fmt: skip
-            raise InputError(f"invalid AttackSuite {self}")
-        if not set(self.hsj_norms) <= {"linf", "l2"}:
-            raise InputError(f"hsj_norms must name linf and/or l2, got {self.hsj_norms}")
+        rules = {
+            "autoattack in standard, plus, none": self.autoattack in ("standard", "plus", "none"),
+            "aa_steps >= 1": self.aa_steps >= 1,
+            "square_queries >= 0": self.square_queries >= 0,
+            "images >= 1": self.images >= 1,
+            "linf budgets given": bool(self.linf),
+            "l2 budgets given": bool(self.l2),
+            "pgd_steps >= 1": self.pgd_steps >= 1,
+            "hsj_steps >= 0": self.hsj_steps >= 0,
+            "hsj_max_evals >= 1": self.hsj_max_evals >= 1,
+            "hsj_norms among linf, l2": set(self.hsj_norms) <= {"linf", "l2"},
+        }
+        bad = [rule for rule, ok in rules.items() if not ok]
+        if bad:
+            raise InputError(f"invalid attack settings: {', '.join(bad)} violated ({self})")
 
     def budgets(self, norm: str) -> list[float]:
         return list(self.linf if norm == "linf" else self.l2)
