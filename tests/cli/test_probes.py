@@ -39,6 +39,11 @@ def test_transfer_writes_tables_and_reuses_results(setup, tmp_path, capsys) -> N
     stamp = (out / "dam2" / "boundary.safetensors").stat().st_mtime_ns
     assert main(argv) == 0  # a second run reuses every finished per-model result
     assert (out / "dam2" / "boundary.safetensors").stat().st_mtime_ns == stamp
+    calibration = out / "dam2" / "calibration.json"
+    made = json.loads(calibration.read_text())
+    calibration.write_text(calibration.read_text()[:10])  # torn (a kill mid-write of an older dam, a full disk)
+    assert main(argv) == 0  # made again, not a traceback
+    assert json.loads(calibration.read_text())["beta_sm"] == made["beta_sm"]
 
 
 def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:

@@ -149,17 +149,14 @@ def run_calibration(
     run: str | os.PathLike[str], out: Path, images: Tensor, labels: Tensor, device: str = "cpu"
 ) -> dict[str, Any]:
     path = out / model_name(run) / "calibration.json"
-    if path.exists():
-        import json
-
-        saved = json.loads(path.read_text())
-        if saved.get("images_md5") == tensor_md5(images) and saved.get("model_md5") == model_md5(run):
-            return saved
+    saved = read_json(path)  # None when missing or unreadable: then it is made again
+    inputs = {"images_md5": tensor_md5(images), "model_md5": model_md5(run)}
+    if isinstance(saved, dict) and all(saved.get(k) == v for k, v in inputs.items()):
+        return saved
     model = DenseAssociativeMemory.load(run, device=device)
     outputs = model_outputs(model, images)
     result = {
-        "run": str(run), "model": model_name(run), "beta_sm": None, "images": len(images),
-        "images_md5": tensor_md5(images), "model_md5": model_md5(run),
+        "run": str(run), "model": model_name(run), "beta_sm": None, "images": len(images), **inputs,
         "accuracy": float((outputs.argmax(dim=1) == labels).double().mean()),
         "binned_error_paper_beta": confidence_binned_error(outputs, labels, PAPER_BETA_SM),
     }  # fmt: skip
