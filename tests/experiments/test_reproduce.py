@@ -137,6 +137,13 @@ def test_cli_reproduce_reports_a_wrong_folder_in_one_line(reproduction: Path, ca
     assert "preset 'tiny'" in err and "Traceback" not in err
 
 
+def test_cli_reproduce_reports_a_damaged_record_in_one_line(tmp_path: Path, capsys):
+    (tmp_path / "reproduce.json").write_text('{"preset": ')  # torn by hand: dam writes it atomically
+    assert main(["reproduce", "--preset", "quick", "--out", str(tmp_path), "--no-check", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "reproduce.json: not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
 def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("DAM_DATA_DIR", raising=False)  # no data anywhere but where the run started
     reproduce(TINY, reproduction, check=False, log=lambda line: None)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.cli import main
+from dam.errors import CheckpointError
 from dam.robustness.detector import JUNK, Detector, detector_figure, evaluate_detector, noise_images, threshold_for
 from fakes import prototype_model
 
@@ -213,6 +214,11 @@ def test_save_and_load(tmp_path: Path) -> None:
     assert torch.equal(loaded.predict(x), detector.predict(x))
     with pytest.raises(ValueError, match="classifier, guard"):
         Detector.load(detector.save(tmp_path / "settings.json"))
+    with pytest.raises(CheckpointError, match="missing; no detector was saved there"):
+        Detector.load(tmp_path / "nothing.json")
+    (tmp_path / "torn.json").write_text('{"threshold": 0.2')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Detector.load(tmp_path / "torn.json")
 
 
 # (a) a small DAM trained on real MNIST as the guard

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dam.errors import InputError
-from dam.io import atomic_write_json
+from dam.io import atomic_write_json, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Stages:
     def __init__(self, folder: Path, log: Callable[[str], None]) -> None:
         self.path = folder / "stages.json"
         self.log = log
-        self.records: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.records: dict[str, Any] = read_json_object(self.path, "") if self.path.exists() else {}
 
     def run(self, name: str, fn: Callable[[], Any], done: Callable[[], bool] = lambda: False) -> Any:
         if done() and name in self.records:
@@ -294,7 +294,7 @@ def _reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "reproduce.json"
-    earlier = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    earlier = read_json_object(meta_path, "") if meta_path.exists() else {}
     if earlier:
         saved = earlier.get("preset", {})
         if saved.get("name") != plan.name:

@@ -9,7 +9,6 @@ images for a target false-rejection rate.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import DetectorError, InputError
+from dam.io import atomic_write_json, read_json_object
 from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
 
 JUNK = -1  # the label predict() gives a rejected input: no class index is negative
@@ -129,8 +129,6 @@ class Detector:
         guard_run: str | os.PathLike[str] | None = None,
     ) -> Path:
         """The settings as JSON; with the run folders recorded, :meth:`load` can rebuild the detector."""
-        from dam.io import atomic_write_json
-
         path = Path(path)
         atomic_write_json(path, {**self.settings(), **run_folders(classifier_run, guard_run)})
         return path
@@ -140,7 +138,7 @@ class Detector:
         """A detector from a JSON file written by :meth:`save` or by ``dam detect`` (its detector.json)."""
         from dam.runs import load_model
 
-        saved = json.loads(Path(path).read_text())
+        saved = read_json_object(path, "no detector was saved there")
         missing = [k for k in ("threshold", "classifier", "guard") if saved.get(k) is None]
         if missing:
             raise InputError(f"{path}: no {', '.join(missing)} recorded; it does not describe a whole detector")
