@@ -18,7 +18,7 @@ from dam.robustness.adaptive import (
     SafeOutcomeView,
     junk_scale_for,
 )
-from dam.robustness.attacks.autoattack import within_budget
+from dam.robustness.attacks.standard import within_budget
 from dam.robustness.detector import JUNK, Detector
 from fakes import prototype_images, prototype_model
 

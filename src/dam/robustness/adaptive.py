@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from dam.errors import InputError
 from dam.model import NUM_CLASSES, as_logits, eager_kernels
-from dam.robustness.attacks.autoattack import APGDCE, APGDT, within_budget
-from dam.robustness.attacks.standard import check_attack_inputs, check_budgets
+from dam.robustness.attacks.autoattack import APGDCE, APGDT
+from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, within_budget
 from dam.robustness.detector import JUNK, Detector, score_roc
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ pytest.importorskip("foolbox")
 
 from dam.model import as_logits
 from dam.robustness.attacks import PGD, robust_accuracy
-from dam.robustness.attacks.autoattack import APGDCE, APGDT, AutoAttack, Square, within_budget
+from dam.robustness.attacks.autoattack import APGDCE, APGDT, AutoAttack, Square
+from dam.robustness.attacks.standard import within_budget
 from dam.robustness.masking import ce_dlr_gap, masking_verdict, starvation
 
 SCALE = 100.0
@@ -121,3 +122,32 @@ def test_a_small_trained_dam_is_broken_by_the_dlr_attack(mnist_dir, tmp_path) ->
     ce = APGDCE(model, [0.2], steps=20)(x, y).robust_accuracy()[0]
     dlr = APGDT(model, [0.2], steps=20, targets=3)(x, y).robust_accuracy()[0]
     assert dlr <= ce + 1e-9
+
+
+def test_budgets_are_attacked_from_the_smallest_and_carried_up(starved) -> None:
+    model, x, y = starved
+    result = APGDT(model, [0.05, 0.02], norm="linf", steps=20, targets=3)(x, y)  # unsorted on purpose
+    small, large = result.success[1], result.success[0]
+    assert small.any() and (small <= large).all()
+    # an image broken within 0.02 is not attacked again within 0.05: it keeps the 0.02 adversarial
+    assert torch.equal(result.adversarials[0, small], result.adversarials[1, small])
+
+
+def test_what_the_effort_check_breaks_joins_the_worst_case(starved) -> None:
+    from dam.robustness.attacks.accuracy import add_to_worst_case
+    from dam.robustness.attacks.autoattack import effort_check
+
+    model, x, y = starved
+    table, results = robust_accuracy(model, "starved", x, y, [PGD(model, [0.02, 0.05], steps=10)])
+    assert table.worst_case == [1.0, 1.0]  # cross-entropy alone breaks nothing here
+    summary, check = effort_check(model, x, y, results["worst case"].success, [0.02, 0.05], steps=10, targets=3)
+    assert max(summary["extra_broken_points"]) > 0 and not summary["converged"]
+    add_to_worst_case(table, results, "effort check", check, {"attack": "effort check", "gradients": True})
+    assert "effort check (on survivors)" in table.attacks
+    for before, points, after in zip([1.0, 1.0], summary["extra_broken_points"], table.worst_case, strict=True):
+        assert after == pytest.approx(before - points / 100)
+    for e, eps in enumerate([0.02, 0.05]):  # its adversarials are checked like every attack's
+        ok = check.success[e]
+        assert bool(within_budget("linf", check.adversarials[e, ok], x[ok], eps).all())
+        with torch.no_grad():
+            assert bool((as_logits(model)(check.adversarials[e, ok]).argmax(dim=1) != y[ok]).all())

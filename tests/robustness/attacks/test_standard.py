@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dam.model import InputError, as_logits
-from dam.robustness.attacks import FGSM, PGD, HopSkipJump, Transfer
+from dam.robustness.attacks import FGSM, PGD, AttackResult, HopSkipJump, Transfer
 from dam.runs import load_model
 from fakes import prototype_images, prototype_model
 
@@ -73,3 +73,37 @@ def test_bad_input_is_named():
         PGD(model, [0.1], norm="l1")
     with pytest.raises(ValueError, match="epsilons"):
         FGSM(model, [])
+
+
+def test_an_adversarial_within_a_budget_counts_within_every_larger_one():
+    from dam.robustness.attacks.standard import carry_to_larger_budgets
+
+    adversarials = torch.rand(3, 2, 784)
+    success = torch.tensor([[True, False], [False, False], [False, True]])  # budgets 0.2, 0.3, 0.1 (unsorted)
+    distances = torch.rand(3, 2)
+    result = AttackResult("x", "linf", [0.2, 0.3, 0.1], adversarials.clone(), success.clone(), distances.clone(), 1.0)
+    carry_to_larger_budgets(result)
+    # image 1 broken at 0.1 -> broken at 0.2 and 0.3 with that adversarial; image 0 broken at 0.2 -> at 0.3
+    assert result.success.tolist() == [[True, True], [True, True], [False, True]]
+    assert torch.equal(result.adversarials[0, 1], adversarials[2, 1])
+    assert torch.equal(result.adversarials[1, 1], adversarials[2, 1])
+    assert torch.equal(result.adversarials[1, 0], adversarials[0, 0])
+    assert result.distances[1, 0] == distances[0, 0]
+
+
+def test_every_attacks_success_is_checked_again_and_monotone_in_the_budget(mlp_run, test_subset):
+    model = load_model(mlp_run)
+    x, y = test_subset
+
+    class Overreaching(FGSM):
+        """Claims success for adversarials twice its budget away (a library bug, say)."""
+
+        def _attack_batch(self, attack, fmodel, logits, xb, yb):
+            far = (xb + 2 * max(self.epsilons)).clamp(0, 1)
+            return far[None].repeat(len(self.epsilons), 1, 1), torch.ones(len(self.epsilons), len(xb), dtype=bool)
+
+    assert not Overreaching(model, [0.05, 0.1])(x, y).success.any()  # outside the budget: not a success
+    for norm, eps in (("linf", [0.3, 0.05, 0.1]), ("l2", [2.0, 0.5, 1.0])):
+        result = PGD(model, eps, norm=norm, steps=5)(x, y)
+        assert (result.success[1] <= result.success[2]).all() and (result.success[2] <= result.success[0]).all()
+        assert (result.distances <= torch.tensor(eps)[:, None] * (1 + 1e-5) + 1e-6).all()

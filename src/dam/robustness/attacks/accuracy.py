@@ -93,38 +93,53 @@ def robust_accuracy(
     broken = torch.zeros(len(epsilons), len(images), dtype=torch.bool)
     for attack in attacks:
         result = attack(images, labels)
-        # An image the model already gets wrong is never robust, whatever the attack made of it (a
-        # transferred adversarial, say, may happen to be classified correctly).
-        result.success = result.success | wrong
-        results[attack.name] = result
-        table.attacks[attack.name] = result.robust_accuracy()
-        table.gradient_free[attack.name] = not attack.uses_gradients
-        table.queries_per_image[attack.name] = result.queries_per_image
-        table.settings[attack.name] = {**attack.describe(), "seconds": round(result.seconds, 2)}
+        _add_column(table, results, attack.name, result, attack.describe(), wrong, broken, False)
         broken |= result.success
-        _log_attack(name, attack.name, result)
     for protocol in protocols:
         outcome = protocol(images, labels)
         for key, result in outcome.results.items():
-            result.success = result.success | wrong
-            column = f"{key} (on survivors)" if outcome.on_survivors[key] else key
-            settings = outcome.settings[key]
-            results[column] = result
-            table.attacks[column] = result.robust_accuracy()
-            table.gradient_free[column] = not settings["gradients"]
-            table.queries_per_image[column] = result.queries_per_image
-            table.settings[column] = {**settings, "protocol": protocol.describe()["protocol"],
-                                      "seconds": round(result.seconds, 2)}  # fmt: skip
-            if outcome.on_survivors[key]:
-                table.extra_broken[column] = [float((s & ~b).float().mean()) for s, b in zip(result.success, broken,
-                                                                                              strict=True)]  # fmt: skip
+            settings = {**outcome.settings[key], "protocol": protocol.describe()["protocol"]}
+            _add_column(table, results, key, result, settings, wrong, broken, outcome.on_survivors[key])
             broken |= result.success
-            _log_attack(name, column, result)
     table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
     # the per-image worst case, for checks that continue from it (dam.robustness.attacks.autoattack.effort_check)
     results["worst case"] = AttackResult("worst case", norm, list(epsilons), images.new_empty(0), broken,
                                          broken.float(), 0.0)  # fmt: skip
     return table, results
+
+
+def add_to_worst_case(
+    table: RobustnessTable, results: dict[str, AttackResult], column: str, result: AttackResult,
+    settings: dict[str, Any],
+) -> None:  # fmt: skip
+    """Add an attack run after :func:`robust_accuracy` on the survivors of its worst case (the convergence
+    check, say) as a column "... (on survivors)", and what it broke to the worst case."""
+    worst = results["worst case"]
+    wrong = torch.zeros_like(worst.success[0])  # already in the worst case at every budget
+    _add_column(table, results, column, result, settings, wrong, worst.success, True)
+    worst.success = worst.success | result.success
+    worst.distances = worst.success.float()
+    table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
+
+
+def _add_column(
+    table: RobustnessTable, results: dict[str, AttackResult], key: str, result: AttackResult,
+    settings: dict[str, Any], wrong: Tensor, broken: Tensor, on_survivors: bool,
+) -> None:  # fmt: skip
+    """One attack's column; an attack that saw only the survivors of those before it records what it added.
+    An image the model already gets wrong (``wrong``) is never robust, whatever the attack made of it (a
+    transferred adversarial, say, may happen to be classified correctly)."""
+    result.success = result.success | wrong
+    column = f"{key} (on survivors)" if on_survivors else key
+    results[column] = result
+    table.attacks[column] = result.robust_accuracy()
+    table.gradient_free[column] = not settings["gradients"]
+    table.queries_per_image[column] = result.queries_per_image
+    table.settings[column] = {**settings, "seconds": round(result.seconds, 2)}
+    if on_survivors:
+        table.extra_broken[column] = [float((s & ~b).float().mean())
+                                      for s, b in zip(result.success, broken, strict=True)]  # fmt: skip
+    _log_attack(table.model, column, result)
 
 
 def _log_attack(model: str, column: str, result: AttackResult) -> None:

@@ -11,6 +11,8 @@ this project uses.  This module adds only this package's conventions:
 - the model is attacked through :func:`dam.model.as_logits` (a DAM's pre-tanh scores);
 - every returned adversarial is checked here, independently of the library: inside its budget, inside
   [0, 1] and misclassified when re-predicted; a candidate that fails is not counted as a success;
+- budgets are attacked from the smallest up, and an image broken within a budget counts as broken (with
+  that adversarial) within every larger one, without being attacked again;
 - randomness is seeded without touching the caller's random state; queries are counted.
 
 The standard protocol runs APGD-CE and APGD-T (DLR loss, 9 target classes) on every correctly classified
@@ -40,11 +42,9 @@ from dam.robustness.attacks.standard import (
     check_attack_inputs,
     check_budgets,
     perturbation_norm,
+    verified_success,
 )
 
-# A budget is met within float rounding of x + delta - x and of the L2 rescaling.
-BUDGET_ATOL = 1e-6
-BUDGET_RTOL = 1e-5
 _REFERENCE_NORM = {"linf": "Linf", "l2": "L2"}
 
 
@@ -66,20 +66,6 @@ class _Images4d(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.logits(images.reshape(images.shape[0], -1))
-
-
-def within_budget(norm: str, adversarials: Tensor, images: Tensor, eps: float) -> Tensor:
-    """Per image: the perturbation's norm is at most eps (within float rounding)."""
-    return perturbation_norm(norm, adversarials, images) <= eps * (1 + BUDGET_RTOL) + BUDGET_ATOL
-
-
-def verified_success(logits: nn.Module, images: Tensor, adversarials: Tensor, labels: Tensor, norm: str,
-                     eps: float) -> Tensor:  # fmt: skip
-    """Per image: the adversarial is inside the budget, inside [0, 1] and misclassified when re-predicted."""
-    with torch.no_grad():
-        wrong = logits(adversarials).argmax(dim=1) != labels
-    in_box = (adversarials >= 0).all(dim=1) & (adversarials <= 1).all(dim=1)
-    return wrong & in_box & within_budget(norm, adversarials, images, eps) & torch.isfinite(adversarials).all(dim=1)
 
 
 class ReferenceAttack:
@@ -129,11 +115,18 @@ class ReferenceAttack:
         advs = x.unsqueeze(0).repeat(len(self.epsilons), 1, 1)
         success = (~correct).unsqueeze(0).repeat(len(self.epsilons), 1)
         started = time.perf_counter()
+        order = sorted(range(len(self.epsilons)), key=lambda e: self.epsilons[e])
         # The reference code seeds torch's global generator itself: fork it so that the caller's state is
         # left alone and the result depends on ``seed`` only.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager_kernels():
-            for e, eps in enumerate(self.epsilons):
-                todo = correct if attack_only is None else correct & attack_only[e].to(device)
+            for k, e in enumerate(order):
+                eps = self.epsilons[e]
+                if k:  # what broke an image within a smaller budget breaks it within this one: carried, not redone
+                    take = success[order[k - 1]] & ~success[e]
+                    advs[e, take], success[e, take] = advs[order[k - 1], take], True
+                todo = correct & ~success[e]
+                if attack_only is not None:
+                    todo &= attack_only[e].to(device)
                 index = todo.nonzero()[:, 0]
                 for start in range(0, len(index), self.batch_size):
                     part = index[start : start + self.batch_size]
@@ -346,32 +339,43 @@ def effort_check(
     steps: int = 100,
     targets: int = 9,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], AttackResult]:
     """Carlini et al.'s check that an evaluation has converged: on the images every attack left (``broken``:
     (E, B), the worst case so far), run the gradient attacks again with twice the iterations, five random
     restarts and another seed, and report how many more they break, per budget.  Under one point of robust
-    accuracy everywhere means more effort no longer changes the result."""
+    accuracy everywhere means more effort no longer changes the result.
+
+    Returns the summary and the check's own result (its checked adversarials on the survivors; the success
+    mask marks only the images it broke), which belongs in the worst case."""
     survivors = ~broken
     common = {"norm": norm, "seed": seed + 1}
     more = [APGDCE(model, epsilons, steps=2 * steps, restarts=5, **common),
             APGDDLR(model, epsilons, steps=2 * steps, restarts=5, **common),
             APGDT(model, epsilons, steps=2 * steps, targets=targets, **common)]  # fmt: skip
     extra = torch.zeros_like(broken)
-    seconds = 0.0
+    clean = images.reshape(len(images), -1).float().cpu()
+    adversarials = clean.unsqueeze(0).repeat(len(epsilons), 1, 1)
+    seconds, queries = 0.0, 0.0
     for attack in more:
         todo = survivors & ~extra
         if not todo.any():
             break
         result = attack(images, labels, attack_only=todo)
-        extra |= result.success & todo
+        new = result.success & todo
+        adversarials[new] = result.adversarials[new].cpu()
+        extra |= new
         seconds += result.seconds
+        queries += result.queries_per_image
     points = [100.0 * float(e.float().mean()) for e in extra]
-    return {
+    summary = {
         "attacks": [a.describe() for a in more],
         "extra_broken_points": points,  # robust accuracy lost per budget, in points
         "converged": all(p < 1.0 for p in points),
         "seconds": round(seconds, 2),
     }
+    distances = torch.stack([perturbation_norm(norm, a, clean) for a in adversarials])
+    return summary, AttackResult("effort check", norm, [float(e) for e in epsilons], adversarials, extra, distances,
+                                 queries, seconds)  # fmt: skip
 
 
 def _unique(out: AutoAttackResult, name: str, restarts: int) -> str:

@@ -24,7 +24,7 @@ from dam.environment import environment_info
 from dam.errors import InputError
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
-from dam.robustness.attacks.accuracy import RobustnessTable, evaluation_subset, robust_accuracy
+from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
     FGSM,
     LOGITS_NOTE,
@@ -203,6 +203,8 @@ def source_attack_results(
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"{i}.{t}": getattr(r, t).detach().cpu().contiguous()
                    for i, (_, r) in enumerate(by_suffix) for t in RESULT_TENSORS}  # fmt: skip
+        # the key goes last and is removed first: tensors never sit beside a key they were not made with
+        stem.with_suffix(".json").unlink(missing_ok=True)
         atomic_write_bytes(stem.with_suffix(".safetensors"), st_save(tensors))
         atomic_write_json(stem.with_suffix(".json"), {"key": key, "results": [
             {"suffix": suffix, "attack": r.attack, "epsilons": r.epsilons, "queries_per_image": r.queries_per_image,
@@ -237,8 +239,12 @@ def attack_model(
         if suite.effort_check and suite.autoattack != "none":
             from dam.robustness.attacks.autoattack import effort_check
 
-            effort[norm] = effort_check(model, images, labels, results["worst case"].success, suite.budgets(norm),
-                                        norm=norm, steps=suite.aa_steps, seed=suite.seed)  # fmt: skip
+            effort[norm], check = effort_check(model, images, labels, results["worst case"].success,
+                                               suite.budgets(norm), norm=norm, steps=suite.aa_steps,
+                                               seed=suite.seed)  # fmt: skip
+            # what more effort broke is broken: it joins the worst case, as a column of its own
+            settings = {"attack": "effort check", "gradients": True, "attacks": effort[norm]["attacks"]}
+            add_to_worst_case(table, results, "effort check", check, settings)
     health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
     verdict = masking_verdict(list(tables.values()), health, starved)
     return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},

@@ -6,11 +6,14 @@ adversarial images per budget, which of them are misclassified (``success``; a c
 misclassified counts as a success at every budget, so 1 - success is robust accuracy), their distances
 from the clean images and how many model evaluations per image the attack spent.  The attacks
 themselves are Foolbox's; this module only fixes the model view (:func:`as_logits`), the seeding and
-the bookkeeping.
+the bookkeeping: every success is checked again here (:func:`verified_success`: inside the budget, in
+[0, 1], finite, misclassified when predicted again), and an adversarial within a budget counts within
+every larger one (:func:`carry_to_larger_budgets`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +100,40 @@ def perturbation_norm(norm: str, a: Tensor, b: Tensor) -> Tensor:
     return diff.abs().amax(dim=1) if norm == "linf" else diff.norm(dim=1)
 
 
+# A budget is met within float rounding of x + delta - x and of the L2 rescaling.
+BUDGET_ATOL = 1e-6
+BUDGET_RTOL = 1e-5
+
+
+def within_budget(norm: str, adversarials: Tensor, images: Tensor, eps: float) -> Tensor:
+    """Per image: the perturbation's norm is at most eps (within float rounding)."""
+    return perturbation_norm(norm, adversarials, images) <= eps * (1 + BUDGET_RTOL) + BUDGET_ATOL
+
+
+def verified_success(logits: nn.Module, images: Tensor, adversarials: Tensor, labels: Tensor, norm: str,
+                     eps: float) -> Tensor:  # fmt: skip
+    """Per image: the adversarial is inside the budget, inside [0, 1] and misclassified when re-predicted."""
+    with torch.no_grad():
+        wrong = logits(adversarials).argmax(dim=1) != labels
+    in_box = (adversarials >= 0).all(dim=1) & (adversarials <= 1).all(dim=1)
+    return wrong & in_box & within_budget(norm, adversarials, images, eps) & torch.isfinite(adversarials).all(dim=1)
+
+
+def carry_to_larger_budgets(result: AttackResult) -> AttackResult:
+    """An adversarial within a budget is one within every larger budget: where an attack failed at a budget
+    but succeeded at a smaller one, that adversarial (and its distance) counts at the larger budget too.  In
+    place; returns ``result``.  Attacks run each budget from scratch, so without this a curve could rise with
+    the budget and the worst case could count an image robust that was broken at a smaller budget."""
+    order = sorted(range(len(result.epsilons)), key=lambda e: result.epsilons[e])
+    for smaller, e in itertools.pairwise(order):
+        take = result.success[smaller] & ~result.success[e]
+        if take.any():
+            result.success[e] |= take
+            result.adversarials[e, take] = result.adversarials[smaller, take]
+            result.distances[e, take] = result.distances[smaller, take]
+    return result
+
+
 class Attack:
     """Base: runs a Foolbox attack batch by batch, seeded, on the model's logits."""
 
@@ -142,10 +179,16 @@ class Attack:
                 advs.append(adv)
                 wins.append(success)
         adversarials = torch.cat(advs, dim=1)
-        success = torch.cat(wins, dim=1)
+        # Foolbox's own success, checked here as every attack's is: inside the budget, in [0, 1], finite, and
+        # misclassified when predicted again (not counted as queries).
+        logits = as_logits(self.model).eval()
+        checked = [verified_success(logits, x, a, y, self.norm, eps)
+                   for a, eps in zip(adversarials, self.epsilons, strict=True)]  # fmt: skip
+        success = torch.cat(wins, dim=1) & torch.stack(checked)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in adversarials])
-        return AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(), success.cpu(), distances.cpu(),
-                            counting.rows / len(x), time.perf_counter() - started)  # fmt: skip
+        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(),
+                                                    success.cpu(), distances.cpu(), counting.rows / len(x),
+                                                    time.perf_counter() - started))  # fmt: skip
 
 
 class FGSM(Attack):
@@ -290,7 +333,9 @@ class Transfer:
         device = next(self.model.parameters()).device
         logits = as_logits(self.model).eval()
         y = labels.to(device)
-        with torch.no_grad():
-            success = torch.stack([logits(a.to(device)).argmax(dim=1) != y for a in src.adversarials]).cpu()
-        return AttackResult(self.name, self.norm, self.epsilons, src.adversarials, success, src.distances,
-                            float(len(self.epsilons)), time.perf_counter() - started)  # fmt: skip
+        x = images.reshape(len(images), -1).to(device, torch.float32)
+        success = torch.stack([verified_success(logits, x, a.to(device), y, self.norm, eps)
+                               for a, eps in zip(src.adversarials, self.epsilons, strict=True)]).cpu()  # fmt: skip
+        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, src.adversarials.clone(),
+                                                    success, src.distances.clone(), float(len(self.epsilons)),
+                                                    time.perf_counter() - started))  # fmt: skip
