@@ -57,6 +57,19 @@ def test_verdict_rules_on_tables():
         masking_verdict([_table([0.8], None), _table([0.8], None, model="other")], healthy)
 
 
+def test_each_reason_is_given_once_and_square_is_said_to_add_not_to_leave():
+    t = _table([0.8, 0.3], [0.8, 0.3])
+    t.attacks["apgd-t"], t.gradient_free["apgd-t"] = [0.5, 0.1], False  # cross-entropy overstates by 30 points
+    t.attacks["square (on survivors)"], t.gradient_free["square (on survivors)"] = [0.9, 0.9], True
+    t.extra_broken["square (on survivors)"] = [0.2, 0.0]  # broke 20 points the gradient attacks left
+    verdict = masking_verdict(t, [_healthy()])
+    assert verdict["masked"] and verdict["unchecked"] == []
+    text = verdict["verdict"]
+    assert "square (on survivors) broke 20.0 points of images that no gradient attack had broken" in text
+    assert "leaves 30.0% robust accuracy" not in text  # (0.5 - 0.2 is no attack's robust accuracy)
+    assert text.count("targeted APGD on the DLR loss leaves") == 1  # the cross-entropy reason, not repeated
+
+
 def _healthy():
     return GradientHealth("float32", 100, 0.0, 0.0)
 

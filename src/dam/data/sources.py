@@ -25,6 +25,11 @@ class DatasetSpec:
     md5: dict[str, str]  # canonical gzip checksums of the public files
     sizes: dict[str, int]  # examples per split
     system_dirs: tuple[str, ...] = field(default=())  # read-only copies installed by the OS
+    title: str = ""  # how reports name it
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -41,6 +46,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
         sizes={"train": 60000, "test": 10000},
+        title="MNIST",
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -56,6 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {
         },
         sizes={"train": 60000, "test": 10000},
         system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian package dataset-fashion-mnist
+        title="Fashion-MNIST",
     ),
 }
 

@@ -149,13 +149,20 @@ def masking_verdict(
     gaps = [g for t in tables for g in _gaps(t, floor)]
     checked = [t.norm for t in tables if any(t.gradient_free.values())]
     unchecked = [t.norm for t in tables if not any(t.gradient_free.values())]
-    reasons = list(sick)
+    gap_reasons = []
     for norm in dict.fromkeys(g["norm"] for g in gaps):
         g = max((g for g in gaps if g["norm"] == norm), key=lambda g: g["white_box"] - g["black_box"])
-        reasons.append(
-            f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
-            f"gradient attacks {g['white_box']:.1%}"
-        )
+        if g["kind"] == "score-based":  # it ran on the gradient attacks' survivors: say what it added
+            gap_reasons.append(
+                f"at {norm} eps {g['eps']:g} {g['attack']} broke {100 * (g['white_box'] - g['black_box']):.1f} "
+                f"points of images that no gradient attack had broken (gradient attacks leave {g['white_box']:.1%})"
+            )
+        else:
+            gap_reasons.append(
+                f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
+                f"gradient attacks {g['white_box']:.1%}"
+            )
+    reasons = [*sick, *gap_reasons]
     ce_gaps = []
     for t in tables:
         gap = ce_dlr_gap(t)
@@ -188,7 +195,7 @@ def masking_verdict(
     if gaps:
         overstated = max(g["white_box"] - g["black_box"] for g in gaps)
         parts.append(
-            f"gradient masking suspected: {'; '.join(reasons[len(sick) :])}. Gradient attacks overstate its "
+            f"gradient masking suspected: {'; '.join(gap_reasons)}. Gradient attacks overstate its "
             f"robustness by up to {100 * overstated:.1f} points of robust accuracy (masked gradients, or gradient "
             "attacks too weak at their step budget); trust the worst-case numbers, which include the "
             "gradient-free attacks"
@@ -215,7 +222,7 @@ def masking_verdict(
     verdict = f"{model}: " + "; ".join(parts) + "."
     worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
     return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
-            "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst,
+            "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst, "unchecked": unchecked,
             "gradient_health": [h.to_json() for h in health]}  # fmt: skip
 
 

@@ -89,6 +89,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     width = max(len(suite["linf"]), len(suite["l2"]))
     effort = table(["model", "norm", *(f"budget {i + 1}" for i in range(width)), "under 1 point", "seconds"],
                    effort_rows, "effort check", 2) if effort_rows else None  # fmt: skip
+    hsj_norms = suite["hsj_norms"] if suite["hsj_steps"] else []  # hsj_steps 0: HopSkipJump did not run
     return {
         "checklist": _checklist(summary, tables, verdicts),
         "effort": effort,
@@ -97,8 +98,10 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "seed": text(images["seed"]),
         "pgd_steps": text(suite["pgd_steps"]),
         "hsj_steps": text(suite["hsj_steps"]),
-        "hsj_norms": joined(suite["hsj_norms"], "no norm"),
-        "hsj_norms_checked": joined(suite["hsj_norms"], "none"),
+        "hsj_norms": joined(hsj_norms, "no norm"),
+        "hsj_norms_run": bool(hsj_norms),
+        "hsj_norms_checked": joined(hsj_norms, "none"),
+        "dataset": text(images.get("dataset", "MNIST")),
         "sources": joined(summary["sources"], "no source model"),
         "transfer_norms": "L-inf and L2" if summary["sources"] else "none",
         "logits": text(summary["logits"]),
@@ -115,7 +118,8 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         ),
         "norms": norms,
         "figure": figure(
-            folder / "robust_accuracy.png", "robust accuracy against budget (dotted: gradient attacks only)"
+            folder / "robust_accuracy.png",
+            "robust accuracy against budget (dotted: the gradient attacks' worst case)",
         ),
         "masking": table(header, rows, "masking", 1),
     }
@@ -156,7 +160,12 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
         points, n, norm = max(effort)
         rows.append([check, "yes" if points < 1 else "no", f"largest change {points:.1f} points ({n}, {norm})"])
     else:
-        rows.append([check, "not run", "the convergence check is off in this preset"])
+        why = (
+            "it needs the AutoAttack protocol, which did not run"
+            if suite.get("autoattack") == "none"
+            else "it is off in this preset"
+        )
+        rows.append([check, "not run", f"the convergence check did not run: {why}"])
     # The rest from each model's masking verdict and cross-entropy-versus-DLR gap.
     gaps = {}
     for n in models:
@@ -167,11 +176,20 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     for n, v in verdicts.items():
         if v["gaps"]:
             g = v["gaps"][0]
-            beaten.append(f"{n}: {g['kind']} at {g['norm']} eps {g['eps']:g} leaves {pct(g['black_box'])}, "
-                          f"gradient attacks {pct(g['white_box'])}")  # fmt: skip
+            if g["kind"] == "score-based":
+                more = 100 * (g["white_box"] - g["black_box"])
+                beaten.append(f"{n}: {g['attack']} at {g['norm']} eps {g['eps']:g} broke {more:.1f} points more "
+                              "than the gradient attacks")  # fmt: skip
+            else:
+                beaten.append(f"{n}: {g['kind']} at {g['norm']} eps {g['eps']:g} leaves {pct(g['black_box'])}, "
+                              f"gradient attacks {pct(g['white_box'])}")  # fmt: skip
+    unchecked = sorted({norm for v in verdicts.values() for norm in v.get("unchecked", [])})
+    evidence = "; ".join(beaten) or "no model shows a gap beyond two standard errors"
+    if unchecked:
+        evidence += f"; not checked in {' and '.join(unchecked)}: no gradient-free attack ran there"
     rows.append(["gradient-free attacks (Square, HopSkipJump, transfer) do no better than gradient attacks",
-                 "no" if beaten else "yes",
-                 "; ".join(beaten) or "no model shows a gap beyond two standard errors"])  # fmt: skip
+                 "no" if beaten else ("not run" if len(unchecked) == 2 else "partly checked" if unchecked else "yes"),
+                 evidence])  # fmt: skip
     have = {n: s for n in models if (s := substitute_of(n, sources))}
     missing = [n for n in models if n not in have]
     evidence = "; ".join(f"{n} attacked with the adversarials of {s}" for n, s in have.items())

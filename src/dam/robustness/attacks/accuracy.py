@@ -55,6 +55,9 @@ class RobustnessTable:
     # Per attack that saw only the survivors of the attacks before it: the share of all images it broke
     # that none of them had (what it added to the worst case), per budget.
     extra_broken: dict[str, list[float]] = field(default_factory=dict)
+    # The worst case over the gradient attacks alone (per image, like ``worst_case``): the curve that a gap
+    # to the full worst case would show masking on (empty in results of dam 0.3 and older).
+    gradient_worst_case: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,8 @@ def robust_accuracy(
     protocols: Sequence[Any] = (),
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
     """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.  The
-    results are keyed by attack, and ``"worst case"`` holds the per-image worst case (success: broken by any).
+    results are keyed by attack; ``"worst case"`` holds the per-image worst case (success: broken by any), and
+    ``"worst case of the gradient attacks"`` the same over the attacks that use gradients.
 
     ``protocols``: attack protocols such as :class:`~dam.robustness.attacks.autoattack.AutoAttack`, whose
     attacks run in a cascade; each of their attacks gets a column (a cascade attack that saw only the
@@ -90,22 +94,21 @@ def robust_accuracy(
         wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
     table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.float().mean()))
     results: dict[str, AttackResult] = {}
-    broken = torch.zeros(len(epsilons), len(images), dtype=torch.bool)
+    # the per-image worst cases, for checks that continue from them (dam.robustness.attacks.autoattack.effort_check)
+    for key in (WORST, GRADIENT_WORST):
+        results[key] = AttackResult(key, norm, list(epsilons), images.new_empty(0),
+                                    wrong.unsqueeze(0).repeat(len(epsilons), 1), torch.empty(0), 0.0)  # fmt: skip
     for attack in attacks:
-        result = attack(images, labels)
-        _add_column(table, results, attack.name, result, attack.describe(), wrong, broken, False)
-        broken |= result.success
+        _add_column(table, results, attack.name, attack(images, labels), attack.describe(), wrong, False)
     for protocol in protocols:
         outcome = protocol(images, labels)
         for key, result in outcome.results.items():
             settings = {**outcome.settings[key], "protocol": protocol.describe()["protocol"]}
-            _add_column(table, results, key, result, settings, wrong, broken, outcome.on_survivors[key])
-            broken |= result.success
-    table.worst_case = [1.0 - float(b.float().mean()) for b in broken]
-    # the per-image worst case, for checks that continue from it (dam.robustness.attacks.autoattack.effort_check)
-    results["worst case"] = AttackResult("worst case", norm, list(epsilons), images.new_empty(0), broken,
-                                         broken.float(), 0.0)  # fmt: skip
+            _add_column(table, results, key, result, settings, wrong, outcome.on_survivors[key])
     return table, results
+
+
+WORST, GRADIENT_WORST = "worst case", "worst case of the gradient attacks"
 
 
 def add_to_worst_case(
@@ -114,21 +117,18 @@ def add_to_worst_case(
 ) -> None:  # fmt: skip
     """Add an attack run after :func:`robust_accuracy` on the survivors of its worst case (the convergence
     check, say) as a column "... (on survivors)", and what it broke to the worst case."""
-    worst = results["worst case"]
-    wrong = torch.zeros_like(worst.success[0])  # already in the worst case at every budget
-    _add_column(table, results, column, result, settings, wrong, worst.success, True)
-    worst.success = worst.success | result.success
-    worst.distances = worst.success.float()
-    table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
+    wrong = torch.zeros_like(results[WORST].success[0])  # already in the worst case at every budget
+    _add_column(table, results, column, result, settings, wrong, True)
 
 
 def _add_column(
     table: RobustnessTable, results: dict[str, AttackResult], key: str, result: AttackResult,
-    settings: dict[str, Any], wrong: Tensor, broken: Tensor, on_survivors: bool,
+    settings: dict[str, Any], wrong: Tensor, on_survivors: bool,
 ) -> None:  # fmt: skip
-    """One attack's column; an attack that saw only the survivors of those before it records what it added.
-    An image the model already gets wrong (``wrong``) is never robust, whatever the attack made of it (a
-    transferred adversarial, say, may happen to be classified correctly)."""
+    """One attack's column, and its successes added to the worst cases.  An attack that saw only the
+    survivors of those before it records what it added.  An image the model already gets wrong (``wrong``)
+    is never robust, whatever the attack made of it (a transferred adversarial, say, may happen to be
+    classified correctly)."""
     result.success = result.success | wrong
     column = f"{key} (on survivors)" if on_survivors else key
     results[column] = result
@@ -136,9 +136,14 @@ def _add_column(
     table.gradient_free[column] = not settings["gradients"]
     table.queries_per_image[column] = result.queries_per_image
     table.settings[column] = {**settings, "seconds": round(result.seconds, 2)}
+    worst = results[WORST]
     if on_survivors:
         table.extra_broken[column] = [float((s & ~b).float().mean())
-                                      for s, b in zip(result.success, broken, strict=True)]  # fmt: skip
+                                      for s, b in zip(result.success, worst.success, strict=True)]  # fmt: skip
+    for kept in (worst, results[GRADIENT_WORST]) if settings["gradients"] else (worst,):
+        kept.success = kept.success | result.success
+    table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
+    table.gradient_worst_case = [1.0 - float(b.float().mean()) for b in results[GRADIENT_WORST].success]
     _log_attack(table.model, column, result)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.data import load_dataset
+from dam.data.sources import DATASETS
 from dam.environment import environment_info
 from dam.errors import InputError
 from dam.io import atomic_write_bytes, atomic_write_json
@@ -83,6 +84,10 @@ class AttackSuite:
                            fab=self.aa_fab, square_queries=self.square_queries, seed=self.seed)]  # fmt: skip
 
     def __post_init__(self) -> None:
+        # budgets in increasing order, once each: the tables, the curves and the checklist's "largest budget"
+        # read them so, and an adversarial within a budget counts within every larger one
+        for norm in ("linf", "l2"):
+            object.__setattr__(self, norm, tuple(sorted({float(e) for e in getattr(self, norm)})))
         rules = {
             "autoattack in standard, plus, none": self.autoattack in ("standard", "plus", "none"),
             "aa_steps >= 1": self.aa_steps >= 1,
@@ -326,13 +331,16 @@ def run_attacks(
         atomic_write_json(path, result)
         log(f"  {result['verdict']['verdict']}")
         models[name] = result
+    spec = DATASETS[common_dataset(runs)]
     summary = {
         "suite": asdict(suite),
         "images": {
             "count": len(images),
             "seed": suite.seed,
             "test_indices_md5": tensor_md5(index),
-            "how": "the first `count` of torch.randperm(10000) seeded with `seed`, MNIST test set",
+            "dataset": spec.title,
+            "how": f"the first `count` of torch.randperm({spec.sizes['test']}) seeded with `seed`, "
+            f"{spec.title} test set",
         },
         "logits": LOGITS_NOTE,
         "protocol": suite.autoattack_protocol,

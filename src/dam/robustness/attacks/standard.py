@@ -212,13 +212,15 @@ class PGD(Attack):
         *,
         norm: str = "linf",
         steps: int = 40,
-        rel_stepsize: float = 2.5 / 40,
+        rel_stepsize: float | None = None,
         random_start: bool = True,
         batch_size: int = 250,
         seed: int = 0,
     ) -> None:
         super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
-        if steps < 1 or rel_stepsize <= 0:
+        # Madry et al.'s step: 2.5 eps / steps, so that the steps together can cross the ball from any start.
+        rel_stepsize = 2.5 / steps if rel_stepsize is None and steps >= 1 else rel_stepsize
+        if steps < 1 or rel_stepsize is None or rel_stepsize <= 0:
             raise InputError("PGD needs steps >= 1 and rel_stepsize > 0")
         self.steps, self.rel_stepsize, self.random_start = steps, rel_stepsize, random_start
 
