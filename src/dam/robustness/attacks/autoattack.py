@@ -320,10 +320,8 @@ class AutoAttack:
         for attack in self.first:
             out.add(_unique(out, attack.name, attack.restarts), attack, attack(images, labels), False)
         for attack in self.cascade:
-            survivors = ~out.broken()
-            if not survivors.any():
-                break
-            result = attack(images, labels, attack_only=survivors)
+            # run even when nothing survives (then at no cost): every attack of the protocol is in the result
+            result = attack(images, labels, attack_only=~out.broken())
             out.add(_unique(out, attack.name, attack.restarts), attack, result, True)
         return out
 
