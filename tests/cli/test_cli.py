@@ -60,6 +60,27 @@ def test_resume_extends_a_finished_run(run: Path, tmp_path: Path, capsys) -> Non
     shutil.copytree(run, copy)
     assert main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--no-progress"]) == 0
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
+    # a settings flag on resume is checked against the saved run: the same value is fine, another refused
+    assert main(["train", "--out", str(copy), "--resume", "--epochs", "4", "--memories", "16", "--no-progress"]) == 0
+    capsys.readouterr()
+    for flags in (["--lr", "0.5"], ["--n", "7"], ["--preset", "n3"]):
+        assert main(["train", "--out", str(copy), "--resume", *flags, "--no-progress"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert json.loads((copy / "config.json").read_text())["train"]["lr"] != 0.5
+
+
+def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mlp"
+    common = ["train", "--model", "mlp-relu", "--out", str(out), "--data-dir", str(tiny_data), "--no-progress"]
+    assert main([*common, "--hidden", "8", "--epochs", "1", "--train-subset", "500"]) == 0
+    capsys.readouterr()
+    for flags in (["--hidden", "50"], ["--lr", "0.5"], ["--batch-size", "3"]):
+        assert main([*common, "--resume", *flags]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["train", "--model", "mlp-repu", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert main([*common, "--resume", "--epochs", "2"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["hidden"] == 8 and saved["train"]["epochs"] == 2
 
 
 @pytest.mark.parametrize(

@@ -133,8 +133,12 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
         saved = read_run_config(out)  # the saved settings rule a resumed run; only --epochs may extend it
         if saved.get("kind") != "mlp":
             raise ConfigError(f"{out} holds a {saved.get('kind', 'dam')!r} run; resume it without --model")
-        model_config = MLPConfig(**saved["model"])
-        train_settings = None if args.epochs is None else replace(MLPTrainConfig(**saved["train"]), epochs=args.epochs)
+        if (args.model == "mlp-relu") != (saved["model"].get("degree") == 1):
+            raise ConfigError(f"{out} holds a run of degree {saved['model'].get('degree')}, not --model {args.model}")
+        # flags given on resume are laid over the saved settings: one that differs is refused, never ignored
+        model_config = MLPConfig(**{**saved["model"], **{k: v for k, v in asdict(model_config).items()
+                                                         if getattr(args, k, None) is not None}})  # fmt: skip
+        train_settings = replace(MLPTrainConfig(**saved["train"]), **overrides) if overrides else None
     logger.info("training %s into %s", model_config.name, out)
     train_mlp(model_config, train_settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
               force=args.force, progress=False if args.no_progress else None)  # fmt: skip
@@ -147,12 +151,17 @@ def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -
     from dam.runs import STATE_FILE
 
     if args.resume and (out / STATE_FILE).exists():
-        if args.epochs is None:
-            return None
         from dam.runs import read_run_config
         from dam.training import TrainConfig
 
-        return replace(TrainConfig.from_dict(read_run_config(out)["train"]), epochs=args.epochs)
+        if args.preset or args.schedule:
+            raise ConfigError("--preset and --schedule set a new run; a resumed run keeps its saved settings")
+        saved = TrainConfig.from_dict(read_run_config(out)["train"])
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+        if args.temperature is not None:
+            given.update(temperature_start=args.temperature, temperature_end=args.temperature)
+        # a flag that differs from the saved run is refused (by train's resume rule), never ignored
+        return None if not given else replace(saved, **given)
     config = train_config(args)
     return config if seed is None else replace(config, seed=seed)
 
