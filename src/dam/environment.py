@@ -19,8 +19,10 @@ def _version(dist: str) -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
+    from dam import __version__  # the running code's version (an editable install's metadata can be stale)
+
     return {
-        "dam": _version("dam"),
+        "dam": __version__,
         "torch": torch.__version__,
         "numpy": _version("numpy"),
         "safetensors": _version("safetensors"),

@@ -389,7 +389,10 @@ def robustbench_record(model: dict[str, Any], suite: AttackSuite, dataset: str, 
             }
             for norm, t in model["tables"].items()
         },
-        "libraries": {d: version(d) for d in ("dam", "torch", "pyautoattack", "foolbox")},
+        "libraries": {
+            "dam": environment_info()["dam"],
+            **{d: version(d) for d in ("torch", "pyautoattack", "foolbox")},
+        },
     }
 
 
