@@ -91,6 +91,8 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
         (["train", "--preset", "n3", "--n", "20", "--out", "x"], "contradicts"),
         (["train", "--out", "x"], "--preset"),
         (["train", "--n", "3", "--momentum", "2", "--out", "x"], "momentum"),
+        (["train", "--n", "3", "--seed", "99999999999999999999999", "--out", "x"], "seed must be between"),
+        (["attack", "x", "--out", "y", "--seed", "-1"], "seed must be between"),
     ],
 )
 def test_user_errors_are_one_line(argv, message: str, capsys) -> None:

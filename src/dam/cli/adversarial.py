@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from dam.cli.args import device, fraction, positive_float, positive_int
+from dam.cli.args import device, fraction, positive_float, positive_int, seed
 from dam.errors import InputError
 
 # CLI option -> AdversarialTrainConfig field
@@ -87,11 +87,11 @@ def add_adversarial_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, help="clean images per minibatch (default: the base run's)")
     p.add_argument("--eps", type=positive_float, help="search step in [-1, 1] pixel units (default 0.05)")
     p.add_argument("--max-steps", type=positive_int, help="search budget per image (default 200)")
-    p.add_argument("--seed", type=int, help="shuffling and subset seed (default 0)")
+    p.add_argument("--seed", type=seed, help="shuffling and subset seed (default 0)")
     p.add_argument(
         "--eval-images", type=positive_int, default=500, help="seeded test images for robustness (default 500)"
     )
-    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=seed, default=0)
     p.add_argument("--data-dir", help="default: the folder the base run was trained on")
     p.add_argument("--device", type=device, default="cpu")
     g = p.add_mutually_exclusive_group()

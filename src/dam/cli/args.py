@@ -30,6 +30,16 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch seeds generators with a signed 64-bit integer
+
+
+def seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be between 0 and 2**63 - 1, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)

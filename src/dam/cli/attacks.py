@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dam.cli.args import device, nonnegative_int, positive_floats, positive_int
+from dam.cli.args import device, nonnegative_int, positive_floats, positive_int, seed
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer-from", nargs="*", default=[], metavar="RUN",
                    help="source models whose PGD and APGD-T adversarials are shown to every other model")  # fmt: skip
     p.add_argument("--images", type=positive_int, default=d.images, help="size of the seeded test subset")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed, default=d.seed)
     p.add_argument("--linf", type=positive_floats, default=d.linf, help="L-inf budgets, comma-separated")
     p.add_argument("--l2", type=positive_floats, default=d.l2, help="L2 budgets, comma-separated")
     p.add_argument("--pgd-steps", type=positive_int, default=d.pgd_steps)

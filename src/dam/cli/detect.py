@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dam.cli.args import device, nonnegative_int, positive_float, positive_floats, positive_int
+from dam.cli.args import device, nonnegative_int, positive_float, positive_floats, positive_int, seed
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -117,5 +117,5 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", required=True, help="folder for detector.json and detector.png")
     p.add_argument("--data-dir")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration split and the noise")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the calibration split and the noise")
     p.set_defaults(func=cmd_detect)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dam.cli.args import positive_float, positive_int
+from dam.cli.args import positive_float, positive_int, seed
 from dam.errors import ConfigError
 
 
@@ -152,7 +152,7 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rubbish", help="rubbish images from noise for each model (Fig. 3)")
     _common(p)
     p.add_argument("--per-class", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=cmd_rubbish)
 
     p = sub.add_parser("boundary", help="decision-boundary images of the test set for each model (Fig. 4)")
@@ -174,7 +174,7 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--images", type=positive_int, default=10000)
     p.add_argument("--per-class", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--eps", type=positive_float, help="step length of both searches")
     p.add_argument("--max-steps", type=positive_int, help="step budget of both searches")
     p.add_argument("--no-progress", action="store_true")

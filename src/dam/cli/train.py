@@ -9,7 +9,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dam.cli.args import device, finite_float, fraction, positive_float, positive_int
+from dam.cli.args import device, finite_float, fraction, positive_float, positive_int, seed
 from dam.errors import ConfigError
 
 logger = logging.getLogger("dam.cli")
@@ -47,9 +47,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, help="initial learning rate eps0")
     p.add_argument("--lr-decay", type=fraction, help="per-epoch factor f: eps = eps0 * f^epoch")
     p.add_argument("--momentum", type=finite_float, help="momentum p")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument(
-        "--seeds", type=int, nargs="+", metavar="SEED",
+        "--seeds", type=seed, nargs="+", metavar="SEED",
         help="train one DAM per seed, all in this process (stacked: fills a GPU that one model leaves idle), "
         "into run folders OUT/s{SEED}; --resume continues each",
     )  # fmt: skip
