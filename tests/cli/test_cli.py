@@ -95,10 +95,12 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
         (["attack", "x", "--out", "y", "--seed", "-1"], "seed must be between"),
     ],
 )
-def test_user_errors_are_one_line(argv, message: str, capsys) -> None:
+def test_user_errors_are_one_line(argv, message: str, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before any output folder was made
 
 
 def test_missing_data_dir_is_clear(tmp_path, capsys) -> None:

@@ -139,6 +139,9 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
         model_config = MLPConfig(**{**saved["model"], **{k: v for k, v in asdict(model_config).items()
                                                          if getattr(args, k, None) is not None}})  # fmt: skip
         train_settings = replace(MLPTrainConfig(**saved["train"]), **overrides) if overrides else None
+    from dam.runs import OutputFolder
+
+    OutputFolder(out, "run folder").check_writable()
     logger.info("training %s into %s", model_config.name, out)
     train_mlp(model_config, train_settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
               force=args.force, progress=False if args.no_progress else None)  # fmt: skip
@@ -177,8 +180,8 @@ def _summary(out: Path, model_settings: dict[str, Any]) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from dam.runs import OutputFolder
 
+    # The flags are checked first, then the folder (before any data is read or anything computed).
     out = Path(args.out)
-    OutputFolder(out, "run folder").check_writable()  # before any data is read or anything computed
     if args.seeds is not None:
         return _train_seeds(args, out)
     if args.model != "dam":
@@ -188,8 +191,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if args.degree is not None or args.hidden is not None:
             raise ConfigError("--degree and --hidden are settings of --model mlp-relu / mlp-repu")
+        settings = dam_settings(args, out)
+        OutputFolder(out, "run folder").check_writable()
         logger.info("training into %s", out)
-        model = train(dam_settings(args, out), out, data_dir=args.data_dir, device=args.device, resume=args.resume,
+        model = train(settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
                       force=args.force, progress=False if args.no_progress else None)  # fmt: skip
         model_settings = asdict(model.config)
     print(json.dumps(_summary(out, model_settings), indent=2))
@@ -210,10 +215,11 @@ def _train_seeds(args: argparse.Namespace, out: Path) -> int:
     if OutputFolder(out).holds_run():
         raise ConfigError(f"{out}: holds a run; --seeds writes one run folder per seed inside --out, give another")
     outs = [out / f"s{seed}" for seed in args.seeds]
+    settings = [dam_settings(args, folder, seed) for folder, seed in zip(outs, args.seeds, strict=True)]
+    OutputFolder(out, "run folder").check_writable()
     logger.info("training %d DAMs into %s", len(outs), out)
-    models = train_many([dam_settings(args, folder, seed) for folder, seed in zip(outs, args.seeds, strict=True)],
-                        outs, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
-                        progress=False if args.no_progress else None)  # fmt: skip
+    models = train_many(settings, outs, data_dir=args.data_dir, device=args.device, resume=args.resume,
+                        force=args.force, progress=False if args.no_progress else None)  # fmt: skip
     print(json.dumps([_summary(f, asdict(m.config)) for f, m in zip(outs, models, strict=True)], indent=2))
     return 0
 
