@@ -42,6 +42,10 @@ def test_evaluate_json(run: Path, tiny_data: Path, tmp_path: Path, capsys) -> No
     cm = torch.tensor(result["confusion_matrix"])
     assert cm.shape == (10, 10) and int(cm.sum()) == 10000 == result["examples"]
     assert result["errors"] == 10000 - int(cm.trace())
+    before = (run / "config.json").read_bytes()
+    assert main(["evaluate", str(run), "--data-dir", str(tiny_data), "--json", str(run / "config.json")]) == 2
+    assert "a file of the run folder itself" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == before
 
 
 def test_evaluate_text_and_info(run: Path, tiny_data: Path, capsys) -> None:

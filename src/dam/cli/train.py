@@ -226,14 +226,18 @@ def _train_seeds(args: argparse.Namespace, out: Path) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dam.io import atomic_write_bytes
+    from dam.runs import LOCK_FILE, LOCK_OWNER_FILE, RUN_FILES, OutputFolder
     from dam.training.evaluate import evaluate_run
 
-    if args.json and Path(args.json).is_dir():
-        raise ConfigError(f"--json {args.json}: is a folder; give a file name")
+    target = Path(args.json) if args.json else None
+    if target and target.is_dir():
+        raise ConfigError(f"--json {target}: is a folder; give a file name")
+    if target and target.name in (*RUN_FILES, LOCK_FILE, LOCK_OWNER_FILE) and OutputFolder(target.parent).holds_run():
+        raise ConfigError(f"--json {target}: a file of the run folder itself; give another name")
     result = evaluate_run(args.run, split=args.split, data_dir=args.data_dir, device=args.device)
     text = json.dumps(result, indent=2)
-    if args.json:
-        atomic_write_bytes(args.json, (text + "\n").encode())
+    if target:
+        atomic_write_bytes(target, (text + "\n").encode())
     if args.format == "json":
         print(text)
     else:
