@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dam.errors import CheckpointError, RunFolderError, RunLockedError
+from dam.errors import CheckpointError, InputError, RunFolderError, RunLockedError
 from dam.io import read_json_object
 from dam.model import CONFIG_FILE, WEIGHTS_FILE, DenseAssociativeMemory
 
@@ -76,6 +76,17 @@ def load_model(folder: str | os.PathLike[str], *, device: torch.device | str | N
 def model_name(run: str | os.PathLike[str]) -> str:
     """A run's name in tables and output folders: its folder's name."""
     return Path(run).resolve().name
+
+
+def distinct_names(runs: list[str] | list[str | os.PathLike[str]]) -> list[str]:
+    """The runs' names, refused when two share one: results are kept per name, so one would overwrite the
+    other (``a/n2`` and ``b/n2``), and a run given twice would be measured twice."""
+    names = [model_name(r) for r in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"two runs are named {', '.join(repeated)} (results are kept by folder name); "
+                         "give each run once, in folders of distinct names")  # fmt: skip
+    return names
 
 
 def training_m(run: str | os.PathLike[str]) -> int:

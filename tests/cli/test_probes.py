@@ -65,6 +65,27 @@ def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_probes_refuse_before_making_their_folder(setup, tmp_path, capsys) -> None:
+    import shutil
+
+    data, runs = setup
+    mlp = tmp_path / "mlp"
+    mlp.mkdir()
+    (mlp / "config.json").write_text('{"kind": "mlp"}')
+    twin = tmp_path / "b" / "dam2"
+    shutil.copytree(runs[0], twin)
+    out = tmp_path / "o"
+    for argv, message in (
+        (["rubbish", runs[0], str(mlp)], "holds a baseline (mlp), not a DAM"),
+        (["rubbish", runs[0], str(twin)], "two runs are named dam2"),
+        (["boundary", runs[0], "--images", "20000"], "--images 20000: the test set has 10000 images"),
+        (["rubbish", runs[0], "--float64"], "unrecognized arguments: --float64"),  # rubbish always is float64
+    ):
+        assert main([*argv, "--out", str(out), "--data-dir", str(data)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_figures_are_written_as_png(setup, tmp_path) -> None:
     data, runs = setup
     out = tmp_path / "out"

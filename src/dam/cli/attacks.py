@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from dam.cli.args import device, nonnegative_int, positive_floats, positive_int, seed
+from dam.errors import ConfigError
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    from dam.data.sources import DATASETS
     from dam.robustness.attacks.runner import AttackSuite, run_attacks
-    from dam.runs import OutputFolder, run_kind
+    from dam.runs import OutputFolder, common_dataset, distinct_names, run_kind
 
     for run in [*args.runs, *args.transfer_from]:
         run_kind(run)
-    # settings are checked before the output folder is made
-    suite = AttackSuite(images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
-                        hsj_steps=args.hsj_steps, hsj_max_evals=args.hsj_max_evals,
-                        hsj_norms=tuple(args.hsj_norms.split(",")) if args.hsj_norms else (),
-                        autoattack=args.autoattack, aa_steps=args.aa_steps, aa_fab=not args.no_fab,
-                        square_queries=args.square_queries)  # fmt: skip
+    distinct_names(args.runs)
+    distinct_names(args.transfer_from)
+    test_size = DATASETS[common_dataset(args.runs)].sizes["test"]
+    if args.images > test_size:
+        raise ConfigError(f"--images {args.images}: the test set has {test_size} images")
+    # settings are checked before the output folder is made; a flag that would have no effect is refused
+    unused = {"--autoattack none": ["--aa-steps", "--no-fab", "--square-queries"] if args.autoattack == "none" else [],
+              "--hsj-steps 0": ["--hsj-max-evals", "--hsj-norms"] if args.hsj_steps == 0 else []}  # fmt: skip
+    for cause, flags in unused.items():
+        given = [f for f in flags if getattr(args, f[2:].replace("-", "_")) not in (None, False)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: no effect with {cause}")
+    if args.hsj_norms is not None and not args.hsj_norms.strip(","):
+        raise ConfigError("--hsj-norms '': give linf, l2 or linf,l2 (--hsj-steps 0 leaves HopSkipJump out)")
+    d = AttackSuite()
+    given = {k: v for k, v in (("hsj_max_evals", args.hsj_max_evals), ("aa_steps", args.aa_steps),
+                               ("square_queries", args.square_queries)) if v is not None}  # fmt: skip
+    if args.hsj_norms is not None:
+        given["hsj_norms"] = tuple(args.hsj_norms.split(","))
+    suite = replace(d, images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
+                    hsj_steps=args.hsj_steps, autoattack=args.autoattack, aa_fab=not args.no_fab, **given)  # fmt: skip
     out = OutputFolder(args.out, "attack output folder")
     out.check_writable()
 
@@ -57,15 +75,17 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2", type=positive_floats, default=d.l2, help="L2 budgets, comma-separated")
     p.add_argument("--pgd-steps", type=positive_int, default=d.pgd_steps)
     p.add_argument("--hsj-steps", type=nonnegative_int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
-    p.add_argument("--hsj-max-evals", type=positive_int, default=d.hsj_max_evals,
-                   help="HopSkipJump's cap on queries per gradient estimate")  # fmt: skip
-    p.add_argument("--hsj-norms", default=",".join(d.hsj_norms), help="norms HopSkipJump runs in: linf, l2 or linf,l2")
+    p.add_argument("--hsj-max-evals", type=positive_int,
+                   help=f"HopSkipJump's cap on queries per gradient estimate (default {d.hsj_max_evals})")  # fmt: skip
+    p.add_argument(
+        "--hsj-norms", help=f"norms HopSkipJump runs in: linf, l2 or linf,l2 (default {','.join(d.hsj_norms)})"
+    )
     p.add_argument("--autoattack", choices=["standard", "plus", "none"], default=d.autoattack,
                    help="the AutoAttack protocol (default: standard, the field's standard evaluation)")  # fmt: skip
-    p.add_argument("--aa-steps", type=positive_int, default=d.aa_steps,
+    p.add_argument("--aa-steps", type=positive_int,
                    help="APGD/FAB iterations (100 in the protocol; fewer: a reduced run, named so)")  # fmt: skip
     p.add_argument("--no-fab", action="store_true", help="leave FAB-T out (a reduced run)")
-    p.add_argument("--square-queries", type=nonnegative_int, default=d.square_queries,
+    p.add_argument("--square-queries", type=nonnegative_int,
                    help="Square's query budget (5000 in the protocol; 0 leaves it out)")  # fmt: skip
     p.add_argument("--data-dir")
     p.add_argument("--device", type=device, default="cpu")

@@ -16,8 +16,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders (models); each one's name is its folder name")
     p.add_argument("--out", required=True, help="output folder (per-model results are reused when present)")
     p.add_argument("--data-dir")
-    p.add_argument("--float64", action="store_true",
-                   help="search in float64 (gradients underflow less; always on for rubbish)")  # fmt: skip
     p.add_argument("--no-clip", action="store_true", help="let pixels leave [0, 1] during the search")
     p.add_argument("--m", type=positive_int, help="objective power (default: each run's training m)")
     p.add_argument("--eps", type=positive_float, help="step length in [-1, 1] pixel units")
@@ -30,7 +28,7 @@ def _search_kwargs(args: argparse.Namespace) -> dict:
     kw: dict = {"clip": not args.no_clip, "progress": False if args.no_progress else None}
     if args.m is not None:
         kw["m"] = args.m
-    if args.float64:
+    if getattr(args, "float64", False):
         kw["dtype"] = torch.float64
     if args.eps is not None:
         kw["eps"] = args.eps
@@ -40,11 +38,17 @@ def _search_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _prepare(args: argparse.Namespace) -> Path:
-    """Check every run folder and the output folder before any compute; return the output folder."""
-    from dam.runs import OutputFolder, read_run_config
+    """Check every run folder, the flags and the output folder before any compute; return the output folder."""
+    from dam.data.sources import DATASETS
+    from dam.runs import OutputFolder, distinct_names, run_kind
 
     for run in args.runs:
-        read_run_config(run)
+        if (kind := run_kind(run)) != "dam":
+            raise ConfigError(f"{run}: holds a baseline ({kind}), not a DAM; the probes search DAMs")
+    distinct_names(args.runs)
+    test_size = DATASETS[_dataset(args)].sizes["test"]
+    if getattr(args, "images", None) is not None and args.images > test_size:
+        raise ConfigError(f"--images {args.images}: the test set has {test_size} images")
     out = OutputFolder(args.out, "probe output folder")
     out.check_writable()
     return out.path
@@ -74,9 +78,7 @@ def cmd_rubbish(args: argparse.Namespace) -> int:
 def _test_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     from dam.data import load_dataset
 
-    x, y = load_dataset(_dataset(args), "test", data_dir=args.data_dir)
-    if args.images > len(x):
-        raise ConfigError(f"--images {args.images}: the test set has {len(x)} images")
+    x, y = load_dataset(_dataset(args), "test", data_dir=args.data_dir)  # (--images checked by _prepare)
     return x[: args.images].reshape(-1, 784), y[: args.images]
 
 
@@ -159,6 +161,8 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--images", type=positive_int, default=10000, help="first N test images")
     p.add_argument("--until", choices=["crossing", "converged"], default="crossing")
+    p.add_argument("--float64", action="store_true", help="search in float64 (gradients underflow less; rubbish "
+                   "searches always are)")  # fmt: skip
     p.set_defaults(func=cmd_boundary)
 
     p = sub.add_parser("calibrate", help="beta_sm with mean confidence = accuracy, binned error (Fig. 7)")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from dam import cli
 from dam.robustness.attacks.runner import AttackSuite, run_attacks
@@ -126,4 +127,21 @@ def test_bad_settings_name_the_rule_before_the_output_folder_exists(tiny_reprodu
     assert cli.main(["attack", run, "--out", str(out), "--hsj-norms", "linf,l1"]) == 2
     err = capsys.readouterr().err
     assert "hsj_norms among linf, l2 violated" in err and len(err.strip().splitlines()) == 1
+    # flags that would have no effect, two runs of one name, more images than the test set: refused
+    n2_elsewhere = tmp_path / "elsewhere" / "n2"
+    shutil.copytree(run, n2_elsewhere)
+    for argv, message in (
+        (
+            ["--autoattack", "none", "--aa-steps", "5", "--no-fab"],
+            "--aa-steps, --no-fab: no effect with --autoattack none",
+        ),
+        (["--hsj-steps", "0", "--hsj-norms", "l2"], "--hsj-norms: no effect with --hsj-steps 0"),
+        (["--hsj-norms", ""], "--hsj-norms ''"),
+        (["--images", "20000"], "the test set has 10000 images"),
+        ([str(n2_elsewhere)], "two runs are named n2"),
+    ):
+        runs, flags = ([run, *argv], []) if argv[0].startswith("/") else ([run], argv)
+        assert cli.main(["attack", *runs, "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
