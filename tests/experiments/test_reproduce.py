@@ -112,6 +112,13 @@ def test_cli_report_rebuilds_and_refuses_other_folders(reproduction: Path, tmp_p
     assert (reproduction / "report" / "index.html").exists()
     assert main(["report", str(tmp_path)]) == 2
     assert "not a folder written by dam reproduce" in capsys.readouterr().err
+    assert main(["report", str(reproduction), "--screenshot", str(tmp_path / "s.png")]) == 2
+    assert "give --check too" in capsys.readouterr().err
+    from dam.runs import OutputFolder
+
+    with OutputFolder(reproduction).lock():  # as a running reproduce holds it
+        assert main(["report", str(reproduction)]) == 2
+    assert "another dam process is writing this reproduction folder" in capsys.readouterr().err
 
 
 def test_changed_data_is_refused(reproduction: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):

@@ -36,11 +36,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from dam.experiments.report import build_report, check_report
+    from dam.runs import OutputFolder
 
     out = Path(args.out)
+    if args.screenshot and not args.check:
+        raise InputError("--screenshot is taken by the browser check: give --check too")
     if not (out / "reproduce.json").exists():
         raise InputError(f"{out}/reproduce.json: not a folder written by dam reproduce")
-    report = build_report(out)
+    with OutputFolder(out, "reproduction folder").lock():  # one writer: not beside a running reproduce
+        report = build_report(out)
     print(f"report: {report}")
     if args.check:
         result = check_report(report, args.screenshot or report.parent / "screenshot.png")
