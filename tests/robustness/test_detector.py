@@ -268,9 +268,11 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
         assert sets[name]["kind"] == ("junk" if name.startswith("rubbish") else "attack")
     assert Detector.load(out / "detector.json").threshold == report["threshold"]
     # (the tiny models disagree too often for the n2 + n20 pair; a model always agrees with itself)
-    same = ["--classifier", str(runs / "n20"), "--agreement", "--noise", "20", "--out", str(tmp_path / "agree")]
+    same = ["--classifier", str(runs / "n20"), "--agreement", "--noise", "20", "--out", str(tmp_path / "agree"),
+            "--attack-eps", ""]  # '' : no attack sets  # fmt: skip
     assert main([*argv, *same]) == 0
     agree = json.loads((tmp_path / "agree" / "detector.json").read_text())
+    assert not any(name.startswith("PGD") for name in agree["sets"])
     assert agree["agreement"] is True and Detector.load(tmp_path / "agree" / "detector.json").agreement
 
 
@@ -281,6 +283,7 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
         (["--beta-sm", "0"], "argument --beta-sm: must be positive"),
         (["--noise", "-1"], "argument --noise: must be 0 or more"),
         (["--probes", "/nonexistent/probes"], "--probes /nonexistent/probes: no such folder"),
+        (["--adaptive-steps", "7"], "--adaptive-steps: settings of the adaptive attack; give --adaptive"),
     ],
 )
 def test_detect_bad_arguments_are_one_line(extra: list[str], message: str, tmp_path: Path, capsys) -> None:

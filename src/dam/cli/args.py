@@ -79,6 +79,11 @@ def positive_floats(text: str) -> tuple[float, ...]:
     return tuple(positive_float(p) for p in parts)
 
 
+def positive_floats_or_none(text: str) -> tuple[float, ...]:
+    """:func:`positive_floats`, where ``''`` means none."""
+    return positive_floats(text) if text.strip() else ()
+
+
 def device(text: str) -> str:
     """auto, cpu, cuda or cuda:N, present on this machine; returned as given (resolved when used)."""
     from dam.environment import resolve_device

@@ -7,7 +7,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dam.cli.args import device, nonnegative_int, positive_float, positive_floats, positive_int, seed
+from dam.cli.args import (
+    device,
+    nonnegative_int,
+    positive_float,
+    positive_floats,
+    positive_floats_or_none,
+    positive_int,
+    seed,
+)
+from dam.errors import InputError
+
+ADAPTIVE_DEFAULTS = {"images": 200, "steps": 100, "targets": 9}
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -17,6 +28,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     # every check that needs no data, in the order a user reads the command line, before any compute
     check_false_rejection(args.false_rejection)
+    tuning = [f"--adaptive-{k}" for k in ADAPTIVE_DEFAULTS if getattr(args, f"adaptive_{k}") is not None]
+    if tuning and not (args.adaptive or args.adaptive_l2):
+        raise InputError(f"{', '.join(tuning)}: settings of the adaptive attack; give --adaptive or --adaptive-l2")
+    for k, v in ADAPTIVE_DEFAULTS.items():
+        if getattr(args, f"adaptive_{k}") is None:
+            setattr(args, f"adaptive_{k}", v)
     check_adaptive(args.adaptive or (), args.adaptive_l2 or (), args.adaptive_images, args.adaptive_steps,
                    args.adaptive_targets)  # fmt: skip
     for probes in args.probes or []:
@@ -95,7 +112,7 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
         "--probes", nargs="+", metavar="DIR",
         help="probe output folders: the --out of dam boundary/rubbish/transfer, or a reproduction's probes/",
     )  # fmt: skip
-    p.add_argument("--attack-eps", type=positive_floats, default=(0.1, 0.2, 0.3),
+    p.add_argument("--attack-eps", type=positive_floats_or_none, default=(0.1, 0.2, 0.3),
                    help="L-inf budgets of PGD against the classifier (needs dam[attacks]; '' for none)")  # fmt: skip
     p.add_argument(
         "--attack-images", type=nonnegative_int, default=500, help="evaluation images attacked (default 500)"
@@ -106,11 +123,11 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
                    "(default 0.1,0.3; needs dam[attacks])")  # fmt: skip
     p.add_argument("--adaptive-l2", type=positive_floats, metavar="EPS,...",
                    help="L2 budgets of the adaptive attack (default: none)")  # fmt: skip
-    p.add_argument("--adaptive-images", type=positive_int, default=200,
+    p.add_argument("--adaptive-images", type=positive_int,
                    help="evaluation images the adaptive attack attacks (default 200)")  # fmt: skip
-    p.add_argument("--adaptive-steps", type=positive_int, default=100,
+    p.add_argument("--adaptive-steps", type=positive_int,
                    help="APGD iterations of the adaptive attack, per run and target class (default 100)")  # fmt: skip
-    p.add_argument("--adaptive-targets", type=positive_int, default=9,
+    p.add_argument("--adaptive-targets", type=positive_int,
                    help="APGD-T target classes of the adaptive attack, 1 to 9 (default 9: all)")  # fmt: skip
     p.add_argument("--agreement", action="store_true",
                    help="also reject inputs on which the guard's label differs from the classifier's")  # fmt: skip
