@@ -163,3 +163,9 @@ def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:
     assert err[-1].startswith("dam adversarial-train: error:") and "fraction" in err[-1]
     assert main(["adversarial-train", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    for flags, message in ((["--eval-images", "20000"], "--eval-images must be between 1 and 10000"),
+                           (["--data-dir", str(tmp_path / "nowhere")], "no such folder")):  # fmt: skip
+        assert main(["adversarial-train", str(base_run), "--out", str(tmp_path / "z"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "z").exists()  # refused before the run folder was made or anything trained

@@ -13,8 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from dam.errors import DamError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (it prints the whole usage block first), naming where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dam.cli.sweep import add_sweep_command
     from dam.cli.train import add_train_commands
 
-    parser = argparse.ArgumentParser(prog="dam", description="Dense Associative Memory classifiers and probes.")
+    parser = _Parser(prog="dam", description="Dense Associative Memory classifiers and probes.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors too (or DAM_DEBUG=1)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")

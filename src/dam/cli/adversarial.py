@@ -39,10 +39,17 @@ def _row(name: str, before: float | None, after: float | None, fmt: str) -> str:
 
 
 def cmd_adversarial_train(args: argparse.Namespace) -> int:
+    from dam.data.sources import DATASETS
     from dam.robustness.adversarial_training import ROBUSTNESS_FILE, adversarial_finetune, robustness_report
+    from dam.runs import run_dataset, run_kind
 
-    if args.eval_images < 1:
-        raise InputError(f"--eval-images must be at least 1, got {args.eval_images}")
+    if run_kind(args.base_run) != "dam":
+        raise InputError(f"{args.base_run}: not a DAM run; adversarial fine-tuning continues a DAM's training")
+    test_size = DATASETS[run_dataset(args.base_run)].sizes["test"]
+    if not 1 <= args.eval_images <= test_size:
+        raise InputError(f"--eval-images must be between 1 and {test_size} (the test set), got {args.eval_images}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise InputError(f"--data-dir {args.data_dir}: no such folder")
     config = _config(args)
     out = Path(args.out)
     print(f"adversarial fine-tuning of {args.base_run} into {out}: {json.dumps(asdict(config))}", file=sys.stderr)
