@@ -229,6 +229,14 @@ def test_flags_are_validated_where_parsed(tmp_path: Path, capsys):
     assert main(["sweep", "--out", str(tmp_path), "--preset", "huge"]) == 2
     assert main(["sweep", "--out", str(tmp_path), "--backend", "local", "--address", "auto"]) == 2
     assert "only for --backend ray" in capsys.readouterr().err
+    assert (
+        main(["sweep", "--out", str(tmp_path), "--backend", "local", "--cpus-per-trial", "8", "--max-retries", "5"])
+        == 2
+    )
+    assert "--cpus-per-trial and --max-retries: only for --backend ray" in capsys.readouterr().err
+    out = tmp_path / "s1"
+    assert main(["sweep", "--out", str(out), "--backend", "local", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert not out.exists()  # the data are looked for before the folder is made
 
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch, mnist_dir: Path, tmp_path: Path):

@@ -22,7 +22,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from dam.experiments.sweep import run_sweep
 
     if args.backend == "local":
-        ray_only = {"--address": args.address, "--gpus-per-trial": args.gpus_per_trial}
+        ray_only = {"--address": args.address, "--gpus-per-trial": args.gpus_per_trial,
+                    "--cpus-per-trial": args.cpus_per_trial, "--max-retries": args.max_retries}  # fmt: skip
         given = [flag for flag, value in ray_only.items() if value is not None]
         if given:
             raise InputError(f"{' and '.join(given)}: only for --backend ray")
@@ -35,8 +36,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         backend=args.backend,
         address=args.address,
         gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        max_retries=args.max_retries,
+        cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
+        max_retries=2 if args.max_retries is None else args.max_retries,
         data_dir=args.data_dir,
         device=args.device,
         log=print,  # the command's progress lines go to stdout, beside its summary
@@ -88,9 +89,12 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
                    "default: start Ray on this machine")  # fmt: skip
     p.add_argument("--gpus-per-trial", type=nonnegative_float,
                    help="GPUs per point (default: 0.25 when the cluster has GPUs, else 0)")  # fmt: skip
-    p.add_argument("--cpus-per-trial", type=positive_int, default=1, help="CPUs (torch threads) per point")
-    p.add_argument("--max-retries", type=nonnegative_int, default=2,
-                   help="times a point whose worker died is retried (it resumes from its run folder)")  # fmt: skip
+    p.add_argument("--cpus-per-trial", type=positive_int, help="CPUs (torch threads) per point (default 1)")
+    p.add_argument(
+        "--max-retries",
+        type=nonnegative_int,
+        help="times a point whose worker died is retried (default 2; it resumes from its run folder)",
+    )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (the same path on every node)")
     p.add_argument("--device", type=point_device, default="auto",
                    help="where each point runs: auto (default: its GPU if it has one), cpu, cuda, cuda:N")  # fmt: skip

@@ -612,12 +612,12 @@ def run_sweep(
     for n, seed in plan.points():  # a bad setting fails here, before any worker starts
         plan.config(n, seed)
     suite = plan.suite() if suite is None else suite
+    data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
     out = Path(out)
     folder = OutputFolder(out, "sweep folder")
     folder.check_writable()
     with folder.lock():
         _check_plan(out, plan)
-        data = str(locate_dataset("mnist", data_dir).resolve())
         tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
                  for n, seed in plan.points()]  # fmt: skip
         log(f"sweep {plan.name}: {len(tasks)} points (n in {list(plan.ns)}, seeds {list(plan.seeds)}) into {out}")
@@ -637,7 +637,7 @@ def run_sweep(
             "suite": suite_record(suite),
             "backend": backend,
             "address": address,
-            "cpus_per_trial": cpus_per_trial,
+            "cpus_per_trial": cpus_per_trial if backend == "ray" else None,  # local: one point at a time, here
             **placement,
             "data_dir": data,
             "wall_seconds": wall,
