@@ -144,6 +144,14 @@ def test_cli_reproduce_reports_a_wrong_folder_in_one_line(reproduction: Path, ca
     assert "preset 'tiny'" in err and "Traceback" not in err
 
 
+def test_a_training_run_folder_is_not_taken_for_a_reproduction(reproduction: Path, capsys):
+    run = reproduction / "runs" / "n2"
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["reproduce", "--preset", "quick", "--out", str(run), "--no-check", "--no-progress"]) == 2
+    assert "holds a training run, not a reproduction" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_cli_reproduce_reports_a_damaged_record_in_one_line(tmp_path: Path, capsys):
     (tmp_path / "reproduce.json").write_text('{"preset": ')  # torn by hand: dam writes it atomically
     assert main(["reproduce", "--preset", "quick", "--out", str(tmp_path), "--no-check", "--no-progress"]) == 2

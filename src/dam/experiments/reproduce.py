@@ -265,6 +265,8 @@ def reproduce(
         raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     device = str(resolve_device(device))
     folder = OutputFolder(out, "reproduction folder")
+    if folder.holds_run():  # a training run's folder: its runs go to OUT/runs/, not beside its files
+        raise InputError(f"{out}: holds a training run, not a reproduction; give another --out")
     folder.check_writable()
     with folder.lock():
         return _reproduce(preset, Path(out), data_dir, device, progress, check, log)
