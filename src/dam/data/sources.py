@@ -137,8 +137,8 @@ def download_file(filename: str, md5: str, dest_dir: Path, mirrors: tuple[str, .
         finally:
             tmp.unlink(missing_ok=True)
     raise DatasetError(
-        f"could not download {filename}; tried:\n  " + "\n  ".join(failures) + "\n"
-        "Without network access, put the four IDX files (.gz or raw) in a folder and pass it as "
+        f"could not download {filename} (tried {'; '.join(failures)}). Without network access, put the four IDX "
+        "files (.gz or raw) in a folder and pass it as "
         "--data-dir / data_dir=, or set DAM_DATA_DIR to a folder holding a '<dataset>/' subfolder."
     )
 

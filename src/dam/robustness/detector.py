@@ -288,5 +288,5 @@ def detector_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Pat
     hist_ax.set_xlabel(f"guard confidence Z = max softmax({report['beta_sm']:.3g} Y)")
     hist_ax.set_ylabel("fraction of the set")
     hist_ax.set_title("Guard scores: below the threshold is rejected as junk", fontsize=9)
-    hist_ax.legend(fontsize=7)
+    hist_ax.legend(fontsize=7, loc="upper right")  # a fixed place: "best" warns that it is slow on many bins
     return save_figure(fig, path)
