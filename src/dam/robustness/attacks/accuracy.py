@@ -76,8 +76,9 @@ def robust_accuracy(
     protocols: Sequence[Any] = (),
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
     """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.  The
-    results are keyed by attack; ``"worst case"`` holds the per-image worst case (success: broken by any), and
-    ``"worst case of the gradient attacks"`` the same over the attacks that use gradients.
+    results are keyed by attack; ``"worst case"`` holds the per-image worst case (success: broken by any),
+    ``"worst case of the gradient attacks"`` the same over the attacks that use gradients, and ``"clean
+    errors"`` the images the model gets wrong unattacked.
 
     ``protocols``: attack protocols such as :class:`~dam.robustness.attacks.autoattack.AutoAttack`, whose
     attacks run in a cascade; each of their attacks gets a column (a cascade attack that saw only the
@@ -94,8 +95,9 @@ def robust_accuracy(
         wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
     table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.float().mean()))
     results: dict[str, AttackResult] = {}
-    # the per-image worst cases, for checks that continue from them (dam.robustness.attacks.autoattack.effort_check)
-    for key in (WORST, GRADIENT_WORST):
+    # the clean errors and the per-image worst cases, for checks that continue from them
+    # (dam.robustness.attacks.autoattack.effort_check, added by add_to_worst_case)
+    for key in (CLEAN_ERRORS, WORST, GRADIENT_WORST):
         results[key] = AttackResult(key, norm, list(epsilons), images.new_empty(0),
                                     wrong.unsqueeze(0).repeat(len(epsilons), 1), torch.empty(0), 0.0)  # fmt: skip
     for attack in attacks:
@@ -108,7 +110,7 @@ def robust_accuracy(
     return table, results
 
 
-WORST, GRADIENT_WORST = "worst case", "worst case of the gradient attacks"
+CLEAN_ERRORS, WORST, GRADIENT_WORST = "clean errors", "worst case", "worst case of the gradient attacks"
 
 
 def add_to_worst_case(
@@ -117,8 +119,7 @@ def add_to_worst_case(
 ) -> None:  # fmt: skip
     """Add an attack run after :func:`robust_accuracy` on the survivors of its worst case (the convergence
     check, say) as a column "... (on survivors)", and what it broke to the worst case."""
-    wrong = torch.zeros_like(results[WORST].success[0])  # already in the worst case at every budget
-    _add_column(table, results, column, result, settings, wrong, True)
+    _add_column(table, results, column, result, settings, results[CLEAN_ERRORS].success[0], True)
 
 
 def _add_column(
