@@ -184,17 +184,18 @@ def source_attack_results(
     model: nn.Module | None = None
     results: dict[str, dict[str, AttackResult]] = {}
     for norm in ("linf", "l2"):
-        stem = folder / f"{name}-{norm}"
-        saved = _saved(stem.with_suffix(".json"))
-        if key_matches(saved, key, "key") and stem.with_suffix(".safetensors").exists():
-            tensors = load_file(str(stem.with_suffix(".safetensors")))
+        # (names spelled out: a run folder's name may hold dots, which Path.with_suffix would cut at)
+        record, arrays = folder / f"{name}-{norm}.json", folder / f"{name}-{norm}.safetensors"
+        saved = _saved(record)
+        if key_matches(saved, key, "key") and arrays.exists():
+            tensors = load_file(str(arrays))
             results[norm] = {
                 r["suffix"]: AttackResult(attack=r["attack"], norm=norm, epsilons=r["epsilons"],
                                           queries_per_image=r["queries_per_image"], seconds=r["seconds"],
                                           **{t: tensors[f"{i}.{t}"] for t in RESULT_TENSORS})
                 for i, r in enumerate(saved["results"])
             }  # fmt: skip
-            log(f"source {name}, {norm}: reused {stem.with_suffix('.json')}")
+            log(f"source {name}, {norm}: reused {record}")
             continue
         if model is None:
             model = load_model(source, device=device).eval()
@@ -209,9 +210,9 @@ def source_attack_results(
         tensors = {f"{i}.{t}": getattr(r, t).detach().cpu().contiguous()
                    for i, (_, r) in enumerate(by_suffix) for t in RESULT_TENSORS}  # fmt: skip
         # the key goes last and is removed first: tensors never sit beside a key they were not made with
-        stem.with_suffix(".json").unlink(missing_ok=True)
-        atomic_write_bytes(stem.with_suffix(".safetensors"), st_save(tensors))
-        atomic_write_json(stem.with_suffix(".json"), {"key": key, "results": [
+        record.unlink(missing_ok=True)
+        atomic_write_bytes(arrays, st_save(tensors))
+        atomic_write_json(record, {"key": key, "results": [
             {"suffix": suffix, "attack": r.attack, "epsilons": r.epsilons, "queries_per_image": r.queries_per_image,
              "seconds": r.seconds} for suffix, r in by_suffix]})  # fmt: skip
     return results
