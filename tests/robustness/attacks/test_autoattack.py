@@ -134,6 +134,17 @@ def test_budgets_are_attacked_from_the_smallest_and_carried_up(starved) -> None:
     assert torch.equal(result.adversarials[0, small], result.adversarials[1, small])
 
 
+def test_a_transfer_source_attacks_every_budget_in_full(starved) -> None:
+    model, x, y = starved
+    carried = APGDT(model, [0.02, 0.05], norm="linf", steps=20, targets=3)(x, y)
+    full = APGDT(model, [0.02, 0.05], norm="linf", steps=20, targets=3, every_budget=True)(x, y)
+    assert bool((full.success[0] <= full.success[1]).all())  # still carried where the larger run failed
+    both = full.success[0] & full.success[1]
+    assert both.any()
+    # the larger budget's own adversarials: further from the clean images than the smaller budget's
+    assert float(full.distances[1, both].mean()) > float(carried.distances[1, both].mean())
+
+
 def test_what_the_effort_check_breaks_joins_the_worst_case(starved) -> None:
     from dam.robustness.attacks.accuracy import add_to_worst_case
     from dam.robustness.attacks.autoattack import effort_check

@@ -83,17 +83,22 @@ class ReferenceAttack:
         restarts: int = 1,
         batch_size: int = 500,
         seed: int = 0,
+        every_budget: bool = False,
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons, positive=True)
         if restarts < 1 or batch_size < 1:
             raise InputError("restarts and batch_size must be at least 1")
         self.restarts, self.batch_size, self.seed = restarts, batch_size, seed
+        # every_budget: attack each budget in full, also the images a smaller budget already broke.  No
+        # stronger for this model (what broke an image within a smaller budget is carried up either way), but
+        # for a transfer source: a larger budget's own adversarial is the larger perturbation that transfers.
+        self.every_budget = every_budget
 
     def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"restarts": self.restarts}
+        return {"restarts": self.restarts, **({"every_budget": True} if self.every_budget else {})}
 
     def describe(self) -> dict[str, Any]:
         """Name and hyperparameters, for the records."""
@@ -121,8 +126,8 @@ class ReferenceAttack:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager_kernels():
             for k, e in enumerate(order):
                 eps = self.epsilons[e]
-                if k:  # what broke an image within a smaller budget breaks it within this one: carried, not redone
-                    take = success[order[k - 1]] & ~success[e]
+                if k and not self.every_budget:  # what broke an image within a smaller budget breaks it
+                    take = success[order[k - 1]] & ~success[e]  # within this one: carried, not redone
                     advs[e, take], success[e, take] = advs[order[k - 1], take], True
                 todo = correct & ~success[e]
                 if attack_only is not None:
@@ -136,6 +141,9 @@ class ReferenceAttack:
                     ok = verified_success(counter, x[part], candidate, y[part], self.norm, eps)
                     advs[e, part[ok]] = candidate[ok]
                     success[e, part[ok]] = True
+                if k and self.every_budget:  # a failure here keeps the smaller budget's adversarial
+                    take = success[order[k - 1]] & ~success[e]
+                    advs[e, take], success[e, take] = advs[order[k - 1], take], True
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
         return AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
                             counter.rows / len(x), time.perf_counter() - started)  # fmt: skip
