@@ -67,10 +67,22 @@ def test_resume_extends_a_finished_run(run: Path, tmp_path: Path, capsys) -> Non
     # a settings flag on resume is checked against the saved run: the same value is fine, another refused
     assert main(["train", "--out", str(copy), "--resume", "--epochs", "4", "--memories", "16", "--no-progress"]) == 0
     capsys.readouterr()
-    for flags in (["--lr", "0.5"], ["--n", "7"], ["--preset", "n3"]):
+    for flags in (["--lr", "0.5"], ["--n", "7"], ["--preset", "n3"], ["--schedule", "cpu"]):  # not how it started
         assert main(["train", "--out", str(copy), "--resume", *flags, "--no-progress"]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert json.loads((copy / "config.json").read_text())["train"]["lr"] != 0.5
+
+
+def test_the_starting_command_again_with_resume_continues_it(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "p"
+    start = ["train", "--preset", "n3", "--schedule", "quick", "--memories", "16", "--train-subset", "500",
+             "--data-dir", str(tiny_data), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main([*start, "--epochs", "1"]) == 0
+    assert main([*start, "--epochs", "2", "--resume"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main([*start, "--epochs", "3", "--resume", "--lr", "0.5"]) == 2  # not the command that started it
+    assert "differ from the saved run" in capsys.readouterr().err
 
 
 def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -157,8 +157,11 @@ def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -
         from dam.runs import read_run_config
         from dam.training import TrainConfig
 
-        if args.preset or args.schedule:
-            raise ConfigError("--preset and --schedule set a new run; a resumed run keeps its saved settings")
+        if args.preset:  # the command that started the run, again: its settings must be the saved ones
+            config = train_config(args)
+            return config if seed is None else replace(config, seed=seed)
+        if args.schedule:
+            raise ConfigError("--schedule sets the schedule of a --preset; give --preset too")
         saved = TrainConfig.from_dict(read_run_config(out)["train"])
         given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
         if args.temperature is not None:
