@@ -94,6 +94,18 @@ def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
     return gaps
 
 
+def describe_gap(g: dict[str, Any]) -> str:
+    """One gap of :func:`_gaps` in words.  A score-based attack ran on the gradient attacks' survivors, so it
+    is said by what it added, not by a robust accuracy of its own."""
+    where = f"at {g['norm']} eps {g['eps']:g}"
+    if g["kind"] == "score-based":
+        added = 100 * (g["white_box"] - g["black_box"])
+        return (f"{where} {g['attack']} broke {added:.1f} points of images that no gradient attack had broken "
+                f"(gradient attacks leave {g['white_box']:.1%})")  # fmt: skip
+    return (f"{where} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, gradient attacks "
+            f"{g['white_box']:.1%}")  # fmt: skip
+
+
 CE_ATTACKS = ("fgsm", "pgd", "apgd-ce")  # attacks on the cross-entropy loss
 DLR_ATTACKS = ("apgd-t",)  # attacks on the scale-invariant (targeted) DLR loss
 
@@ -152,16 +164,7 @@ def masking_verdict(
     gap_reasons = []
     for norm in dict.fromkeys(g["norm"] for g in gaps):
         g = max((g for g in gaps if g["norm"] == norm), key=lambda g: g["white_box"] - g["black_box"])
-        if g["kind"] == "score-based":  # it ran on the gradient attacks' survivors: say what it added
-            gap_reasons.append(
-                f"at {norm} eps {g['eps']:g} {g['attack']} broke {100 * (g['white_box'] - g['black_box']):.1f} "
-                f"points of images that no gradient attack had broken (gradient attacks leave {g['white_box']:.1%})"
-            )
-        else:
-            gap_reasons.append(
-                f"at {norm} eps {g['eps']:g} a {g['kind']} attack leaves {g['black_box']:.1%} robust accuracy, "
-                f"gradient attacks {g['white_box']:.1%}"
-            )
+        gap_reasons.append(describe_gap(g))
     reasons = [*sick, *gap_reasons]
     ce_gaps = []
     for t in tables:

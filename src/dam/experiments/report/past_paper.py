@@ -135,7 +135,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     """Carlini et al., "On Evaluating Adversarial Robustness" (2019): the checks behind a robustness claim, each
     with what this run measured (``tables``, ``verdicts``: each model's robustness tables and masking verdict).
     A check that did not run says so; none is counted as passed by default."""
-    from dam.robustness.masking import ce_dlr_gap
+    from dam.robustness.masking import ce_dlr_gap, describe_gap
 
     models, suite, sources = summary["models"], summary["suite"], summary["sources"]
     rows = []
@@ -175,14 +175,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     beaten = []
     for n, v in verdicts.items():
         if v["gaps"]:
-            g = v["gaps"][0]
-            if g["kind"] == "score-based":
-                more = 100 * (g["white_box"] - g["black_box"])
-                beaten.append(f"{n}: {g['attack']} at {g['norm']} eps {g['eps']:g} broke {more:.1f} points more "
-                              "than the gradient attacks")  # fmt: skip
-            else:
-                beaten.append(f"{n}: {g['kind']} at {g['norm']} eps {g['eps']:g} leaves {pct(g['black_box'])}, "
-                              f"gradient attacks {pct(g['white_box'])}")  # fmt: skip
+            beaten.append(f"{n}: {describe_gap(v['gaps'][0])}")
     unchecked = sorted({norm for v in verdicts.values() for norm in v.get("unchecked", [])})
     evidence = "; ".join(beaten) or "no model shows a gap beyond two standard errors"
     if unchecked:

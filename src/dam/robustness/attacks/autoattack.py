@@ -39,6 +39,7 @@ from dam.model import as_logits, eager_kernels
 from dam.robustness.attacks.standard import (
     AttackResult,
     QueryCounter,
+    carry_to_larger_budgets,
     check_attack_inputs,
     check_budgets,
     perturbation_norm,
@@ -141,12 +142,11 @@ class ReferenceAttack:
                     ok = verified_success(counter, x[part], candidate, y[part], self.norm, eps)
                     advs[e, part[ok]] = candidate[ok]
                     success[e, part[ok]] = True
-                if k and self.every_budget:  # a failure here keeps the smaller budget's adversarial
-                    take = success[order[k - 1]] & ~success[e]
-                    advs[e, take], success[e, take] = advs[order[k - 1], take], True
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
-        return AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(), distances.cpu(),
-                            counter.rows / len(x), time.perf_counter() - started)  # fmt: skip
+        # (with every_budget, a failure keeps the smaller budget's adversarial: carried here)
+        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(),
+                                                    distances.cpu(), counter.rows / len(x),
+                                                    time.perf_counter() - started))  # fmt: skip
 
 
 class APGDCE(ReferenceAttack):

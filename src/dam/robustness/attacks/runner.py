@@ -157,10 +157,15 @@ def attack_images(
     return evaluation_subset(x.reshape(-1, 784), y, suite.images, suite.seed)
 
 
+def _made_with(suite: AttackSuite, images: Tensor) -> dict[str, Any]:
+    """The parts of every attack key that are the suite's and the images' (a model's and a source's)."""
+    return {"suite": asdict(suite), "images_md5": tensor_md5(images), "transfers": suite.transferred(),
+            "source_rule": suite.SOURCE_RULE}  # fmt: skip
+
+
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
     """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
-    return result_key(weights=model_md5(run), sources=sources, suite=asdict(suite), images_md5=tensor_md5(images),
-                      transfers=suite.transferred(), source_rule=suite.SOURCE_RULE)  # fmt: skip
+    return result_key(weights=model_md5(run), sources=sources, **_made_with(suite, images))
 
 
 RESULT_TENSORS = ("adversarials", "success", "distances")  # what AttackResult holds as tensors
@@ -185,8 +190,7 @@ def source_attack_results(
     from safetensors.torch import save as st_save
 
     name = model_name(source)
-    key = result_key(weights=model_md5(source), suite=asdict(suite), images_md5=tensor_md5(images),
-                     transfers=suite.transferred(), source_rule=suite.SOURCE_RULE)  # fmt: skip
+    key = result_key(weights=model_md5(source), **_made_with(suite, images))
     model: nn.Module | None = None
     results: dict[str, dict[str, AttackResult]] = {}
     for norm in ("linf", "l2"):
