@@ -78,7 +78,7 @@ def test_probes_refuse_before_making_their_folder(setup, tmp_path, capsys) -> No
     for argv, message in (
         (["rubbish", runs[0], str(mlp)], "holds a baseline (mlp), not a DAM"),
         (["rubbish", runs[0], str(twin)], "two runs are named dam2"),
-        (["boundary", runs[0], "--images", "20000"], "--images 20000: the test set has 10000 images"),
+        (["boundary", runs[0], "--images", "20000"], "between 1 and 10000, got 20000: the MNIST test set"),
         (["rubbish", runs[0], "--float64"], "unrecognized arguments: --float64"),  # rubbish always is float64
     ):
         assert main([*argv, "--out", str(out), "--data-dir", str(data)]) == 2

@@ -306,5 +306,5 @@ def test_detect_missing_run_folder_is_one_line(tmp_path: Path, capsys) -> None:
     argv = ["detect", "--classifier", str(tmp_path / "guard"), "--guard", str(tmp_path / "guard"), "--images", "1",
             "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
-    assert "--images must be between 2 and 10000" in capsys.readouterr().err
+    assert "--images must be between 2 and 10000 (half calibrates, half evaluates), got 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from dam.cli.args import device, fraction, positive_float, positive_int, seed
+from dam.cli.args import check_test_images, device, fraction, positive_float, positive_int, seed
 from dam.errors import InputError
 
 # CLI option -> AdversarialTrainConfig field
@@ -39,15 +39,12 @@ def _row(name: str, before: float | None, after: float | None, fmt: str) -> str:
 
 
 def cmd_adversarial_train(args: argparse.Namespace) -> int:
-    from dam.data.sources import DATASETS
     from dam.robustness.adversarial_training import ROBUSTNESS_FILE, adversarial_finetune, robustness_report
     from dam.runs import run_dataset, run_kind
 
     if run_kind(args.base_run) != "dam":
         raise InputError(f"{args.base_run}: not a DAM run; adversarial fine-tuning continues a DAM's training")
-    test_size = DATASETS[run_dataset(args.base_run)].sizes["test"]
-    if not 1 <= args.eval_images <= test_size:
-        raise InputError(f"--eval-images must be between 1 and {test_size} (the test set), got {args.eval_images}")
+    check_test_images("--eval-images", args.eval_images, run_dataset(args.base_run))
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise InputError(f"--data-dir {args.data_dir}: no such folder")
     config = _config(args)

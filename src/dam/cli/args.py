@@ -93,3 +93,18 @@ def device(text: str) -> str:
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def check_test_images(flag: str, count: int, runs_dataset: str, minimum: int = 1, why: str = "") -> None:
+    """Refuse a count of test images the runs' data set does not hold (checked after the run folders are read,
+    since the data set is theirs); ``why`` says what the lower bound is for."""
+    from dam.data.sources import DATASETS
+
+    spec = DATASETS[runs_dataset]
+    test_size = spec.sizes["test"]
+    if not minimum <= count <= test_size:
+        reason = f" ({why})" if why else ""
+        raise InputError(
+            f"{flag} must be between {minimum} and {test_size}{reason}, got {count}: "
+            f"the {spec.title} test set has {test_size} images"
+        )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dam.cli.args import device, nonnegative_int, positive_floats, positive_int, seed
+from dam.cli.args import check_test_images, device, nonnegative_int, positive_floats, positive_int, seed
 from dam.errors import ConfigError
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from dam.data.sources import DATASETS
     from dam.robustness.attacks.runner import AttackSuite, run_attacks
     from dam.runs import OutputFolder, common_dataset, distinct_names, run_kind
 
@@ -18,9 +17,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         run_kind(run)
     distinct_names(args.runs)
     distinct_names(args.transfer_from)
-    test_size = DATASETS[common_dataset(args.runs)].sizes["test"]
-    if args.images > test_size:
-        raise ConfigError(f"--images {args.images}: the test set has {test_size} images")
+    check_test_images("--images", args.images, common_dataset(args.runs))
     # settings are checked before the output folder is made; a flag that would have no effect is refused
     unused = {"--autoattack none": ["--aa-steps", "--no-fab", "--square-queries"] if args.autoattack == "none" else [],
               "--hsj-steps 0": ["--hsj-max-evals", "--hsj-norms"] if args.hsj_steps == 0 else []}  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dam.cli.args import (
+    check_test_images,
     device,
     nonnegative_int,
     positive_float,
@@ -18,13 +19,10 @@ from dam.cli.args import (
 )
 from dam.errors import InputError
 
-ADAPTIVE_DEFAULTS = {"images": 200, "steps": 100, "targets": 9}
-
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from dam.data.sources import DATASETS
     from dam.robustness.detector import check_false_rejection
-    from dam.robustness.detector_sets import check_adaptive, probe_folders, run_detection
+    from dam.robustness.detector_sets import ADAPTIVE_DEFAULTS, check_adaptive, probe_folders, run_detection
     from dam.runs import OutputFolder, run_dataset, run_kind
 
     # every check that needs no data, in the order a user reads the command line, before any compute
@@ -40,10 +38,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for probes in args.probes or []:
         probe_folders(Path(probes))
     run_kind(args.classifier), run_kind(args.guard)
-    test_size = DATASETS[run_dataset(args.classifier)].sizes["test"]
-    if not 2 <= args.images <= test_size:
-        raise InputError(f"--images must be between 2 and {test_size} (half calibrates, half evaluates), "
-                         f"got {args.images}")  # fmt: skip
+    check_test_images("--images", args.images, run_dataset(args.classifier), 2, "half calibrates, half evaluates")
     folder = OutputFolder(args.out, "detector output folder")
     folder.check_writable()
     with folder.lock():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dam.cli.args import positive_float, positive_int, seed
+from dam.cli.args import check_test_images, positive_float, positive_int, seed
 from dam.errors import ConfigError
 
 
@@ -39,16 +39,14 @@ def _search_kwargs(args: argparse.Namespace) -> dict:
 
 def _prepare(args: argparse.Namespace) -> Path:
     """Check every run folder, the flags and the output folder before any compute; return the output folder."""
-    from dam.data.sources import DATASETS
     from dam.runs import OutputFolder, distinct_names, run_kind
 
     for run in args.runs:
         if (kind := run_kind(run)) != "dam":
             raise ConfigError(f"{run}: holds a baseline ({kind}), not a DAM; the probes search DAMs")
     distinct_names(args.runs)
-    test_size = DATASETS[_dataset(args)].sizes["test"]
-    if getattr(args, "images", None) is not None and args.images > test_size:
-        raise ConfigError(f"--images {args.images}: the test set has {test_size} images")
+    if getattr(args, "images", None) is not None:
+        check_test_images("--images", args.images, _dataset(args))
     out = OutputFolder(args.out, "probe output folder")
     out.check_writable()
     return out.path

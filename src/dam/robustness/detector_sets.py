@@ -27,6 +27,10 @@ CALIBRATION_RULE = (
 )
 
 
+# The adaptive attack's size when not given: evaluation images attacked, APGD iterations, APGD-T target classes.
+ADAPTIVE_DEFAULTS = {"images": 200, "steps": 100, "targets": 9}
+
+
 def probe_folders(folder: Path) -> list[Path]:
     """``folder`` itself when it holds one model's results, else its model subfolders (a probes --out)."""
     if not folder.is_dir():
@@ -167,9 +171,9 @@ def run_detection(
     device: str = "cpu",
     adaptive_eps: tuple[float, ...] = (),
     adaptive_l2: tuple[float, ...] = (),
-    adaptive_images: int = 200,
-    adaptive_steps: int = 100,
-    adaptive_targets: int = 9,
+    adaptive_images: int = ADAPTIVE_DEFAULTS["images"],
+    adaptive_steps: int = ADAPTIVE_DEFAULTS["steps"],
+    adaptive_targets: int = ADAPTIVE_DEFAULTS["targets"],
 ) -> dict[str, Any]:
     """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report.
 

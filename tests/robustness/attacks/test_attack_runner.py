@@ -137,7 +137,7 @@ def test_bad_settings_name_the_rule_before_the_output_folder_exists(tiny_reprodu
         ),
         (["--hsj-steps", "0", "--hsj-norms", "l2"], "--hsj-norms: no effect with --hsj-steps 0"),
         (["--hsj-norms", ""], "--hsj-norms ''"),
-        (["--images", "20000"], "the test set has 10000 images"),
+        (["--images", "20000"], "--images must be between 1 and 10000, got 20000: the MNIST test set has 10000 images"),
         ([str(n2_elsewhere)], "two runs are named n2"),
     ):
         runs, flags = ([run, *argv], []) if argv[0].startswith("/") else ([run], argv)
