@@ -34,16 +34,12 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """No test reads or writes the user's cache, and no test downloads from the real mirrors."""
     monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("DAM_MIRRORS", "")
+    from dataclasses import replace
+
     import dam.data.sources as sources
 
-    monkeypatch.setattr(
-        sources,
-        "DATASETS",
-        {
-            k: sources.DatasetSpec(v.name, ("http://127.0.0.1:9/",), v.md5, v.sizes, ())
-            for k, v in sources.DATASETS.items()
-        },
-    )
+    unreachable = {k: replace(v, mirrors=("http://127.0.0.1:9/",), system_dirs=()) for k, v in sources.DATASETS.items()}
+    monkeypatch.setattr(sources, "DATASETS", unreachable)
 
 
 @pytest.fixture(scope="session")
