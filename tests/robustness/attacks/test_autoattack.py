@@ -87,6 +87,8 @@ def test_worst_case_is_never_above_any_attack_and_diagnostics_flag_starvation(st
     assert all(table.settings[a]["seconds"] >= 0 for a in table.attacks) and table.settings["apgd-t"]["seconds"] > 0
     assert "square (on survivors)" in table.attacks  # named even where APGD left it nothing to attack
     assert all(any(f"linf {a}:" in r.getMessage() for r in caplog.records) for a in table.attacks)
+    square = next(r.getMessage() for r in caplog.records if "square (on survivors):" in r.getMessage())
+    assert "points more; worst case 0.02:" in square and "robust accuracy" not in square  # not its own accuracy
     for accs in table.attacks.values():
         assert all(w <= a + 1e-9 for w, a in zip(table.worst_case, accs, strict=True))
     gap = ce_dlr_gap(table)

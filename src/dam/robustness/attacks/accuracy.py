@@ -145,11 +145,20 @@ def _add_column(
         kept.success = kept.success | result.success
     table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
     table.gradient_worst_case = [1.0 - float(b.float().mean()) for b in results[GRADIENT_WORST].success]
-    _log_attack(table.model, column, result)
+    _log_attack(table, column, result)
 
 
-def _log_attack(model: str, column: str, result: AttackResult) -> None:
-    """One line per finished attack: an attack stage runs for hours at full size, this is its progress."""
-    accuracy = ", ".join(f"{e:g}: {100 * a:.1f}%" for e, a in zip(result.epsilons, result.robust_accuracy(),
-                                                                   strict=True))  # fmt: skip
-    logger.info("  %s, %s %s: %.0f s, robust accuracy %s", model, result.norm, column, result.seconds, accuracy)
+def _log_attack(table: RobustnessTable, column: str, result: AttackResult) -> None:
+    """One line per finished attack: an attack stage runs for hours at full size, this is its progress.  An
+    attack on the survivors says what it broke and the worst case after it (its own robust accuracy would
+    count the images it never saw as robust)."""
+
+    def per_budget(values: list[float], unit: str) -> str:
+        return ", ".join(f"{e:g}: {100 * v:.1f}{unit}" for e, v in zip(result.epsilons, values, strict=True))
+
+    if column in table.extra_broken:
+        what = (f"broke {per_budget(table.extra_broken[column], ' points')} more; "
+                f"worst case {per_budget(table.worst_case, '%')}")  # fmt: skip
+    else:
+        what = f"robust accuracy {per_budget(result.robust_accuracy(), '%')}"
+    logger.info("  %s, %s %s: %.0f s, %s", table.model, result.norm, column, result.seconds, what)
