@@ -70,6 +70,17 @@ def test_each_reason_is_given_once_and_square_is_said_to_add_not_to_leave():
     assert text.count("targeted APGD on the DLR loss leaves") == 1  # the cross-entropy reason, not repeated
 
 
+def test_the_cross_entropy_gap_is_called_starvation_only_where_pgd_ends_at_the_dead_end():
+    t = _table([0.8, 0.3], [0.8, 0.3])
+    t.attacks["apgd-t"], t.gradient_free["apgd-t"] = [0.5, 0.1], False
+    dead_end = masking_verdict(t, [_healthy()], {"linf": [0.9, 0.9]})["verdict"]
+    assert "are starved" in dead_end and "90% of PGD's end points" in dead_end
+    live = masking_verdict(t, [_healthy()], {"linf": [0.0, 0.0]})["verdict"]  # DAM_2: a gap, no dead end
+    assert "are starved" not in live and "fall short of the DLR loss, though not at the dead end" in live
+    assert "0% of PGD's end points" in live
+    assert "are starved" in masking_verdict(t, [_healthy()])["verdict"]  # unmeasured: both causes named
+
+
 def _healthy():
     return GradientHealth("float32", 100, 0.0, 0.0)
 
