@@ -143,13 +143,14 @@ def masking_verdict(
     starved: dict[str, list[float] | None] | None = None,
     *,
     zero_limit: float = 0.05,
+    dead_end_limit: float = 0.05,
     floor: float = 0.03,
 ) -> dict[str, Any]:
     """A plain verdict from the gradient health, the white-box / black-box / transfer comparison and the
     cross-entropy-versus-DLR gap.
 
     ``tables``: one model's robustness tables (one per norm); a gap in any of them counts.  ``starved``: per
-    norm, :func:`starvation` of the PGD end points; where under ``zero_limit`` of them are at the dead end, the
+    norm, :func:`starvation` of the PGD end points; where under ``dead_end_limit`` of them are at the dead end, the
     cross-entropy-versus-DLR gap is not called starvation.  The verdict weighs the strongest attack: it names, per
     norm, the attack that left the lowest robust accuracy and the weaker ones it beat.
     """
@@ -178,19 +179,20 @@ def masking_verdict(
             share = (starved or {}).get(t.norm)
             ce_gaps.append({"norm": t.norm, "eps": t.epsilons[i], "ce": dlr + gap[i], "dlr": dlr,
                             "dead_end_share": share[i] if share else None})  # fmt: skip
+    ce_reasons = []
     for g in ce_gaps:
         share = g["dead_end_share"]
         dead = "" if share is None else f"; {share:.0%} of PGD's end points have every score within 1e-3 of zero"
-        reasons.append(
+        ce_reasons.append(
             f"at {g['norm']} eps {g['eps']:g} targeted APGD on the DLR loss leaves {g['dlr']:.1%} robust accuracy, "
             f"the best cross-entropy attack {g['ce']:.1%}{dead}"
         )
+    reasons += ce_reasons
     masked = bool(reasons)
     parts = []
     if ce_gaps:
         worst_gap = max(g["ce"] - g["dlr"] for g in ce_gaps)
-        shares = [g["dead_end_share"] for g in ce_gaps]
-        if all(share is not None and share < zero_limit for share in shares):
+        if all(g["dead_end_share"] is not None and g["dead_end_share"] < dead_end_limit for g in ce_gaps):
             # a small model (DAM_2, an MLP) can show the gap too, without the large-n dead end
             cause = ("cross-entropy attacks fall short of the DLR loss, though not at the dead end where every score "
                      "is near zero (the share of such end points is given)")  # fmt: skip
@@ -198,7 +200,7 @@ def masking_verdict(
             cause = ("cross-entropy attacks are starved (they stall where the scores are all near zero, the share of "
                      "such end points is given, or where the softmax saturates)")  # fmt: skip
         parts.append(
-            f"{cause}: {'; '.join(reasons[len(reasons) - len(ce_gaps) :])}. "
+            f"{cause}: {'; '.join(ce_reasons)}. "
             f"They overstate its robustness by up to {100 * worst_gap:.1f} points; the scale-invariant DLR loss is not "
             "fooled, and the worst case includes it"
         )
