@@ -40,3 +40,22 @@ def test_one_epoch_on_cuda_matches_the_cpu(tmp_path, mnist_dir) -> None:
     on_gpu = train(config, tmp_path / "cuda", data_dir=mnist_dir.parent, device="cuda", progress=False)
     # 20 updates of a max-normalised rule: float rounding differs between the devices, so within a tolerance
     torch.testing.assert_close(on_gpu.memories.detach().cpu(), on_cpu.memories.detach(), rtol=1e-2, atol=1e-3)
+
+
+def test_cuda_graph_epochs_give_the_eager_weights(tmp_path, mnist_dir, monkeypatch) -> None:
+    """On a GPU an epoch is captured once as a CUDA graph and replayed: the same kernels on the same buffers,
+    so the weights after several epochs are the eager ones, bit for bit; and the capture did not fail."""
+    import warnings
+
+    from dam.training import stacked as stacked_module
+    from dam.training import train
+    from dam.training.presets import preset
+
+    config = preset("n30", "quick", num_memories=64, epochs=4, train_subset=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns: fail here instead
+        graphs = train(config, tmp_path / "graphs", data_dir=mnist_dir.parent, device="cuda", progress=False)
+    assert stacked_module.cuda_graphs_enabled()  # no capture failed
+    monkeypatch.setenv("DAM_CUDA_GRAPHS", "0")
+    eager = train(config, tmp_path / "eager", data_dir=mnist_dir.parent, device="cuda", progress=False)
+    torch.testing.assert_close(graphs.memories.detach(), eager.memories.detach(), rtol=0, atol=0)

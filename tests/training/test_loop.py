@@ -207,3 +207,31 @@ def test_validation_split_reports_validation_error(tmp_path, tiny_data) -> None:
     train(replace(tiny_config(epochs=1), validation=True), tmp_path / "v", data_dir=tiny_data)
     line = json.loads((tmp_path / "v" / "metrics.jsonl").read_text())
     assert "validation_error" in line and "test_error" not in line
+
+
+def test_state_written_less_often_than_metrics_still_resumes_exactly(tmp_path, tiny_data, monkeypatch) -> None:
+    """Where epochs are far cheaper than writing the state (a GPU), the state is written only now and then:
+    an interruption drops the metrics of the epochs after it, and the resumed run ends as an uninterrupted one."""
+    from safetensors import safe_open
+
+    from dam.training import loop
+
+    monkeypatch.setattr(loop, "SAVE_COST_RATIO", 1e12)  # only each invocation's first and last epoch written
+    ref = train(tiny_config(epochs=6), tmp_path / "ref", data_dir=tiny_data)
+    written = []
+
+    def interrupt_at_4(line: str) -> None:
+        written.append(json.loads(line)["epoch"])
+        if written[-1] == 4:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=6), run, data_dir=tiny_data, log=interrupt_at_4)
+    with safe_open(str(run / "train_state.safetensors"), framework="pt") as f:
+        assert f.metadata()["epochs_done"] == "1"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    resumed = train(tiny_config(epochs=6), run, data_dir=tiny_data, resume=True)
+    assert torch.equal(ref.memories, resumed.memories)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+    assert torch.equal(load_file(str(run / "model.safetensors"))["memories"], ref.memories.detach())

@@ -319,7 +319,7 @@ def run_point(task: PointTask, *, on_epoch: Callable[[dict[str, Any]], None] | N
     """Train (or resume) one point's model, then measure it; returns and writes its ``point.json``.
 
     A finished point whose key matches is returned as saved, nothing recomputed.  ``on_epoch`` is called
-    with each epoch's metrics record once that epoch is saved (a hook for progress and for tests).
+    with each epoch's metrics record once it is written (a hook for progress and for tests).
     """
     import torch
 

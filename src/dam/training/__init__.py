@@ -6,8 +6,8 @@ Layer: depends on data, the models and run folders; probes, robustness and exper
 from dam.training.loop import Run, TrainData, Trainer, error_rate, fit, fit_runs, prepare_data
 from dam.training.mlp import MLPTrainConfig, train_mlp
 from dam.training.presets import preset, preset_names, schedule_names
-from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step, train, update_memories
-from dam.training.stacked import StackedDAMs, train_many
+from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step, update_memories
+from dam.training.stacked import StackedDAMs, train, train_many
 
 __all__ = [
     "DAMTrainer",

@@ -7,13 +7,11 @@ Per minibatch: loss C = sum_examples sum_alpha (Y_alpha - t_alpha)^(2m), then
     xi <- clip(xi, -1, 1)
 
 with eps = eps0 * f^epoch and T constant or ramped linearly from T_i to T_f over the first epochs.
-:func:`train` runs it through the package's one training loop (:func:`dam.training.loop.fit`).
+:func:`dam.training.train` runs it through the package's one training loop (:func:`dam.training.loop.fit`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,19 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dam.environment import resolve_device
 from dam.errors import CheckpointError, ConfigError
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
-from dam.runs import OutputFolder, read_run_config
+from dam.runs import read_run_config
 from dam.training.loop import (
     Run,
     RunPlan,
     TrainData,
     as_unit_float,
     epoch_permutation,
-    fit,
-    prepare_data,
-    resolved_data_dir,
     restore_trainer,
     resumed_settings,
     run_record,
@@ -265,37 +259,3 @@ def dam_run(
     run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
     plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")
     return Run(trainer, plan, run_info, data, start_epoch)
-
-
-def train(
-    config: TrainConfig | None,
-    out: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    resume: bool = False,
-    force: bool = False,
-    progress: bool | None = None,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> DenseAssociativeMemory:
-    """Train DAM_n per ``config`` into run folder ``out`` and return the model.
-
-    ``resume=True`` continues a run folder from its last finished epoch with its saved settings (``config``
-    may then be None, or equal to the saved one but for ``epochs``, to extend a run); on a new folder it
-    starts the run.  A folder that holds a run is never overwritten: without ``resume`` it is refused,
-    unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
-    would.  ``progress=None`` shows a bar on a terminal or in Jupyter.  :func:`dam.training.train_many`
-    trains several runs in one process.
-    """
-    device = resolve_device(device)
-    folder = Path(out)
-    with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
-        config = run_settings(folder, config, resuming)
-        data_dir = resolved_data_dir(data_dir, folder, resuming)
-        data = prepare_data(config.dataset, config.seed, config.train_subset, config.validation, data_dir, device)
-        trainer, start_epoch = start_trainer(config, folder, resuming, device)
-        run = dam_run(config, folder, trainer, start_epoch, data, device, data_dir)
-        fit(trainer, run.plan, run.run_info, data, start_epoch=start_epoch, stop_after=stop_after, progress=progress,
-            log=log)  # fmt: skip
-    return trainer.model

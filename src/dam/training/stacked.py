@@ -1,4 +1,6 @@
-"""Several DAMs trained together in one process: :func:`train_many`.
+"""The entry points of DAM training: :func:`train` (one run folder) and :func:`train_many` (several in one
+process, stacked).  On a CPU :func:`train` runs :class:`dam.training.rule.DAMTrainer` through the loop; on a
+GPU it is :func:`train_many` of one run, whose epochs replay as CUDA graphs (:class:`StackedDAMs`).
 
 One DAM of the presets (K = 400 to 2000 memories, minibatches of 100 to 1000) leaves most of a GPU idle:
 its products are a few hundred MFLOP per step and every step waits on kernel launches.  Models that share
@@ -20,6 +22,7 @@ not bit-identical.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from dam.training.loop import (
     TrainData,
     as_unit_float,
     epoch_permutation,
+    fit,
     fit_runs,
     prepare_data,
     resolved_data_dir,
@@ -223,12 +227,45 @@ def group_key(config: TrainConfig) -> tuple[Any, ...]:
             config.train_subset, config.validation)  # fmt: skip
 
 
+def cuda_graphs_enabled() -> bool:
+    """Whether a GPU epoch of stacked DAMs is replayed as one CUDA graph (env ``DAM_CUDA_GRAPHS=0`` turns it
+    off; a capture that failed once turns it off for the process, with a warning)."""
+    return not _GRAPHS_FAILED and os.environ.get("DAM_CUDA_GRAPHS", "1") not in ("0", "false", "no", "off")
+
+
+_GRAPHS_FAILED = False
+
+
+@dataclass
+class EpochBuffers:
+    """Everything an epoch's steps read and write, at addresses fixed for the runs trained together, so that
+    a CUDA graph captured once can replay every later epoch: the stacked weights and momenta (G, K, 794), the
+    per-model settings (G, 1, 1), the epoch's example order (G, N), and the loss and error accumulators (G,)."""
+
+    memories: Tensor
+    velocity: Tensor
+    settings: StepSettings
+    order: Tensor
+    which: Tensor
+    total_loss: Tensor
+    wrong: Tensor
+    graph: Any = None  # torch.cuda.CUDAGraph of one whole epoch, captured after the first (eager) one
+
+
 class StackedDAMs:
     """The epoch step of :func:`dam.training.loop.fit_runs` for DAM runs of one :func:`group_key`.
 
     The models stay ordinary :class:`~dam.training.rule.DAMTrainer` objects (their folders are written from
-    them); an epoch stacks the weights and momenta of the runs due, trains them together and copies them
-    back: two copies of G x K x 794 numbers per epoch, nothing next to an epoch's hundreds of steps.
+    them); an epoch copies the weights and momenta of the runs due into the group's stacked buffers, trains
+    them together and copies them back: two copies of G x K x 794 numbers per epoch, nothing next to an
+    epoch's hundreds of steps.
+
+    On a GPU the whole epoch (every minibatch step: gather, scores, backward, update) is captured as one CUDA
+    graph after its first, eager run, and later epochs replay it: one launch per epoch instead of ~35 per
+    step, which is what kept the GPU waiting for the host (an epoch was 13-14x its matrix products, the
+    kernels busy a fifth of the time).  A graph replays the same kernels on the same buffers, so the weights
+    are the eager ones, bit for bit; only the per-epoch values (order, 1/T, lr) change, written into the
+    buffers before each replay.  An epoch in which some model needs float64 scores runs eagerly.
     """
 
     def __init__(self, runs: list[Run]) -> None:
@@ -251,50 +288,113 @@ class StackedDAMs:
             self.images = torch.stack([d.train_images for d in datasets])
             self.labels = torch.stack([d.train_labels for d in datasets])
         self.which = torch.tensor(which, device=self.images.device)
+        # One set of buffers (and graph) per set of runs due together: runs that end at different epochs
+        # leave a smaller set for the epochs after.
+        self.buffers: dict[tuple[int, ...], EpochBuffers] = {}
+
+    def _buffers_for(self, runs: list[Run], trainers: list[DAMTrainer]) -> EpochBuffers:
+        key = tuple(self.position[id(run)] for run in runs)
+        if key not in self.buffers:
+            memories = torch.stack([t.model.memories.detach() for t in trainers])
+            models, device = len(trainers), memories.device
+
+            def column(dtype: torch.dtype) -> Tensor:
+                return torch.zeros(models, 1, 1, dtype=dtype, device=device)
+
+            self.buffers[key] = EpochBuffers(
+                memories=memories,
+                velocity=torch.zeros_like(memories),
+                settings=StepSettings(column(torch.float64), column(memories.dtype), column(memories.dtype)),
+                order=torch.zeros(models, self.images.shape[1], dtype=torch.long, device=device),
+                which=self.which[list(key)][:, None],
+                total_loss=torch.zeros(models, dtype=torch.float64, device=device),
+                wrong=torch.zeros(models, dtype=torch.long, device=device),
+            )
+        return self.buffers[key]
 
     def train_epoch(self, epoch: int, runs: list[Run]) -> list[dict[str, Any]]:
         """One epoch of the runs due, together; each run's statistics as :meth:`DAMTrainer.train_epoch`."""
         trainers: list[DAMTrainer] = [run.trainer for run in runs]  # type: ignore[misc]
         configs = [t.config for t in trainers]
-        first = configs[0]
-        device, num = self.images.device, self.images.shape[1]
-        for trainer in trainers:
-            trainer.model.temperature = trainer.config.temperature_at(epoch)
-        memories = torch.stack([t.model.memories.detach() for t in trainers])
-        velocity = torch.stack([t.velocity for t in trainers])
-        dtype = memories.dtype
-
-        def column(values: list[float]) -> Tensor:
-            return torch.tensor(values, dtype=torch.float64, device=device).view(-1, 1, 1)
-
-        lrs = [c.lr_at(epoch) for c in configs]
-        settings = StepSettings(column([1.0 / t.model.temperature for t in trainers]), column(lrs).to(dtype),
-                                column([c.momentum for c in configs]).to(dtype))  # fmt: skip
-        model_configs = [t.model.config for t in trainers]
-        # No model needs float64 anywhere in this epoch (the usual case): the steps need not look.
-        fixed = scores_dtypes(memories, model_configs, worst_case=True)
-        static = all(w == dtype for w in fixed)
-        which = self.which[[self.position[id(run)] for run in runs]][:, None]
-        order = torch.stack([epoch_permutation(num, c.seed, epoch) for c in configs]).to(device)
-        total_loss = torch.zeros(len(runs), dtype=torch.float64, device=device)
-        wrong = torch.zeros(len(runs), dtype=torch.long, device=device)
-        for start in range(0, num, first.batch_size):
-            idx = order[:, start : start + first.batch_size]
-            y = self.labels[which, idx]
-            x = as_unit_float(self.images[which, idx], dtype)
-            works = fixed if static else scores_dtypes(memories, model_configs, worst_case=False)
-            loss, out = step_by_dtype(memories, velocity, x, y, first.n, first.m, settings, works)
-            total_loss += loss
-            wrong += (out.argmax(dim=2) != y).sum(dim=1)
+        num = self.images.shape[1]
+        buf = self._buffers_for(runs, trainers)
         with torch.no_grad():
             for g, trainer in enumerate(trainers):
-                trainer.model.memories.copy_(memories[g])
-                trainer.velocity.copy_(velocity[g])
-        losses, wrongs = total_loss.tolist(), wrong.tolist()
+                trainer.model.temperature = trainer.config.temperature_at(epoch)
+                buf.memories[g].copy_(trainer.model.memories)
+                buf.velocity[g].copy_(trainer.velocity)
+            lrs = [c.lr_at(epoch) for c in configs]
+            for target, values in (
+                (buf.settings.inv_t, [1.0 / t.model.temperature for t in trainers]),
+                (buf.settings.lr, lrs),
+                (buf.settings.momentum, [c.momentum for c in configs]),
+            ):
+                target.copy_(torch.tensor(values, dtype=torch.float64).view(-1, 1, 1))  # fmt: skip
+            buf.order.copy_(torch.stack([epoch_permutation(num, c.seed, epoch) for c in configs]))
+        model_configs = [t.model.config for t in trainers]
+        # No model needs float64 anywhere in this epoch (the usual case): the steps need not look.
+        fixed = scores_dtypes(buf.memories, model_configs, worst_case=True)
+        static = all(w == buf.memories.dtype for w in fixed)
+        steps = lambda: self._steps(buf, configs[0], model_configs, fixed if static else None)  # noqa: E731
+        if not (static and buf.memories.device.type == "cuda" and cuda_graphs_enabled()):
+            steps()
+        elif buf.graph is not None:
+            buf.graph.replay()
+        else:
+            # The first epoch runs eagerly (compiling the kernels; on a side stream, as capture needs), then
+            # the same steps are captured, not run, for the epochs after.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                steps()
+            torch.cuda.current_stream().wait_stream(side)
+            buf.graph = _captured(steps)
+        with torch.no_grad():
+            for g, trainer in enumerate(trainers):
+                trainer.model.memories.copy_(buf.memories[g])
+                trainer.velocity.copy_(buf.velocity[g])
+        losses, wrongs = buf.total_loss.tolist(), buf.wrong.tolist()
         return [
             {"loss": losses[g] / num, "train_error": wrongs[g] / num, "lr": lrs[g], "temperature": t.model.temperature}
             for g, t in enumerate(trainers)
         ]
+
+    def _steps(self, buf: EpochBuffers, first: TrainConfig, model_configs: list[DAMConfig],
+               fixed: list[torch.dtype] | None) -> None:  # fmt: skip
+        """Every minibatch step of one epoch on ``buf``, in place; ``fixed``: the scores' dtypes for the
+        whole epoch, or None to decide per step (an epoch where some model may need float64)."""
+        buf.total_loss.zero_()
+        buf.wrong.zero_()
+        num, dtype = buf.order.shape[1], buf.memories.dtype
+        for start in range(0, num, first.batch_size):
+            idx = buf.order[:, start : start + first.batch_size]
+            y = self.labels[buf.which, idx]
+            x = as_unit_float(self.images[buf.which, idx], dtype)
+            works = fixed if fixed is not None else scores_dtypes(buf.memories, model_configs, worst_case=False)
+            loss, out = step_by_dtype(buf.memories, buf.velocity, x, y, first.n, first.m, buf.settings, works)
+            buf.total_loss += loss
+            buf.wrong += (out.argmax(dim=2) != y).sum(dim=1)
+
+
+def _captured(steps: Callable[[], None]) -> Any:
+    """``steps`` captured as a CUDA graph, or None (and graphs off for the process, with a warning) where
+    something in them cannot be captured."""
+    global _GRAPHS_FAILED
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            steps()
+    except Exception as exc:  # an operation that syncs with the host, or a library that cannot be captured
+        _GRAPHS_FAILED = True
+        warnings.warn(
+            f"capturing a training epoch as a CUDA graph failed ({type(exc).__name__}: {exc}); training on "
+            "without graphs, which gives the same weights more slowly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        torch.cuda.synchronize()
+        return None
+    return graph
 
 
 # -- the entry point ---------------------------------------------------------------------------------------
@@ -307,6 +407,45 @@ class _Member:
     data_dir: str | None
     trainer: DAMTrainer
     start_epoch: int
+
+
+def train(
+    config: TrainConfig | None,
+    out: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DenseAssociativeMemory:
+    """Train DAM_n per ``config`` into run folder ``out`` and return the model.
+
+    ``resume=True`` continues a run folder from its last finished epoch with its saved settings (``config``
+    may then be None, or equal to the saved one but for ``epochs``, to extend a run); on a new folder it
+    starts the run.  A folder that holds a run is never overwritten: without ``resume`` it is refused,
+    unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
+    would.  ``progress=None`` shows a bar on a terminal or in Jupyter.  :func:`dam.training.train_many`
+    trains several runs in one process; on a GPU a single run goes through it too (its epochs are CUDA graphs).
+    """
+    device = resolve_device(device)
+    if device.type == "cuda":
+        # On a GPU one model alone is host-bound (13-14x its matrix products per epoch, measured on an H100):
+        # the stacked step, one model of one, replays each epoch as a CUDA graph.  Same folder, same rule.
+        return train_many([config], [out], data_dir=data_dir, device=device, resume=resume, force=force,
+                          progress=progress, stop_after=stop_after, log=log)[0]  # fmt: skip
+    folder = Path(out)
+    with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
+        config = run_settings(folder, config, resuming)
+        data_dir = resolved_data_dir(data_dir, folder, resuming)
+        data = prepare_data(config.dataset, config.seed, config.train_subset, config.validation, data_dir, device)
+        trainer, start_epoch = start_trainer(config, folder, resuming, device)
+        run = dam_run(config, folder, trainer, start_epoch, data, device, data_dir)
+        fit(trainer, run.plan, run.run_info, data, start_epoch=start_epoch, stop_after=stop_after, progress=progress,
+            log=log)  # fmt: skip
+    return trainer.model
 
 
 def train_many(
@@ -359,8 +498,9 @@ def train_many(
         for group in groups.values():
             runs = _group_runs(group, device)
             first = group[0].config
+            desc = f"train n={first.n}" if len(runs) == 1 else f"train {len(runs)} x n={first.n} K={first.num_memories}"
             fit_runs(runs, StackedDAMs(runs).train_epoch, stop_after=stop_after, progress=progress, log=log,
-                     desc=f"train {len(runs)} x n={first.n} K={first.num_memories}")  # fmt: skip
+                     desc=desc)  # fmt: skip
     return [member.trainer.model for member in members]
 
 
