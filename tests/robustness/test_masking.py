@@ -103,3 +103,14 @@ def test_saturating_model_is_flagged_and_the_healthy_one_is_not(mlp_run, test_su
     verdict = masking_verdict(table, sick)
     assert verdict["masked"]
     assert "zero or non-finite" in verdict["verdict"] and "decision-based attack" in verdict["verdict"]
+
+
+def test_verdict_does_not_depend_on_the_order_attacks_are_listed_in():
+    """A result reused from disk has its attacks in the file's (sorted) order: the verdict, re-derived from it,
+    names the same strongest and weakest attacks on a tie as when it was first given."""
+    table = _table([0.5, 0.1], [0.7, 0.3])
+    table.attacks["fgsm"], table.gradient_free["fgsm"] = [0.5, 0.2], False  # tied with PGD at eps 0.1
+    reordered = RobustnessTable.from_json({**table.to_json(), "attacks": dict(sorted(table.attacks.items()))})
+    first, again = masking_verdict(table, [_healthy()]), masking_verdict(reordered, [_healthy()])
+    assert first == again
+    assert first["strongest"]["linf"]["attack"] == "pgd"  # the stronger at the other budget

@@ -247,7 +247,9 @@ def _strongest(table: RobustnessTable) -> dict[str, Any] | None:
     i = max(
         range(len(table.epsilons)), key=lambda j: max(a[j] for a in alone.values()) - min(a[j] for a in alone.values())
     )
-    best = min(alone, key=lambda a: alone[a][i])
-    weakest = max(alone, key=lambda a: alone[a][i])
+    # Ties go to the attack stronger (weaker) over all budgets, then to the first name: never to the order the
+    # attacks were run or saved in, so that a verdict re-derived from a saved result is the one first given.
+    best = min(sorted(alone), key=lambda a: (alone[a][i], sum(alone[a])))
+    weakest = max(sorted(alone), key=lambda a: (alone[a][i], sum(alone[a])))
     return {"attack": best, "eps": table.epsilons[i], "robust_accuracy": alone[best][i], "weakest": weakest,
             "weakest_accuracy": alone[weakest][i]}  # fmt: skip

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from dam import cli
 from dam.robustness.attacks.runner import AttackSuite, run_attacks
 
@@ -145,3 +147,41 @@ def test_bad_settings_name_the_rule_before_the_output_folder_exists(tiny_reprodu
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_killed_attack_resumes_at_the_norm_it_was_in(tiny_reproduction, mnist_dir, tmp_path, monkeypatch):
+    """Each norm of a model's attack is kept as it finishes: a kill during L2 loses L2 only, and the resumed
+    result is the uninterrupted one."""
+    from dam.robustness.attacks import runner
+
+    run = [str(tiny_reproduction / "runs" / "n2")]
+    whole = run_attacks(run, tmp_path / "whole", SMALL, data_dir=mnist_dir, log=lambda line: None)
+    real, calls = runner.robust_accuracy, []
+
+    def killed_in_l2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # L-inf finished, L2 started
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "robust_accuracy", killed_in_l2)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_attacks(run, out, SMALL, data_dir=mnist_dir, log=lambda line: None)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["n2-linf.partial.json"]
+    monkeypatch.setattr(runner, "robust_accuracy", real)
+    lines: list[str] = []
+    resumed = run_attacks(run, out, SMALL, data_dir=mnist_dir, log=lines.append)
+    assert any(line.strip().startswith("n2, linf: reused") for line in lines)
+    assert _untimed(resumed["models"]["n2"]["tables"]) == _untimed(whole["models"]["n2"]["tables"])
+    assert resumed["models"]["n2"]["verdict"] == whole["models"]["n2"]["verdict"]
+    assert not list((out / "models").glob("*.partial.json"))
+
+
+def _untimed(value):
+    """A result without its wall times (the one thing two runs of the same attack differ in)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value

@@ -3,7 +3,8 @@
 Per model: robust accuracy against budget (L-inf and L2) under FGSM, PGD, HopSkipJump and transfer
 from the source models, the gradient-health check in float32 and float64, and the masking verdict,
 written to ``OUT/models/<name>.json`` once finished and reused while the model's weights, the sources'
-weights, the image subset and the settings are unchanged.  The source models' attacks, whose adversarials
+weights, the image subset and the settings are unchanged (each norm's part is kept on the way, so that a
+killed attack resumes at the norm it was in).  The source models' attacks, whose adversarials
 every model is shown, are kept in ``OUT/sources`` by the same rule.
 """
 
@@ -228,6 +229,12 @@ def source_attack_results(
     return results
 
 
+def partial_path(folder: Path, name: str, norm: str) -> Path:
+    """Where one norm of a model's attack is kept until the model's result is written (names spelled out: a
+    run folder's name may hold dots)."""
+    return folder / f"{name}-{norm}.partial.json"
+
+
 def attack_model(
     run: str,
     images: Tensor,
@@ -235,15 +242,32 @@ def attack_model(
     suite: AttackSuite,
     source_results: dict[str, dict[str, dict[str, AttackResult]]],
     device: str = "cpu",
+    *,
+    parts: Path | None = None,
+    key: dict[str, Any] | None = None,
+    log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Everything for one model; ``source_results[norm][source][suffix]`` are a source model's attack results
-    to transfer, by the suffix of :meth:`AttackSuite.source_attacks`."""
+    to transfer, by the suffix of :meth:`AttackSuite.source_attacks`.
+
+    With ``parts`` (a folder) and ``key``, each norm's finished measurements are written there and reused
+    when the key matches, so that a kill loses at most the norm under way (a large-n model's attack is
+    an hour or more on a CPU at the cpu preset's size)."""
     name = model_name(run)
     model = load_model(run, device=device).eval()
     tables: dict[str, RobustnessTable] = {}
     starved: dict[str, list[float] | None] = {}
     effort: dict[str, dict[str, Any]] = {}
     for norm in ("linf", "l2"):
+        part = None if parts is None or key is None else partial_path(parts, name, norm)
+        saved = None if part is None else _saved(part)
+        if saved is not None and key_matches(saved, key, "key"):
+            tables[norm] = RobustnessTable.from_json(saved["table"])
+            starved[norm] = saved["starved"]
+            if saved.get("effort") is not None:
+                effort[norm] = saved["effort"]
+            log(f"  {name}, {norm}: reused {part}")
+            continue
         attacks: list[Any] = [*suite.white_box(model, norm), *suite.decision_based(model, norm)]
         made_by = suite.source_attacks(model, norm)  # (describe the source attack of each transfer)
         attacks += [Transfer(model, made_by[suffix], src + suffix, result)
@@ -261,6 +285,9 @@ def attack_model(
             # what more effort broke is broken: it joins the worst case, as a column of its own
             settings = {"attack": "effort check", "gradients": True, "attacks": effort[norm]["attacks"]}
             add_to_worst_case(table, results, "effort check", check, settings)
+        if part is not None:
+            atomic_write_json(part, {"key": key, "table": table.to_json(), "starved": starved[norm],
+                                     "effort": effort.get(norm)})  # fmt: skip
     health = [gradient_health(model, images, labels, dtype) for dtype in (torch.float32, torch.float64)]
     verdict = masking_verdict(list(tables.values()), health, starved)
     return {"model": name, "run": str(Path(run).resolve()), "tables": {k: t.to_json() for k, t in tables.items()},
@@ -338,8 +365,11 @@ def run_attacks(
                                                              log).items():  # fmt: skip
                     source_results[norm][model_name(src)] = by_suffix
         log(f"attack {name}: {len(images)} images ...")
-        result = {**attack_model(run, images, labels, suite, source_results, device), "key": key}
+        result = {**attack_model(run, images, labels, suite, source_results, device, parts=out / "models", key=key,
+                                 log=log), "key": key}  # fmt: skip
         atomic_write_json(path, result)
+        for norm in ("linf", "l2"):
+            partial_path(out / "models", name, norm).unlink(missing_ok=True)
         log(f"  {result['verdict']['verdict']}")
         models[name] = result
     spec = DATASETS[common_dataset(runs)]
