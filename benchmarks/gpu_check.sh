@@ -7,6 +7,7 @@
 # then run this script on the device machine with that folder carried:
 #     run(command="bash benchmarks/gpu_check.sh", carry=["data"], timeout_s=600)
 # The device image has torch with CUDA; the package runs from src/ (PYTHONPATH), nothing is installed.
+# For the attacks (not run by this script), `bash benchmarks/gpu_site.sh` first and carry ".site" as well.
 #
 # 1. the epoch benchmark (ratio to the matrix-product floor; graph against eager; the kernels by GPU time);
 # 2. the paper's schedule (3000 epochs, K = 2000) for DAM_2, 3, 20 and 30, one process each, all at once,
@@ -21,6 +22,7 @@ START=$(date +%s)
 DEADLINE=${DEADLINE:-540}  # seconds after START by which the training must have stopped and been packed
 DEVICE=${DEVICE:-cuda}
 export PYTHONPATH=src PYTHONUNBUFFERED=1
+[ -d .site ] && export PYTHONPATH=src:.site  # the attacks extra, from benchmarks/gpu_site.sh
 export DAM_DATA_DIR=${DAM_DATA_DIR:-$PWD/data}
 OUT=${OUT:-gpu_check}
 mkdir -p "$OUT"
