@@ -202,3 +202,36 @@ def test_compiled_stacked_step_matches_eager(monkeypatch) -> None:
     for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.equal(eager[0], memories), "the step moved the weights"
+
+
+def test_replayed_epochs_read_each_epochs_values_from_the_buffers(tmp_path, tiny_data, monkeypatch) -> None:
+    """The GPU path captures an epoch's steps once and replays them: every value that changes per epoch (the
+    order, 1/T while it ramps, the lr) must reach the steps through the buffers, never through the Python
+    values of the epoch the capture saw.  Here a stand-in for the CUDA graph replays, on the CPU, the very
+    function captured in the first epoch; the runs must end as without it, bit for bit, also when one run
+    ends earlier and the others go on with buffers (and a capture) of their own."""
+    from dam.training import stacked
+
+    class Replay:
+        def __init__(self, steps) -> None:
+            self.steps = steps
+
+        def replay(self) -> None:
+            self.steps()
+
+    captured = []
+
+    def run_and_capture(steps):
+        steps()
+        captured.append(steps)
+        return Replay(steps)
+
+    configs = [cfg(epochs=5, ramp_epochs=4), cfg(seed=8, epochs=5, ramp_epochs=4, lr=0.02),
+               cfg(seed=9, epochs=3, ramp_epochs=4, lr_decay=0.8)]  # fmt: skip
+    train_many(configs, [tmp_path / f"eager{i}" for i in range(3)], data_dir=tiny_data, progress=False)
+    monkeypatch.setattr(stacked, "use_cuda_graphs", lambda device: True)
+    monkeypatch.setattr(stacked, "run_and_capture", run_and_capture)
+    train_many(configs, [tmp_path / f"replayed{i}" for i in range(3)], data_dir=tiny_data, progress=False)
+    assert len(captured) == 2  # three runs for epochs 1-3, two for epochs 4-5
+    for i in range(3):
+        assert_same_run(tmp_path / f"replayed{i}", tmp_path / f"eager{i}", exact=True)

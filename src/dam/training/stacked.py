@@ -336,19 +336,12 @@ class StackedDAMs:
         fixed = scores_dtypes(buf.memories, model_configs, worst_case=True)
         static = all(w == buf.memories.dtype for w in fixed)
         steps = lambda: self._steps(buf, configs[0], model_configs, fixed if static else None)  # noqa: E731
-        if not (static and buf.memories.device.type == "cuda" and cuda_graphs_enabled()):
+        if not (static and use_cuda_graphs(buf.memories.device)):
             steps()
         elif buf.graph is not None:
             buf.graph.replay()
         else:
-            # The first epoch runs eagerly (compiling the kernels; on a side stream, as capture needs), then
-            # the same steps are captured, not run, for the epochs after.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                steps()
-            torch.cuda.current_stream().wait_stream(side)
-            buf.graph = _captured(steps)
+            buf.graph = run_and_capture(steps)
         with torch.no_grad():
             for g, trainer in enumerate(trainers):
                 trainer.model.memories.copy_(buf.memories[g])
@@ -376,10 +369,21 @@ class StackedDAMs:
             buf.wrong += (out.argmax(dim=2) != y).sum(dim=1)
 
 
-def _captured(steps: Callable[[], None]) -> Any:
-    """``steps`` captured as a CUDA graph, or None (and graphs off for the process, with a warning) where
-    something in them cannot be captured."""
+def use_cuda_graphs(device: torch.device) -> bool:
+    """Whether epochs on ``device`` are replayed as CUDA graphs."""
+    return device.type == "cuda" and cuda_graphs_enabled()
+
+
+def run_and_capture(steps: Callable[[], None]) -> Any:
+    """Run ``steps`` once eagerly (compiling the kernels; on a side stream, as capture needs), then capture
+    them, not run, as a CUDA graph for the epochs after.  Returns the graph, or None (and graphs off for the
+    process, with a warning) where something in them cannot be captured."""
     global _GRAPHS_FAILED
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        steps()
+    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
