@@ -2,8 +2,8 @@
 
 A run folder holds ``config.json`` (model and training settings, seed, data folder, versions, device),
 ``model.safetensors`` (weights, never a pickle), ``metrics.jsonl`` (one line per finished epoch) and
-``train_state.safetensors`` (everything resuming needs, written atomically every epoch).  Output folders
-of probes, attacks and the detector follow the same rules for writing:
+``train_state.safetensors`` (everything resuming needs, written atomically; :mod:`dam.training.loop` says
+when).  Output folders of probes, attacks and the detector follow the same rules for writing:
 
 - one writer at a time: :meth:`OutputFolder.lock` takes an OS file lock (the ``filelock`` library; the
   kernel drops it when the process dies, so a killed run leaves no stale lock) and a second writer gets

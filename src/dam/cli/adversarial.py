@@ -99,7 +99,7 @@ def add_adversarial_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="default: the folder the base run was trained on")
     p.add_argument("--device", type=device, default="cpu")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
     g.add_argument("--force", action="store_true", help="move a run already in --out aside (never deleted)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_adversarial_train)

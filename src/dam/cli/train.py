@@ -62,7 +62,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="cpu", help="auto, cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
     g.add_argument("--force", action="store_true", help="move a run already in --out aside (never deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -239,7 +239,7 @@ def fit(
     log: Callable[[str], None] | None = None,
 ) -> None:
     """Train from ``start_epoch`` to ``plan.epochs`` (or ``stop_after``, as a kill would), writing the run
-    folder every epoch.  The caller holds the folder's lock (:meth:`dam.runs.OutputFolder.writing`)."""
+    folder (:class:`_Saves` says when).  The caller holds the folder's lock (:meth:`dam.runs.OutputFolder.writing`)."""
     fit_runs([Run(trainer, plan, run_info, data, start_epoch)], lambda epoch, runs: [trainer.train_epoch(epoch, data)],
              stop_after=stop_after, progress=progress, log=log, desc=plan.desc)  # fmt: skip
 

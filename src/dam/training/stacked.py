@@ -427,7 +427,7 @@ def train(
 ) -> DenseAssociativeMemory:
     """Train DAM_n per ``config`` into run folder ``out`` and return the model.
 
-    ``resume=True`` continues a run folder from its last finished epoch with its saved settings (``config``
+    ``resume=True`` continues a run folder from its last saved epoch with its saved settings (``config``
     may then be None, or equal to the saved one but for ``epochs``, to extend a run); on a new folder it
     starts the run.  A folder that holds a run is never overwritten: without ``resume`` it is refused,
     unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
