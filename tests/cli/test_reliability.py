@@ -65,7 +65,7 @@ def test_second_writer_is_refused_and_first_run_intact(tmp_path, data) -> None:
         assert "another dam process" in line and f"pid {first.pid}" in line
         assert first.poll() is None, "the first run stopped while the second was refused"
     finally:
-        first.send_signal(signal.SIGINT)  # Ctrl-C: finished epochs are kept
+        first.send_signal(signal.SIGINT)  # Ctrl-C: the saved epochs are kept, the metrics end with them
         _, stderr = first.communicate(timeout=300)
     assert first.returncode == 130 and "interrupted" in stderr, stderr
     info = json.loads(dam("info", str(out), "--format", "json").stdout)

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
-        print(f"dam {args.command}: interrupted; finished epochs and results are saved ({how})", file=sys.stderr)
+        print(f"dam {args.command}: interrupted; saved epochs and finished results are kept ({how})", file=sys.stderr)
         return 130
 
 
