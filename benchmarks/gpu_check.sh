@@ -14,7 +14,7 @@
 #    into runs/paper/runs/nN (the layout of `dam reproduce --preset paper --out runs/paper`), until the
 #    script's deadline; each run folder's training state, metrics and config come back as OUT/paper_nN.tar
 #    (resumable anywhere: unpack into runs/paper/runs/ and `dam train --out ... --resume`);
-# 3. the GPU tests, with the time left.
+# 3. the GPU tests, and 4. several models in one process against one after another, with the time left.
 # Run it again on a warm machine (same working tree) and step 2 resumes the runs where they stopped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,5 +70,10 @@ ls -la "$OUT"
 if [ "$(left)" -gt 40 ]; then
     step "the GPU tests (skipped on machines without CUDA): outputs, gradients, graph epochs, an epoch against the CPU"
     timeout "$(($(left) + 30))" python -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -8
+fi
+if [ "$(left)" -gt 60 ]; then
+    step "several models in one process (4 seeds of DAM_30, quick preset values), against one after another"
+    timeout "$(($(left) + 30))" python benchmarks/train_many.py --device "$DEVICE" --seeds 0 1 2 3 --epochs 2 \
+        | tee "$OUT/train_many.txt"
 fi
 echo; echo "== done ($(date +%T), +$(($(date +%s) - START)) s)"
