@@ -264,8 +264,9 @@ class StackedDAMs:
     graph after its first, eager run, and later epochs replay it: one launch per epoch instead of ~35 per
     step, which is what kept the GPU waiting for the host (an epoch was 13-14x its matrix products, the
     kernels busy a fifth of the time).  A graph replays the same kernels on the same buffers, so the weights
-    are the eager ones, bit for bit (tests/test_gpu.py checks it); only the per-epoch values (order, 1/T, lr) change, written into the
-    buffers before each replay.  An epoch in which some model needs float64 scores runs eagerly.
+    are the eager ones, bit for bit (tests/test_gpu.py checks it); only the per-epoch values (order, 1/T,
+    lr) change, written into the buffers before each replay.  An epoch in which some model needs float64
+    scores runs eagerly.
     """
 
     def __init__(self, runs: list[Run]) -> None:
