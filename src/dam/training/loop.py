@@ -268,6 +268,7 @@ def fit_runs(
     first = min(run.start_epoch for run in runs)
     bar = progress_bar(max(run.plan.epochs for run in runs), first, desc, progress)
     saves = _Saves(runs)
+    end_of = {id(run): end for run, end in zip(runs, ends, strict=True)}
     try:
         for epoch in range(first, max(ends)):
             due = [run for run, end in zip(runs, ends, strict=True) if run.start_epoch <= epoch < end]
@@ -287,7 +288,7 @@ def fit_runs(
                     bad.append(f"{where}epoch {epoch + 1}: non-finite training statistics {nonfinite}")
                     continue
                 append_jsonl(run.plan.folder / METRICS_FILE, record)
-                if checkpoint or epoch == run.start_epoch or epoch + 1 == ends[runs.index(run)]:
+                if checkpoint or epoch == run.start_epoch or epoch + 1 == end_of[id(run)]:
                     saves.write(run, epoch)
                 good.append(run)
                 records.append(record)

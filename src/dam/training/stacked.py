@@ -296,7 +296,8 @@ class StackedDAMs:
     def _buffers_for(self, runs: list[Run], trainers: list[DAMTrainer]) -> EpochBuffers:
         key = tuple(self.position[id(run)] for run in runs)
         if key not in self.buffers:
-            memories = torch.stack([t.model.memories.detach() for t in trainers])
+            # (filled from the trainers at the start of every epoch)
+            memories = trainers[0].model.memories.detach().new_empty(len(trainers), *trainers[0].model.memories.shape)
             models, device = len(trainers), memories.device
 
             def column(dtype: torch.dtype) -> Tensor:
@@ -304,7 +305,7 @@ class StackedDAMs:
 
             self.buffers[key] = EpochBuffers(
                 memories=memories,
-                velocity=torch.zeros_like(memories),
+                velocity=torch.empty_like(memories),
                 settings=StepSettings(column(torch.float64), column(memories.dtype), column(memories.dtype)),
                 order=torch.zeros(models, self.images.shape[1], dtype=torch.long, device=device),
                 which=self.which[list(key)][:, None],
@@ -330,7 +331,7 @@ class StackedDAMs:
                 (buf.settings.lr, lrs),
                 (buf.settings.momentum, [c.momentum for c in configs]),
             ):
-                target.copy_(torch.tensor(values, dtype=torch.float64).view(-1, 1, 1))  # fmt: skip
+                target.copy_(torch.tensor(values, dtype=torch.float64).view(-1, 1, 1))
             buf.order.copy_(torch.stack([epoch_permutation(num, c.seed, epoch) for c in configs]))
         model_configs = [t.model.config for t in trainers]
         # No model needs float64 anywhere in this epoch (the usual case): the steps need not look.
