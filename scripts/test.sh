@@ -10,6 +10,6 @@ if [ -z "${DAM_DATA_DIR:-}" ]; then
     cache=$(python -c "from dam.data.sources import cache_dir; print(cache_dir())")
     if [ -d "$cache/mnist" ]; then export DAM_DATA_DIR=$cache; fi
 fi
-ruff check src tests benchmarks
-ruff format --check src tests benchmarks
+ruff check src tests benchmarks studies
+ruff format --check src tests benchmarks studies
 python -m pytest "$@"

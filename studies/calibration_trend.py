@@ -1,0 +1,64 @@
+"""Calibrated beta_sm of a DAM over its training, under one schedule (docs/paper-claims.md, statement 10).
+
+    python studies/calibration_trend.py n30 paper --memories 200 --epochs 25,50,100,200,400,800,1600,3000 \
+        --out trend/n30-paper-K200
+
+Trains preset NAME under SCHEDULE (seed 0, K = --memories) into OUT, stopping at each of --epochs in turn
+(a stopped run resumes bit-exactly, so the checkpoints lie on one run), and after each prints one JSON line:
+test error, the beta_sm at which mean confidence equals accuracy on the 10,000 test images, and the mean top
+output. The lines are also appended to OUT.jsonl. K is reduced so that the paper's 3000 epochs fit on a CPU
+(K = 200: about 0.3 s per epoch on one core); the question is how the schedule moves beta_sm, at equal K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dam import load_dataset, load_model
+from dam.probes.confidence import calibrate_beta_sm
+from dam.training import train
+from dam.training.presets import preset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="model preset: n2, n3, n20, n30")
+    parser.add_argument("schedule", help="training schedule: paper, cpu, quick")
+    parser.add_argument("--memories", type=int, default=200)
+    parser.add_argument("--epochs", required=True, help="comma-separated epochs to measure at")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    checkpoints = sorted(int(e) for e in args.epochs.split(","))
+    config = preset(args.name, args.schedule, seed=args.seed, num_memories=args.memories)
+    if checkpoints[-1] > config.epochs:
+        parser.error(f"--epochs goes past the schedule's {config.epochs} epochs")
+    x, y = load_dataset("mnist", "test", data_dir=args.data_dir)
+    out = Path(args.out)
+    for epoch in checkpoints:
+        t0 = time.perf_counter()
+        train(config, out, data_dir=args.data_dir, resume=True, stop_after=epoch, progress=False)
+        model = load_model(out)
+        with torch.no_grad():
+            outputs = torch.cat([model.scores(x[i : i + 2000]) for i in range(0, len(x), 2000)])
+        row = {
+            "epoch": epoch,
+            "test_error": (outputs.argmax(1) != y).float().mean().item(),
+            "beta_sm": calibrate_beta_sm(None, None, y, outputs=outputs),
+            "mean_top_output": outputs.max(1).values.mean().item(),
+            "seconds": time.perf_counter() - t0,
+        }
+        print(json.dumps(row), flush=True)
+        with out.with_suffix(".jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
