@@ -1,0 +1,77 @@
+"""studies/calibration_trend.py, run as a user runs it: a subprocess on a small MNIST-shaped set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dam import load_dataset, load_model
+from dam.probes.confidence import calibrate_beta_sm
+from fakes import tiny_mnist, write_split
+
+SCRIPT = Path(__file__).parents[2] / "studies" / "calibration_trend.py"
+
+
+def study(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bar images of tiny_mnist, with 10% of the test labels wrong so that the accuracy can be calibrated."""
+    root = tmp_path_factory.mktemp("tiny")
+    tiny_mnist(root / "mnist")
+    test = np.zeros((10000, 28, 28), dtype=np.uint8)
+    labels = np.arange(10000, dtype=np.uint8) % 10
+    test[np.arange(10000), 3 + 2 * labels, :] = 255
+    labels[::10] = (labels[::10] + 1) % 10
+    write_split(root / "mnist", "t10k", test, labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def perfect_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_mnist(tmp_path_factory.mktemp("perfect") / "mnist").parent
+
+
+def test_one_line_per_checkpoint_on_one_run(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n30"
+    done = study("n30", "quick", "--memories", "20", "--epochs", "2,1", "--data-dir", str(data_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # sorted, each measured once
+    assert rows == [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    # The checkpoints lie on one run: its metrics hold epochs 1 and 2 once each, and each row's test error is the
+    # one training recorded at that epoch.
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for row, m in zip(rows, metrics, strict=True):
+        assert row["test_error"] == pytest.approx(m["test_error"], abs=1e-6)
+        assert row["beta_sm"] > 0 and 0 < row["mean_top_output"] <= 1
+    # beta_sm multiplies the outputs Y = tanh(scores), as `dam calibrate` has it (the run ends at the last row).
+    x, y = load_dataset("mnist", "test", data_dir=data_dir)
+    assert rows[-1]["beta_sm"] == pytest.approx(calibrate_beta_sm(load_model(out), x, y), rel=1e-4)
+
+
+def test_a_model_at_100_percent_is_reported_not_calibrated(perfect_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n2"
+    done = study(
+        "n30", "quick", "--memories", "20", "--epochs", "3", "--data-dir", str(perfect_data_dir), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["test_error"] == 0 and row["beta_sm"] is None
+    assert "leaves no beta_sm" in row["not_calibrated"]
+
+
+def test_epochs_past_the_schedule_are_refused_before_training(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n2"
+    done = study("n2", "quick", "--epochs", "10,31", "--data-dir", str(data_dir), "--out", str(out))
+    assert done.returncode == 2
+    assert "past the schedule's 30 epochs" in done.stderr.splitlines()[-1]
+    assert not out.exists()
