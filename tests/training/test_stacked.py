@@ -1,11 +1,10 @@
 """Several DAMs trained together (dam.training.train_many) end as each would alone (dam.training.train).
 
 What is compared and how exactly: the stacked step computes every model's numbers with the same operations
-in the same order as training alone (on a CPU, the vectorised tanh and pow, whose rounding depends on a
-tensor's length, even in the same shapes), and on the CPU these tests were written on the batched products
-(torch.bmm) gave the same bits as the per-model ones (torch.mm): the weights came out bit-identical.  The
-comparisons with training alone still allow float rounding, because bmm and mm may sum in another order on
-another BLAS or device, and compiled kernels are generated separately for the stacked shapes.  Comparisons
+in the same order as training alone (on a CPU, the products, tanh and pow model by model in training alone's
+shapes: a batched product, and the vectorised tanh and pow of a longer tensor, round otherwise on some CPUs).
+The comparisons with training alone still allow float rounding, because compiled kernels are generated
+separately for the stacked shapes.  Comparisons
 of train_many with itself (a resumed run against an uninterrupted one) are exact.
 """
 

@@ -143,7 +143,7 @@ def stacked_step(
                        v.new_zeros((models, batch, padded - width))], dim=2)  # fmt: skip
     inv_t = settings.inv_t.to(work)
     with torch.no_grad():
-        h = torch.bmm(v_ext[:, :, :width], xi.transpose(1, 2))
+        h = _batched_product(v_ext[:, :, :width], xi.transpose(1, 2))
         lab = xi[:, :, pixels:].transpose(1, 2).contiguous()
         scores = _gaps(h, lab, inv_t, n)
     # tanh and the loss by autograd, as in training alone: the same backward formulas, value for value.
@@ -163,10 +163,21 @@ def stacked_step(
         losses.sum().backward()
     with torch.no_grad():
         dh, dlab = _padded_backward(scores.grad.contiguous(), h, lab, inv_t, n)  # type: ignore[union-attr]
-        dxi = torch.bmm(dh.transpose(1, 2), v_ext)[:, :, :width]
+        dxi = _batched_product(dh.transpose(1, 2), v_ext)[:, :, :width]
         dxi[:, :, pixels:] += dlab.transpose(1, 2)
         update_memories(memories, dxi.to(dtype), velocity, settings.lr, settings.momentum)
     return losses.detach(), out.detach()
+
+
+def _batched_product(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for each model: one torch.bmm on a GPU; on a CPU model by model, in training alone's shapes.
+
+    On some CPUs (measured: an AVX-512 Xeon, torch 2.13) the BLAS sums a batched product in another order
+    than the single one, and a few epochs of a large-n DAM amplify that last bit past any fixed tolerance;
+    per-model products cost the same on a CPU and give training alone's bits."""
+    if a.device.type != "cpu":
+        return torch.bmm(a, b)
+    return torch.stack([x @ y for x, y in zip(a.unbind(), b.unbind(), strict=True)])
 
 
 def _padded_backward(g: Tensor, h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> tuple[Tensor, Tensor]:
