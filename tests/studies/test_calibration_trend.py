@@ -59,7 +59,7 @@ def test_one_line_per_checkpoint_on_one_run(data_dir: Path, tmp_path: Path) -> N
 
 
 def test_a_model_at_100_percent_is_reported_not_calibrated(perfect_data_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "n2"
+    out = tmp_path / "n30"
     done = study(
         "n30", "quick", "--memories", "20", "--epochs", "3", "--data-dir", str(perfect_data_dir), "--out", str(out)
     )

@@ -4,8 +4,8 @@ What is compared and how exactly: the stacked step computes every model's number
 in the same order as training alone (on a CPU, the products, tanh and pow model by model in training alone's
 shapes: a batched product, and the vectorised tanh and pow of a longer tensor, round otherwise on some CPUs).
 The comparisons with training alone still allow float rounding, because compiled kernels are generated
-separately for the stacked shapes.  Comparisons
-of train_many with itself (a resumed run against an uninterrupted one) are exact.
+separately for the stacked shapes.  Comparisons of train_many with itself (a resumed run against an
+uninterrupted one) are exact.
 """
 
 from __future__ import annotations
