@@ -173,8 +173,9 @@ def _batched_product(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for each model: one torch.bmm on a GPU; on a CPU model by model, in training alone's shapes.
 
     On some CPUs (measured: an AVX-512 Xeon, torch 2.13) the BLAS sums a batched product in another order
-    than the single one, and a few epochs of a large-n DAM amplify that last bit past any fixed tolerance;
-    per-model products cost the same on a CPU and give training alone's bits."""
+    than the single one, and a few epochs of a large-n DAM amplify that last bit past any fixed tolerance.
+    Per-model products give training alone's bits at a price: four `quick` DAM_30 on that 2-core Xeon took
+    4.38 s per epoch together this way against 3.62 s with bmm (5.48 s one after another)."""
     if a.device.type != "cpu":
         return torch.bmm(a, b)
     return torch.stack([x @ y for x, y in zip(a.unbind(), b.unbind(), strict=True)])
