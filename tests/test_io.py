@@ -160,3 +160,22 @@ def test_read_json_object_names_each_problem(tmp_path: Path):
             read_json_object(path, "not a run folder")
     atomic_write_json(path, {"kind": "dam"})
     assert read_json_object(path, "") == {"kind": "dam"}
+
+
+def _strict(text: str):
+    import json
+
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_hold_null_where_a_number_does_not_exist(tmp_path: Path) -> None:
+    """A NaN or an infinity (the mean of no values) is written as null: strict readers accept the file."""
+    nan, inf = float("nan"), float("inf")
+    atomic_write_json(tmp_path / "a.json", {"mean": nan, "bins": [0.5, nan, -inf], "nested": {"x": (inf, 1.0)}})
+    assert _strict((tmp_path / "a.json").read_text()) == {"bins": [0.5, None, None], "mean": None,
+                                                           "nested": {"x": [None, 1.0]}}  # fmt: skip
+    append_jsonl(tmp_path / "m.jsonl", {"epoch": 1, "loss": nan})
+    assert _strict((tmp_path / "m.jsonl").read_text()) == {"epoch": 1, "loss": None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -67,8 +68,22 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: JSON has no NaN (Python writes a token that strict
+    readers refuse), and a number that does not exist (the mean of no values) is null, not a silent NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``obj`` as strict JSON (NaN and infinities as null), atomically."""
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
@@ -77,7 +92,7 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     A write that fails part-way is cut back off, so that the file never holds a torn line followed by
     later, complete ones; the error is a RunFolderError naming the file.
     """
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    line = (json.dumps(json_ready(record), sort_keys=True, allow_nan=False) + "\n").encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:

@@ -100,3 +100,18 @@ def test_figures_are_written_as_png(setup, tmp_path) -> None:
     for name in names:
         raw = (out / "figures" / name).read_bytes()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000
+
+
+def test_boundary_with_no_crossing_writes_null_not_nan(setup, tmp_path, capsys) -> None:
+    """One step is too few to cross: the mean distance does not exist, and says so (no NaN in JSON or text)."""
+    data, runs = setup
+    out = tmp_path / "o"
+    argv = ["boundary", runs[0], "--images", "4", "--out", str(out), "--data-dir", str(data), "--max-steps", "1",
+            "--eps", "1e-6", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "n/a (no search crossed the boundary)" in printed and "nan" not in printed.lower()
+    text = (out / "dam2" / "boundary.json").read_text()
+    assert "NaN" not in text
+    summary = json.loads(text)
+    assert summary["success_rate"] == 0 and summary["l2_mean"] is None and summary["linf_mean"] is None

@@ -92,8 +92,13 @@ def cmd_boundary(args: argparse.Namespace) -> int:
             d = r.distances("boundary")
             print(f"{model_name(run)}: {len(x)} images, success {r.success.float().mean():.1%}, "
               f"stalled {r.stalled.float().mean():.1%}, stuck {r.stuck.float().mean():.1%}, "
-              f"mean L2 {d['l2'].nanmean():.3f} -> {out / model_name(run)}/boundary.*")  # fmt: skip
+              f"mean L2 {_mean_text(d['l2'])} -> {out / model_name(run)}/boundary.*")  # fmt: skip
     return 0
+
+
+def _mean_text(values: torch.Tensor) -> str:
+    found = values[~values.isnan()]  # NaN: the image's search did not cross the boundary
+    return f"{found.mean():.3f}" if len(found) else "n/a (no search crossed the boundary)"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -77,6 +77,6 @@ def confidence_binned_error(
         sel = index == i
         count = int(sel.sum())
         counts.append(count)
-        errors.append(float(wrong[sel].mean()) if count else float("nan"))
-        mean_conf.append(float(z[sel].mean()) if count else float("nan"))
+        errors.append(float(wrong[sel].mean()) if count else None)  # an empty bin has no error rate
+        mean_conf.append(float(z[sel].mean()) if count else None)
     return {"edges": edges.tolist(), "count": counts, "error": errors, "mean_confidence": mean_conf}

@@ -72,6 +72,12 @@ def _matches(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[st
     return saved is not None and key_matches(saved.get("search"), search.settings()) and _done(path, search, inputs)
 
 
+def _mean_or_none(values: Tensor) -> float | None:
+    """Mean over the images whose search crossed the boundary (the others are NaN); None when none did."""
+    found = values[~values.isnan()]
+    return float(found.mean()) if len(found) else None
+
+
 def _boundary_inputs(images: Tensor, weights: str) -> dict[str, Any]:
     return {"images": len(images), "images_md5": tensor_md5(images), "model_md5": weights}
 
@@ -137,7 +143,7 @@ def run_boundary(
     summary = _summary(
         run, search, result, **inputs,
         crossing_step_median=float(crossed.median()) if len(crossed) else None,
-        l2_mean=float(d["l2"].nanmean()), linf_mean=float(d["linf"].nanmean()),
+        l2_mean=_mean_or_none(d["l2"]), linf_mean=_mean_or_none(d["linf"]),
         clean_error=float((result.top.cpu() != labels.cpu()).float().mean()),
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from dam.data import load_dataset, seeded_subset, train_val_split
 from dam.environment import environment_info
 from dam.errors import CheckpointError, ConfigError, InputError
-from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, json_ready, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
 from dam.progress import progress_bar
 from dam.runs import METRICS_FILE, STATE_FILE, run_data_dir
@@ -118,7 +118,8 @@ def error_rate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int
 def keep_metrics_until(folder: Path, epoch: int) -> None:
     """Drop metric lines past ``epoch`` (an epoch a kill interrupted after logging it is replayed)."""
     records = [r for r in read_jsonl(folder / METRICS_FILE) if r.get("epoch", 0) <= epoch]
-    atomic_write_bytes(folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    lines = [json.dumps(json_ready(r), sort_keys=True, allow_nan=False) + "\n" for r in records]
+    atomic_write_bytes(folder / METRICS_FILE, "".join(lines).encode())
 
 
 def save_train_state(folder: Path, tensors: dict[str, Tensor], epochs_done: int, meta: dict[str, str]) -> None:

@@ -137,7 +137,7 @@ def boundary_pictures(m: Measurements) -> Claim:
     l2 = {n: m.boundary[n]["l2_mean"] for n in m.models if n in m.boundary}
     measured = (
         f"deformation correlation: {_per_model(m.deformation_likeness)}; mean L2 distance to the "
-        f"boundary ([0, 1] pixels): {_per_model(l2, lambda v: f'{v:.2f}')}"
+        f"boundary ([0, 1] pixels): {_per_model(l2, lambda v: 'n/a' if v is None else f'{v:.2f}')}"
     )
     d = m.deformation_likeness
     return Claim("Fig. 4", statement, measured, "agrees" if d["n30"] > max(d[n] for n in SMALL) else "differs", rule)

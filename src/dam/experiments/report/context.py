@@ -17,6 +17,7 @@ from dam.experiments.report.formatting import (
     claim,
     figure,
     fmt,
+    fmt_or,
     pct,
     read_json,
     reading,
@@ -70,11 +71,13 @@ def gather(out: Path) -> Measurements:
         if (cal := read_json(folder / "calibration.json")) is not None:
             with reading(folder / "calibration.json"):
                 require_numbers(cal, "beta_sm", none_ok=True)
-                require_numbers(cal.get("binned_error_calibrated") or {}, "error", "count")
+                require_numbers(cal.get("binned_error_calibrated") or {}, "error", none_ok=True)  # empty bins
+                require_numbers(cal.get("binned_error_calibrated") or {}, "count")
             m.calibration[name] = cal
         if (summary := read_json(folder / "boundary.json")) is not None:
             with reading(folder / "boundary.json"):
-                require_numbers(summary, "success_rate", "l2_mean")
+                require_numbers(summary, "success_rate")
+                require_numbers(summary, "l2_mean", none_ok=True)  # None: no search crossed
             m.boundary[name] = summary
             r = load_result(BoundaryResult, folder / "boundary")
             ok = r.success.bool()
@@ -184,8 +187,8 @@ def _fig4(out: Path, m: Measurements, figs: Path) -> dict[str, Any]:
     for n, s in m.boundary.items():
         with reading(out / "probes" / n / "boundary.json"):
             steps = s.get("crossing_step_median")
-            rows.append([n, pct(s["success_rate"]), pct(s["stalled_rate"]), fmt(s["l2_mean"], ".2f"),
-                         fmt(s["linf_mean"], ".3f"), "-" if steps is None else fmt(steps, ".0f"),
+            rows.append([n, pct(s["success_rate"]), pct(s["stalled_rate"]), fmt_or(s["l2_mean"], ".2f"),
+                         fmt_or(s["linf_mean"], ".3f"), "-" if steps is None else fmt(steps, ".0f"),
                          fmt(m.deformation_likeness.get(n, float("nan")), ".3f")])  # fmt: skip
     header = ["model", "boundary found", "stalled", "mean L2", "mean Linf", "median steps", "deformation correlation"]
     return {
