@@ -230,6 +230,29 @@ class OutputFolder:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
+    def check_results(self) -> None:
+        """Refuse to write results (probes, attacks, a detector) into a training run's folder: they would
+        mix with the run's files and could replace its own (a fine-tuned run's robustness.json)."""
+        if self.path.is_dir() and self.holds_run():
+            raise RunFolderError(
+                f"{self.path}: holds a training run; give the {self.what} its own --out, not a run folder"
+            )
+        self.check_writable()
+
+    def check_kind(self, markers: tuple[str, ...], kind: str) -> None:
+        """Refuse a non-empty folder that is not a ``kind`` (it has none of the ``markers``, the files every
+        ``kind`` writes first): this command's files would mix with another's, and its reuse checks would
+        not apply."""
+        if self.path.is_dir():
+            if self.holds_run():
+                raise RunFolderError(f"{self.path}: holds a training run, not a {kind}; give another --out")
+            others = [p.name for p in self.path.iterdir() if p.name not in (LOCK_FILE, LOCK_OWNER_FILE)]
+            if others and not any((self.path / marker).exists() for marker in markers):
+                raise RunFolderError(
+                    f"{self.path}: not empty and not a {kind} (it has no {markers[0]}); use an empty or new --out"
+                )
+        self.check_writable()
+
     def claim(self, *, resume: bool) -> bool:
         """Decide what a training run may do with this folder; True when there is a run to resume.
 

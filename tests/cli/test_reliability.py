@@ -112,6 +112,29 @@ def test_output_problems_are_found_before_compute(tmp_path, finished, data) -> N
     assert time.monotonic() - t0 < 60  # four interpreter starts; no training or search ran
 
 
+def test_results_are_not_written_into_a_run_or_a_foreign_folder(tmp_path, finished, data) -> None:
+    """Probes, attacks and detectors refuse a training run's folder; reproduce and sweep refuse a non-empty
+    folder that is not theirs; nothing is written into either."""
+    before = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    for argv in (
+        ["boundary", str(finished), "--images", "5", "--data-dir", str(data)],
+        ["calibrate", str(finished), "--images", "5", "--data-dir", str(data)],
+        ["attack", str(finished), "--images", "5", "--autoattack", "none", "--hsj-steps", "0"],
+        ["detect", "--classifier", str(finished), "--guard", str(finished), "--images", "20", "--data-dir", str(data)],
+    ):
+        line = one_line_error(dam(*argv, "--out", str(finished)))
+        assert "holds a training run" in line and "its own --out" in line, line
+    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir()} == before
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    for argv, kind in ((["reproduce", "--preset", "quick", "--no-check"], "reproduction"),
+                       (["sweep", "--preset", "quick", "--backend", "local"], "sweep")):  # fmt: skip
+        line = one_line_error(dam(*argv, "--data-dir", str(data), "--out", str(foreign)))
+        assert f"not empty and not a {kind}" in line, line
+    assert [p.name for p in foreign.iterdir()] == ["todo.txt"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_out_is_one_line(tmp_path, data) -> None:
     ro = tmp_path / "ro"

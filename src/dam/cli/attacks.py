@@ -35,7 +35,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     suite = replace(d, images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
                     hsj_steps=args.hsj_steps, autoattack=args.autoattack, aa_fab=not args.no_fab, **given)  # fmt: skip
     out = OutputFolder(args.out, "attack output folder")
-    out.check_writable()
+    out.check_results()
 
     with out.lock():
         summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,

@@ -40,7 +40,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     run_kind(args.classifier), run_kind(args.guard)
     check_test_images("--images", args.images, run_dataset(args.classifier), 2, "half calibrates, half evaluates")
     folder = OutputFolder(args.out, "detector output folder")
-    folder.check_writable()
+    folder.check_results()
     with folder.lock():
         report = run_detection(
         args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,

@@ -48,7 +48,7 @@ def _prepare(args: argparse.Namespace) -> Path:
     if getattr(args, "images", None) is not None:
         check_test_images("--images", args.images, _dataset(args))
     out = OutputFolder(args.out, "probe output folder")
-    out.check_writable()
+    out.check_results()
     return out.path
 
 

@@ -269,9 +269,7 @@ def reproduce(
         raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     device = str(resolve_device(device))
     folder = OutputFolder(out, "reproduction folder")
-    if folder.holds_run():  # a training run's folder: its runs go to OUT/runs/, not beside its files
-        raise InputError(f"{out}: holds a training run, not a reproduction; give another --out")
-    folder.check_writable()
+    folder.check_kind(("reproduce.json", "stages.json"), "reproduction")  # a run's folder or another command's: refused
     with folder.lock():
         return _reproduce(preset, Path(out), data_dir, device, progress, check, log)
 

@@ -615,7 +615,7 @@ def run_sweep(
     data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
     out = Path(out)
     folder = OutputFolder(out, "sweep folder")
-    folder.check_writable()
+    folder.check_kind(("plan.json",), "sweep")
     with folder.lock():
         _check_plan(out, plan)
         tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
