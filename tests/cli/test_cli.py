@@ -71,6 +71,10 @@ def test_resume_extends_a_finished_run(run: Path, tmp_path: Path, capsys) -> Non
         assert main(["train", "--out", str(copy), "--resume", *flags, "--no-progress"]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert json.loads((copy / "config.json").read_text())["train"]["lr"] != 0.5
+    # fewer epochs than are done: refused, the saved plan untouched (the weights already hold epoch 4)
+    assert main(["train", "--out", str(copy), "--resume", "--epochs", "2", "--no-progress"]) == 2
+    assert "fewer than the 4 already done" in capsys.readouterr().err
+    assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == 4
 
 
 def test_the_starting_command_again_with_resume_continues_it(tiny_data: Path, tmp_path: Path, capsys) -> None:
@@ -97,6 +101,9 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
     assert main([*common, "--resume", "--epochs", "2"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hidden"] == 8 and saved["train"]["epochs"] == 2
+    capsys.readouterr()
+    assert main([*common, "--resume", "--epochs", "1"]) == 2  # a run is extended, never shortened
+    assert "fewer than the 2 already done" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from dam.errors import CheckpointError, ConfigError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, json_ready, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
 from dam.progress import progress_bar
-from dam.runs import METRICS_FILE, STATE_FILE, run_data_dir
+from dam.runs import METRICS_FILE, STATE_FILE, finished_epochs, run_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,13 @@ def resumed_settings(saved: S, given: S | None, folder: Path) -> S:
     if replace(given, epochs=saved.epochs) != saved:  # type: ignore[type-var]
         diff = {k: (v, getattr(given, k)) for k, v in asdict(saved).items() if getattr(given, k) != v}  # type: ignore[call-overload]
         raise CheckpointError(f"{folder}: resume with settings that differ from the saved run (saved, given): {diff}")
+    status = finished_epochs(folder)
+    if status is not None and given.epochs < status[0]:  # type: ignore[attr-defined]
+        # A run is extended, never shortened: its weights already hold the later epochs.
+        raise CheckpointError(
+            f"{folder}: {given.epochs} epochs asked for, fewer than the {status[0]} already done; a run is "  # type: ignore[attr-defined]
+            "extended, never shortened (ask for at least as many, or give no epoch count to finish the saved plan)"
+        )
     return replace(saved, epochs=given.epochs)  # type: ignore[type-var]
 
 
