@@ -11,10 +11,10 @@ from dam.errors import ConfigError
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dam.robustness.attacks.runner import AttackSuite, run_attacks
-    from dam.runs import OutputFolder, common_dataset, distinct_names, run_kind
+    from dam.runs import OutputFolder, common_dataset, distinct_names, load_model
 
-    for run in [*args.runs, *args.transfer_from]:
-        run_kind(run)
+    for run in [*args.runs, *args.transfer_from]:  # every model readable before any attack (weights too)
+        load_model(run)
     distinct_names(args.runs)
     distinct_names(args.transfer_from)
     check_test_images("--images", args.images, common_dataset(args.runs))

@@ -104,6 +104,22 @@ def test_cli_attack_missing_run_is_one_line_before_any_data(tmp_path, capsys):
     assert "no such run folder" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_attack_damaged_weights_are_one_line_before_any_attack(tiny_reproduction, tmp_path, capsys):
+    """The second run (or a transfer source) with unreadable weights fails before the first is attacked."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_reproduction / "runs" / "n2", damaged)
+    (damaged / "model.safetensors").write_bytes(b"not safetensors")
+    good = str(tiny_reproduction / "runs" / "n3")
+    for argv in ([good, str(damaged)], [good, "--transfer-from", str(damaged)]):
+        out = tmp_path / f"out{len(argv)}"
+        assert cli.main(["attack", *argv, "--out", str(out), "--images", "8", "--autoattack", "none"]) == 2
+        err = capsys.readouterr().err
+        assert "model.safetensors" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()  # nothing attacked, no folder made
+
+
 def test_the_reuse_key_names_the_attacks_that_are_transferred():
     """A result made without the APGD-T transfers is not reused by a suite that transfers them."""
     import torch

@@ -38,7 +38,7 @@ from dam.robustness.attacks.standard import (
     require_foolbox,
 )
 from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict, starvation
-from dam.runs import common_dataset, load_model, model_md5, model_name, run_kind
+from dam.runs import common_dataset, load_model, model_md5, model_name
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +337,8 @@ def run_attacks(
     """
     require_foolbox()
     sources = sources or []
-    for run in [*runs, *sources]:  # a typo fails at once, before data are read
-        run_kind(run)
+    for run in [*runs, *sources]:  # a typo or damaged weights fail at once, before data are read
+        load_model(run)
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
