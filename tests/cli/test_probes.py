@@ -58,6 +58,14 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
     # the same --out with other settings is refused rather than silently reusing the old result
     assert main(["rubbish", runs[0], "--per-class", "1", *common[:-3], "--max-steps", "51", "--no-progress"]) == 2
     assert "other search settings" in capsys.readouterr().err
+    # other inputs (the seed): refused too, the finished result kept; --force replaces it
+    before = (out / "dam2" / "rubbish.json").read_text()
+    assert main(["rubbish", runs[0], "--per-class", "1", "--seed", "3", *common]) == 2
+    err = capsys.readouterr().err
+    assert "other inputs (seed differ)" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (out / "dam2" / "rubbish.json").read_text() == before
+    assert main(["rubbish", runs[0], "--per-class", "1", "--seed", "3", "--force", *common]) == 0
+    assert json.loads((out / "dam2" / "rubbish.json").read_text())["seed"] == 3
 
 
 def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from dam.errors import InputError
 from dam.probes.runner import run_calibration
 from fakes import prototype_images, prototype_model
 
@@ -20,8 +22,10 @@ def test_calibration_of_a_model_without_a_calibrated_beta_is_recorded(tmp_path):
     bad = run_calibration(tmp_path / "m3", tmp_path / "out-wrong", images, wrong)
     assert bad["beta_sm"] is None and "accuracy" in bad["calibration_error"]
     assert "binned_error_paper_beta" in bad and "binned_error_calibrated" not in bad
-    # A saved calibration of another number of images is not reused.
-    again = run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30])
+    # A saved calibration of other images is neither reused nor replaced silently: refused, or replaced when asked.
+    with pytest.raises(InputError, match=r"other inputs \(images_md5 differ\).*--force"):
+        run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30])
+    again = run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30], replace=True)
     assert again["images"] == 30
 
 

@@ -39,7 +39,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     with out.lock():
         summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
-                              device=args.device)  # fmt: skip
+                              device=args.device, replace=args.force)  # fmt: skip
     for norm in ("linf", "l2"):
         eps = summary["suite"][norm]
         print(f"\nrobust accuracy, {norm}, worst case over all attacks ({summary['images']['count']} images)")
@@ -64,6 +64,8 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", help="run folders (DAMs or baselines) to attack")
     p.add_argument("--out", required=True, help="output folder (finished models are reused)")
+    p.add_argument("--force", action="store_true",
+                   help="attack again models whose result in --out was made otherwise (default: refuse)")  # fmt: skip
     p.add_argument("--transfer-from", nargs="*", default=[], metavar="RUN",
                    help="source models whose PGD and APGD-T adversarials are shown to every other model")  # fmt: skip
     p.add_argument("--images", type=positive_int, default=d.images, help="size of the seeded test subset")

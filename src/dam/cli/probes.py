@@ -21,6 +21,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=positive_float, help="step length in [-1, 1] pixel units")
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace results in --out made with other settings or inputs (default: refuse)")  # fmt: skip
 
 
 def _search_kwargs(args: argparse.Namespace) -> dict:
@@ -66,7 +68,7 @@ def cmd_rubbish(args: argparse.Namespace) -> int:
     out = _prepare(args)
     with OutputFolder(out, "probe output folder").lock():
         for run in args.runs:
-            result = run_rubbish(run, out, _search_kwargs(args), args.per_class, args.seed)
+            result = run_rubbish(run, out, _search_kwargs(args), args.per_class, args.seed, replace=args.force)
             rate = result.success.float().mean()
             print(f"{model_name(run)}: {len(result.targets)} rubbish images, success {rate:.1%}, "
               f"stalled {result.stalled.float().mean():.1%} -> {out / model_name(run)}/rubbish.*")  # fmt: skip
@@ -88,7 +90,7 @@ def cmd_boundary(args: argparse.Namespace) -> int:
     x, y = _test_images(args)
     with OutputFolder(out, "probe output folder").lock():
         for run in args.runs:
-            r = run_boundary(run, out, {"until": args.until, **_search_kwargs(args)}, x, y)
+            r = run_boundary(run, out, {"until": args.until, **_search_kwargs(args)}, x, y, replace=args.force)
             d = r.distances("boundary")
             print(f"{model_name(run)}: {len(x)} images, success {r.success.float().mean():.1%}, "
               f"stalled {r.stalled.float().mean():.1%}, stuck {r.stuck.float().mean():.1%}, "
@@ -110,7 +112,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     results = {}
     with OutputFolder(out, "probe output folder").lock():
         for run in args.runs:
-            c = run_calibration(run, out, x, y)
+            c = run_calibration(run, out, x, y, replace=args.force)
             results[c["model"]] = {"beta_sm": c["beta_sm"], "accuracy": c["accuracy"]}
     print(json.dumps(results, indent=2))
     return 0
@@ -126,7 +128,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     out = _prepare(args)
     with OutputFolder(out, "probe output folder").lock():
         tables = run_transfer(args.runs, out, images=args.images, per_class=args.per_class, seed=args.seed,
-                              data_dir=args.data_dir, search_options=options, dataset=_dataset(args))  # fmt: skip
+                              data_dir=args.data_dir, search_options=options, dataset=_dataset(args),
+                              replace=args.force)  # fmt: skip
     adv = tables["adversarial"]
     print("adversarial transfer: error rate (rows: set made by, columns: classified by)")
     print("            " + " ".join(f"{n:>10s}" for n in adv["models"]))
@@ -173,6 +176,8 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--images", type=positive_int, default=10000)
+    p.add_argument("--force", action="store_true",
+                   help="replace results in --out made with other settings or inputs (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("transfer", help="adversarial and rubbish transfer tables between models (Fig. 5, 6)")
@@ -185,6 +190,8 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=positive_float, help="step length of both searches")
     p.add_argument("--max-steps", type=positive_int, help="step budget of both searches")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace results in --out made with other settings or inputs (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("figures", help="PNG pictures (Fig. 2-7) from the probe outputs in --out")

@@ -147,7 +147,9 @@ def run_beyond(
             folder = beyond / "attacks"
 
             def attack() -> None:
-                run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log)
+                # The reproduction's own folder: results made otherwise (an older dam's suite) are redone.
+                run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log,
+                            replace=True)  # fmt: skip
 
             done = lambda: attacks_done(targets, folder, suite, sources=sources, data_dir=data_dir)  # noqa: E731
             stages.run("attacks", attack, done)

@@ -355,6 +355,7 @@ def _reproduce(
                 search_options=options,
                 device=device,
                 converged_examples=CONVERGED_EXAMPLES,
+                replace=True,  # the reproduction's own folder: results made otherwise are redone
             ),
             done,
         )

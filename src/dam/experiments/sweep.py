@@ -407,8 +407,9 @@ def measure_point(task: PointTask, run: Path, device: str, note: Callable[..., N
     t0 = time.perf_counter()
     clean = evaluate_run(run, data_dir=task.data_dir, device=device)
     lines: list[str] = []
+    # The sweep's own folder (its plan checked): results made otherwise (an older dam's suite) are redone.
     summary = run_attacks([str(run)], run / "attacks", task.suite, data_dir=task.data_dir, device=device,
-                          log=lines.append)  # fmt: skip
+                          log=lines.append, replace=True)  # fmt: skip
     attack_seconds = time.perf_counter() - t0
     note("attacks", seconds=attack_seconds, log=lines)
     model = summary["models"][model_name(run)]
@@ -428,7 +429,7 @@ def measure_point(task: PointTask, run: Path, device: str, note: Callable[..., N
     x, y = test_images(plan.images, task.data_dir)
     boundary, rubbish, calibration = run_model_probes(
         run, run / "probes", x, y, per_class=plan.per_class, seed=plan.probe_seed,
-        search_options={**plan.search_options, "progress": False}, device=device,
+        search_options={**plan.search_options, "progress": False}, device=device, replace=True,
     )  # fmt: skip
     d = boundary.distances("boundary")
     l2, linf = _finite(d["l2"].tolist()), _finite(d["linf"].tolist())

@@ -4,6 +4,7 @@ killed job resumes without redoing finished models."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -21,8 +22,10 @@ from dam.probes.boundary import BoundaryResult, BoundarySearch
 from dam.probes.confidence import PAPER_BETA_SM, calibrate_beta_sm, confidence_binned_error, model_outputs
 from dam.probes.rubbish import RubbishResult, RubbishSearch
 from dam.probes.transfer import adversarial_table, rubbish_table, save_table
-from dam.results import key_matches, read_json, tensor_md5
+from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.runs import model_md5, model_name
+
+logger = logging.getLogger(__name__)
 
 
 def save_result(result: Any, path: Path, summary: dict[str, Any]) -> None:
@@ -48,28 +51,45 @@ def _saved(path: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) else None
 
 
-def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
-    """Whether a finished result of these search settings and inputs is on disk.
+def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any], replace: bool) -> bool:
+    """Whether a finished result of these search settings and inputs is on disk (then it is reused).
 
-    Other search settings are an error (the user asked for something else in the same folder); other
-    inputs (the model's weights, the images, the rubbish seed or count) make the saved result stale, and
-    it is recomputed.
+    A finished result made otherwise (other search settings, or other inputs: the model's weights, the
+    images, the rubbish seed or count) is never replaced silently: refused, or with ``replace`` (the CLI's
+    ``--force``, a pipeline's own folder) replaced with a warning.
     """
     saved = _saved(path)
     if saved is None:
         return False
     if not key_matches(saved.get("search"), search.settings()):
-        raise InputError(
-            f"{path.with_suffix('.json')} was made with other search settings ({saved.get('search')}); "
-            "use another --out, or delete that model's results to recompute them"
-        )
-    return key_matches({k: saved.get(k) for k in inputs}, inputs)
+        return _replaced(path.with_suffix(".json"), f"other search settings ({saved.get('search')})", replace)
+    return _same_inputs(path.with_suffix(".json"), saved, inputs, replace)
+
+
+def _same_inputs(file: Path, saved: dict[str, Any], inputs: dict[str, Any], replace: bool) -> bool:
+    if key_matches({k: saved.get(k) for k in inputs}, inputs):
+        return True
+    now = result_key(**inputs)
+    differ = ", ".join(sorted(k for k in now if saved.get(k) != now[k]))
+    return _replaced(file, f"other inputs ({differ} differ)", replace)
+
+
+def _replaced(file: Path, how: str, replace: bool) -> bool:
+    """False (the result is made again) when ``replace``, with a warning; else the one-line refusal."""
+    if not replace:
+        raise InputError(f"{file} holds a finished result made with {how}; use another --out, or --force to replace it")
+    logger.warning("replacing %s, made with %s", file, how)
+    return False
 
 
 def _matches(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any]) -> bool:
-    """Like :func:`_done`, but other search settings are a plain mismatch rather than an error."""
+    """Whether :func:`_done` would reuse the result; a result made otherwise is a plain mismatch here."""
     saved = _saved(path)
-    return saved is not None and key_matches(saved.get("search"), search.settings()) and _done(path, search, inputs)
+    return (
+        saved is not None
+        and key_matches(saved.get("search"), search.settings())
+        and key_matches({k: saved.get(k) for k in inputs}, inputs)
+    )
 
 
 def _mean_or_none(values: Tensor) -> float | None:
@@ -103,14 +123,17 @@ def run_rubbish(
     per_class: int,
     seed: int,
     device: str = "cpu",
+    *,
+    replace: bool = False,
 ) -> RubbishResult:
     """Rubbish images of one run, ``per_class`` per class from seeded noise; ``options`` are
-    :class:`RubbishSearch` settings (m: the run's training m unless given).  Reused when done."""
+    :class:`RubbishSearch` settings (m: the run's training m unless given).  Reused when done; a result
+    made otherwise is refused unless ``replace``."""
     path = out / model_name(run) / "rubbish"
     inputs = _rubbish_inputs(seed, per_class, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = RubbishSearch(model, **options)
-    if _done(path, search, inputs):
+    if _done(path, search, inputs, replace):
         return load_result(RubbishResult, path)
     targets = torch.arange(10).repeat_interleave(per_class)
     result = search(targets, torch.Generator().manual_seed(seed))
@@ -128,14 +151,17 @@ def run_boundary(
     labels: Tensor,
     device: str = "cpu",
     stem: str = "boundary",
+    *,
+    replace: bool = False,
 ) -> BoundaryResult:
     """Boundary images of ``images`` for one run; ``options`` are :class:`BoundarySearch` settings (m: the
-    run's training m unless given).  Reused when done with the same settings, weights and images."""
+    run's training m unless given).  Reused when done with the same settings, weights and images; a result
+    made otherwise is refused unless ``replace``."""
     path = out / model_name(run) / stem
     inputs = _boundary_inputs(images, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = BoundarySearch(model, **options)
-    if _done(path, search, inputs):
+    if _done(path, search, inputs, replace):
         return load_result(BoundaryResult, path)
     result = search(images)
     d = result.distances("boundary")
@@ -152,12 +178,20 @@ def run_boundary(
 
 
 def run_calibration(
-    run: str | os.PathLike[str], out: Path, images: Tensor, labels: Tensor, device: str = "cpu"
+    run: str | os.PathLike[str],
+    out: Path,
+    images: Tensor,
+    labels: Tensor,
+    device: str = "cpu",
+    *,
+    replace: bool = False,
 ) -> dict[str, Any]:
+    """Calibrated beta_sm and binned errors of one run on ``images``; reused when done, a result made from
+    other images or weights refused unless ``replace``."""
     path = out / model_name(run) / "calibration.json"
     saved = read_json(path)  # None when missing or unreadable: then it is made again
     inputs = {"images_md5": tensor_md5(images), "model_md5": model_md5(run)}
-    if isinstance(saved, dict) and all(saved.get(k) == v for k, v in inputs.items()):
+    if isinstance(saved, dict) and _same_inputs(path, saved, inputs, replace):
         return saved
     model = DenseAssociativeMemory.load(run, device=device)
     outputs = model_outputs(model, images)
@@ -196,21 +230,23 @@ def run_model_probes(
     search_options: dict[str, Any] | None = None,
     device: str = "cpu",
     converged_examples: int = 0,
+    replace: bool = False,
 ) -> tuple[BoundaryResult, RubbishResult, dict[str, Any]]:
     """One model's probes: boundary images of ``images``, rubbish from noise, calibration; reused from ``out``.
 
     ``search_options`` (eps, max_steps, clip, ...) go to both searches; m is the run's training m.
     ``converged_examples``: also follow the first this many images past the crossing until C^second
-    converges (``boundary_converged``), for the third image of Fig. 4's triplets.
+    converges (``boundary_converged``), for the third image of Fig. 4's triplets.  A result in ``out``
+    made otherwise is refused, or with ``replace`` made again (with a warning).
     """
     kwargs = dict(search_options or {})  # m: the run's training m (the loaded model's loss_power) unless given
     if converged_examples:
         n = converged_examples
         run_boundary(run, out, {**kwargs, "until": "converged"}, images[:n], labels[:n], device,
-                     stem="boundary_converged")  # fmt: skip
-    boundary = run_boundary(run, out, kwargs, images, labels, device)
-    rubbish = run_rubbish(run, out, kwargs, per_class, seed, device)
-    calibration = run_calibration(run, out, images, labels, device)
+                     stem="boundary_converged", replace=replace)  # fmt: skip
+    boundary = run_boundary(run, out, kwargs, images, labels, device, replace=replace)
+    rubbish = run_rubbish(run, out, kwargs, per_class, seed, device, replace=replace)
+    calibration = run_calibration(run, out, images, labels, device, replace=replace)
     return boundary, rubbish, calibration
 
 
@@ -279,9 +315,11 @@ def run_transfer(
     search_options: dict[str, Any] | None = None,
     device: str = "cpu",
     dataset: str = "mnist",
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Both transfer tables for ``runs``; each model's searches run first, or are reused from ``out``."""
     x, y = test_images(images, data_dir, dataset)
     for r in runs:
-        run_model_probes(r, out, x, y, per_class=per_class, seed=seed, search_options=search_options, device=device)
+        run_model_probes(r, out, x, y, per_class=per_class, seed=seed, search_options=search_options, device=device,
+                         replace=replace)  # fmt: skip
     return transfer_tables(runs, out, x, y, device=device)

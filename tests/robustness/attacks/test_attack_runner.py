@@ -80,6 +80,17 @@ def test_cli_attack_prints_the_table_and_verdicts(tiny_reproduction, mnist_dir, 
     assert record["threat_models"]["Linf"]["eps"] == [0.1] and record["n_examples"] == 16
     assert {"apgd-ce", "apgd-t"} <= set(record["threat_models"]["Linf"]["per_attack"])
     assert record["libraries"]["pyautoattack"]
+    # Another budget into the same --out: the finished result is refused before any attack, kept as it was;
+    # --force attacks again and replaces it.
+    before = (tmp_path / "models" / "n3.json").read_text()
+    other = ["attack", run, "--out", str(tmp_path), "--images", "16", "--linf", "0.2", "--l2", "1", "--pgd-steps", "3",
+             "--hsj-steps", "0", "--autoattack", "none", "--data-dir", str(mnist_dir)]  # fmt: skip
+    assert cli.main(other) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished attack made with other settings" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "models" / "n3.json").read_text() == before
+    assert cli.main([*other, "--force"]) == 0
+    assert json.loads((tmp_path / "robustness.json").read_text())["suite"]["linf"] == [0.2]
 
 
 def test_cli_attack_bad_budget_is_one_line(tmp_path, capsys):

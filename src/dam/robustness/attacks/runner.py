@@ -330,10 +330,13 @@ def run_attacks(
     data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = logger.info,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Attack every run (transfer from every source) and write OUT/robustness.json, CSVs and the figure.
 
     Finished models are reused from ``OUT/models`` when their key (weights, sources, suite, images) matches.
+    A finished model made otherwise is refused before any attack, or with ``replace`` (the CLI's
+    ``--force``, a pipeline's own folder) attacked again with a warning.
     """
     require_foolbox()
     sources = sources or []
@@ -343,12 +346,23 @@ def run_attacks(
     (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
     source_md5 = {model_name(s): model_md5(s) for s in sources}
+    keys = {run: _key(run, source_md5, suite, images) for run in runs}
+    for run, key in keys.items():  # never a finished result replaced silently; checked before any attack
+        path = out / "models" / f"{model_name(run)}.json"
+        saved = _saved(path)
+        if saved is not None and not key_matches(saved, key, "key"):
+            now, before = result_key(**key), saved.get("key") or {}
+            how = f"other settings or inputs ({', '.join(sorted(k for k in now if before.get(k) != now[k]))} differ)"
+            if not replace:
+                raise InputError(f"{path} holds a finished attack made with {how}; use another --out, "
+                                 "or --force to replace it")  # fmt: skip
+            logger.warning("replacing %s, made with %s", path, how)
     source_results: dict[str, dict[str, dict[str, AttackResult]]] | None = None
     models: dict[str, Any] = {}
     for run in runs:
         name = model_name(run)
         path = out / "models" / f"{name}.json"
-        key = _key(run, source_md5, suite, images)
+        key = keys[run]
         saved = _saved(path)
         if key_matches(saved, key, "key"):
             log(f"attack {name}: reused {path}")
