@@ -270,7 +270,8 @@ def test_detect_command(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path
     # (the tiny models disagree too often for the n2 + n20 pair; a model always agrees with itself)
     same = ["--classifier", str(runs / "n20"), "--agreement", "--noise", "20", "--out", str(tmp_path / "agree"),
             "--attack-eps", ""]  # '' : no attack sets  # fmt: skip
-    assert main([*argv, *same]) == 0
+    no_attack_images = [a for i, a in enumerate(argv) if "--attack-images" not in argv[max(i - 1, 0) : i + 1]]
+    assert main([*no_attack_images, *same]) == 0
     agree = json.loads((tmp_path / "agree" / "detector.json").read_text())
     assert not any(name.startswith("PGD") for name in agree["sets"])
     assert agree["agreement"] is True and Detector.load(tmp_path / "agree" / "detector.json").agreement
@@ -292,6 +293,30 @@ def test_detect_bad_arguments_are_one_line(extra: list[str], message: str, tmp_p
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
     assert message in err and "Traceback" not in err and len(lines) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--attack-eps", "", "--attack-images", "5"], "--attack-images: no effect with --attack-eps ''"),
+        (["--attack-images", "11"], "--attack-images 11: more than the 10 evaluation images of --images 20"),
+        (["--adaptive", "--adaptive-images", "11"], "--adaptive-images 11: more than the 10 evaluation images"),
+        (["--probes", "NOTPROBES"], "holds no boundary or rubbish results"),
+    ],
+)
+def test_detect_flags_without_their_effect_are_refused(extra, message, tmp_path: Path, capsys) -> None:
+    """A count given on the command line is used as given or refused, never cut silently; a --probes folder
+    without probe results is named, not skipped."""
+    model = prototype_model(n=3, temperature=100.0)
+    model.save(tmp_path / "guard")
+    (tmp_path / "notprobes" / "sub").mkdir(parents=True)
+    extra = [str(tmp_path / "notprobes") if e == "NOTPROBES" else e for e in extra]
+    argv = ["detect", "--classifier", str(tmp_path / "guard"), "--guard", str(tmp_path / "guard"), "--images", "20",
+            "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_detect_missing_run_folder_is_one_line(tmp_path: Path, capsys) -> None:

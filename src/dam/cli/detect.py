@@ -19,6 +19,8 @@ from dam.cli.args import (
 )
 from dam.errors import InputError
 
+ATTACK_IMAGES = 500  # default of --attack-images
+
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from dam.robustness.detector import check_false_rejection
@@ -27,6 +29,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     # every check that needs no data, in the order a user reads the command line, before any compute
     check_false_rejection(args.false_rejection)
+    given_adaptive_images = args.adaptive_images
     tuning = [f"--adaptive-{k}" for k in ADAPTIVE_DEFAULTS if getattr(args, f"adaptive_{k}") is not None]
     if tuning and not (args.adaptive or args.adaptive_l2):
         raise InputError(f"{', '.join(tuning)}: settings of the adaptive attack; give --adaptive or --adaptive-l2")
@@ -39,6 +42,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
         probe_folders(Path(probes))
     run_kind(args.classifier), run_kind(args.guard)
     check_test_images("--images", args.images, run_dataset(args.classifier), 2, "half calibrates, half evaluates")
+    # An image count given on the command line is used as given, or refused; only the defaults are capped.
+    evaluation = args.images - args.images // 2
+    if args.attack_images is not None and not args.attack_eps:
+        raise InputError("--attack-images: no effect with --attack-eps '' (no attack asked for)")
+    for flag, count in (("--attack-images", args.attack_images), ("--adaptive-images", given_adaptive_images)):
+        if count is not None and count > evaluation:
+            raise InputError(f"{flag} {count}: more than the {evaluation} evaluation images of --images {args.images}"
+                             " (half calibrates, half evaluates)")  # fmt: skip
+    if args.attack_images is None:
+        args.attack_images = min(ATTACK_IMAGES, evaluation)
     folder = OutputFolder(args.out, "detector output folder")
     folder.check_results()
     with folder.lock():
@@ -115,8 +128,9 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-eps", type=positive_floats_or_none, default=(0.1, 0.2, 0.3),
                    help="L-inf budgets of PGD against the classifier (needs dam[attacks]; '' for none)")  # fmt: skip
     p.add_argument(
-        "--attack-images", type=nonnegative_int, default=500, help="evaluation images attacked (default 500)"
-    )
+        "--attack-images", type=nonnegative_int,
+        help=f"evaluation images attacked (default {ATTACK_IMAGES}, or all evaluation images when fewer)",
+    )  # fmt: skip
     p.add_argument("--adaptive", nargs="?", const=(0.1, 0.3), type=positive_floats, metavar="EPS,...",
                    help="also run the adaptive attack, which knows the guard (APGD on the detector as an 11-class "
                    "model, and the same attacks on the classifier alone for comparison), at these L-inf budgets "

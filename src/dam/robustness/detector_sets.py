@@ -35,9 +35,17 @@ def probe_folders(folder: Path) -> list[Path]:
     """``folder`` itself when it holds one model's results, else its model subfolders (a probes --out)."""
     if not folder.is_dir():
         raise InputError(f"--probes {folder}: no such folder")
-    if any((folder / f"{stem}.safetensors").exists() for stem in ("boundary", "rubbish")):
+
+    def holds_results(f: Path) -> bool:
+        return any((f / f"{stem}.safetensors").exists() for stem in ("boundary", "rubbish"))
+
+    if holds_results(folder):
         return [folder]
-    return sorted(p for p in folder.iterdir() if p.is_dir())
+    models = sorted(p for p in folder.iterdir() if p.is_dir() and holds_results(p))
+    if not models:
+        raise InputError(f"--probes {folder}: holds no boundary or rubbish results (the --out of dam boundary, "
+                         "rubbish or transfer, or a reproduction's probes/)")  # fmt: skip
+    return models
 
 
 def probe_sets(
