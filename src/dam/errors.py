@@ -46,3 +46,13 @@ class ReportCheckError(DamError):
 
 class DetectorError(InputError):
     """Detector settings or files that cannot be used."""
+
+
+def violated(what: str, rules: list[str], settings: object) -> str:
+    """The message for settings that break ``rules``: the rules and the values they name, not every field."""
+    import dataclasses
+    import re
+
+    names = [f.name for f in dataclasses.fields(settings) if any(re.search(rf"\b{f.name}\b", r) for r in rules)]  # type: ignore[arg-type]
+    given = f" (given {', '.join(f'{n}={getattr(settings, n)!r}' for n in names)})" if names else ""
+    return f"invalid {what}: {', '.join(rules)} violated{given}"

@@ -173,6 +173,11 @@ def test_flags_are_validated_where_parsed(args, expected) -> None:
     assert expected in result.stderr.splitlines()[-1]
 
 
+def test_a_broken_setting_is_named_with_its_value_only() -> None:
+    line = one_line_error(dam("train", "--n", "3", "--momentum", "1.5", "--out", "X"))
+    assert line.endswith("0 <= momentum < 1 violated (given momentum=1.5)") and "TrainConfig" not in line
+
+
 def test_contradicting_flags_are_refused(tmp_path, data) -> None:
     common = ["--epochs", "1", "--data-dir", str(data), "--no-progress"]
     line = one_line_error(dam("train", "--n", "3", "--temperature", "100", "--temperature-start", "300", *common,

@@ -178,6 +178,15 @@ def test_second_invocation_reuses_every_point(ray_sweep, ray_dir: Path, mnist_di
         assert [e["event"] for e in _events(out, n)[before[n] :]] == ["reused"]  # no training, no attack
 
 
+def test_cuda_on_a_cluster_without_gpus_is_one_line_before_any_point(ray_sweep, ray_dir: Path, mnist_dir: Path,
+                                                                     tmp_path: Path):  # fmt: skip
+    """--device cuda where the Ray cluster has no GPU: refused once, before a point starts (not per point)."""
+    with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPUs"):
+        run_sweep(TINY, tmp_path / "cuda", data_dir=mnist_dir, device="cuda", ray_init=_ray_init(ray_dir),
+                  log=lambda line: None)  # fmt: skip
+    assert not (tmp_path / "cuda" / "points").exists()
+
+
 def test_no_ray_process_is_left_behind(ray_sweep, ray_dir: Path):
     out, _, _ = ray_sweep
     workers = {e["pid"] for n in TINY.ns for s in TINY.seeds for e in _events(out, f"n{n}-s{s}")}

@@ -504,7 +504,7 @@ def _describe(record: dict[str, Any], seconds: float) -> str:
     return f"done in {seconds:.0f} s: clean error {record['clean_error']:.2%}"
 
 
-def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init):  # type: ignore[no-untyped-def]
+def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init, device="auto"):  # type: ignore[no-untyped-def]
     try:
         import ray
     except ImportError:
@@ -527,6 +527,9 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
             )
         if cpus_per_trial > resources.get("CPU", 0):
             raise InputError(f"{cpus_per_trial} CPUs per point: the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+        if device == "cuda" and gpus_per_trial == 0:  # else every point fails on its worker, one by one
+            why = "the Ray cluster has no GPUs" if not resources.get("GPU", 0) else "--gpus-per-trial 0 gives none"
+            raise InputError(f"--device cuda: {why}; use --device auto or cpu, or a cluster with GPUs")
         log(
             f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {len(tasks)} points, "
             f"{cpus_per_trial} CPU and {gpus_per_trial:g} GPU each, up to {max_retries} retries"
@@ -628,7 +631,7 @@ def run_sweep(
             placement: dict[str, Any] = {"gpus_per_trial": None, "cluster": None}
         else:
             done, failed, placement = _run_ray(
-                tasks, point_fn, log, address=address, gpus_per_trial=gpus_per_trial,
+                tasks, point_fn, log, address=address, gpus_per_trial=gpus_per_trial, device=device,
                 cpus_per_trial=cpus_per_trial, max_retries=max_retries, ray_init=ray_init,
             )  # fmt: skip
         wall = time.perf_counter() - t0

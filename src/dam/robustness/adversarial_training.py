@@ -35,7 +35,7 @@ from torch import Tensor
 
 from dam.data import load_dataset, seeded_subset
 from dam.environment import environment_info, resolve_device
-from dam.errors import CheckpointError, ConfigError
+from dam.errors import CheckpointError, ConfigError, violated
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
@@ -89,7 +89,7 @@ class AdversarialTrainConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid adversarial training settings: {', '.join(bad)} violated ({self})")
+            raise ConfigError(violated("adversarial training settings", bad, self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdversarialTrainConfig:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dam.errors import CheckpointError, ConfigError
+from dam.errors import CheckpointError, ConfigError, violated
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
 from dam.runs import read_run_config
 from dam.training.loop import (
@@ -78,7 +78,7 @@ class TrainConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid training settings: {', '.join(bad)} violated ({self})")
+            raise ConfigError(violated("training settings", bad, self))
 
     def temperature_at(self, epoch: int) -> float:
         """T for a 0-based epoch: linear from T_i to T_f over ``ramp_epochs``, then T_f."""

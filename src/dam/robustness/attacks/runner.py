@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dam.data import load_dataset
 from dam.data.sources import DATASETS
 from dam.environment import environment_info
-from dam.errors import InputError
+from dam.errors import InputError, violated
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
@@ -103,7 +103,7 @@ class AttackSuite:
         }
         bad = [rule for rule, ok in rules.items() if not ok]
         if bad:
-            raise InputError(f"invalid attack settings: {', '.join(bad)} violated ({self})")
+            raise InputError(violated("attack settings", bad, self))
 
     def budgets(self, norm: str) -> list[float]:
         return list(self.linf if norm == "linf" else self.l2)
