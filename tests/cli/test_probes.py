@@ -123,3 +123,16 @@ def test_boundary_with_no_crossing_writes_null_not_nan(setup, tmp_path, capsys) 
     assert "NaN" not in text
     summary = json.loads(text)
     assert summary["success_rate"] == 0 and summary["l2_mean"] is None and summary["linf_mean"] is None
+
+
+def test_an_unfinished_run_is_noted(setup, tmp_path, capsys) -> None:
+    """A run killed (or still training) before its planned epochs is measured, with a note that it is a checkpoint."""
+    from dam.training import TrainConfig, train
+
+    data, _ = setup
+    config = TrainConfig(n=3, m=3, num_memories=16, temperature_start=200.0, temperature_end=200.0, epochs=3,
+                         batch_size=100, train_subset=200)  # fmt: skip
+    train(config, tmp_path / "cut", data_dir=data, progress=False, stop_after=1)
+    argv = ["calibrate", str(tmp_path / "cut"), "--images", "20", "--out", str(tmp_path / "o"), "--data-dir", str(data)]
+    assert main(argv) == 0
+    assert "is unfinished (1 of 3 epochs done)" in capsys.readouterr().err

@@ -108,3 +108,17 @@ def check_test_images(flag: str, count: int, runs_dataset: str, minimum: int = 1
             f"{flag} must be between {minimum} and {test_size}{reason}, got {count}: "
             f"the {spec.title} test set has {test_size} images"
         )
+
+
+def note_unfinished(runs: list[str]) -> None:
+    """Say on stderr which runs stop short of their planned epochs (still training, or killed): their
+    weights are a checkpoint, and a result measured on them may not be what the finished run gives."""
+    import sys
+
+    from dam.runs import finished_epochs
+
+    for run in runs:
+        status = finished_epochs(run)
+        if status is not None and status[0] < status[1]:
+            print(f"note: {run} is unfinished ({status[0]} of {status[1]} epochs done); measuring its last "
+                  "checkpoint", file=sys.stderr)  # fmt: skip

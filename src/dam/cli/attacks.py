@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dam.cli.args import check_test_images, device, nonnegative_int, positive_floats, positive_int, seed
+from dam.cli.args import (
+    check_test_images,
+    device,
+    nonnegative_int,
+    note_unfinished,
+    positive_floats,
+    positive_int,
+    seed,
+)
 from dam.errors import ConfigError
 
 
@@ -15,6 +23,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     for run in [*args.runs, *args.transfer_from]:  # every model readable before any attack (weights too)
         load_model(run)
+    note_unfinished([*args.runs, *args.transfer_from])
     distinct_names(args.runs)
     distinct_names(args.transfer_from)
     check_test_images("--images", args.images, common_dataset(args.runs))

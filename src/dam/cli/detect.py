@@ -11,6 +11,7 @@ from dam.cli.args import (
     check_test_images,
     device,
     nonnegative_int,
+    note_unfinished,
     positive_float,
     positive_floats,
     positive_floats_or_none,
@@ -41,6 +42,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for probes in args.probes or []:
         probe_folders(Path(probes))
     run_kind(args.classifier), run_kind(args.guard)
+    note_unfinished([args.classifier, args.guard])
     check_test_images("--images", args.images, run_dataset(args.classifier), 2, "half calibrates, half evaluates")
     # An image count given on the command line is used as given, or refused; only the defaults are capped.
     evaluation = args.images - args.images // 2

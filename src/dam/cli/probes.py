@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dam.cli.args import check_test_images, positive_float, positive_int, seed
+from dam.cli.args import check_test_images, note_unfinished, positive_float, positive_int, seed
 from dam.errors import ConfigError
 
 
@@ -47,6 +47,7 @@ def _prepare(args: argparse.Namespace) -> Path:
         if (kind := run_kind(run)) != "dam":
             raise ConfigError(f"{run}: holds a baseline ({kind}), not a DAM; the probes search DAMs")
     distinct_names(args.runs)
+    note_unfinished(args.runs)
     if getattr(args, "images", None) is not None:
         check_test_images("--images", args.images, _dataset(args))
     out = OutputFolder(args.out, "probe output folder")
