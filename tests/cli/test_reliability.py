@@ -165,6 +165,8 @@ def test_failed_data_load_leaves_no_config(tmp_path) -> None:
         (["boundary", "R", "--out", "X", "--images", "-5"], "--images"),
         (["boundary", "R", "--out", "X", "--eps", "nan"], "--eps"),
         (["attack", "R", "--out", "X", "--linf", "0.1,nan"], "--linf"),
+        (["train", "--n", "3", "--out", "X", "--train-subset", "60001"], "larger than the 60000 MNIST training"),
+        (["train", "--n", "3", "--out", "X", "--train-subset", "50001", "--validation"], "less the validation split"),
     ],
 )
 def test_flags_are_validated_where_parsed(args, expected) -> None:

@@ -111,7 +111,10 @@ def load_dataset(
     return x, y
 
 
-def train_val_split(num_examples: int = 60000, val_size: int = 10000, seed: int = 0) -> tuple[Tensor, Tensor]:
+VALIDATION_SIZE = 10000  # the paper's 50k/10k split of the training set
+
+
+def train_val_split(num_examples: int = 60000, val_size: int = VALIDATION_SIZE, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Seeded disjoint (train, validation) index tensors; the paper's 50k/10k split of the training set."""
     if not 0 < val_size < num_examples:
         raise ValueError(f"val_size must be in (0, {num_examples}), got {val_size}")

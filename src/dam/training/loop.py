@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from dam.data import load_dataset, seeded_subset, train_val_split
+from dam.data import VALIDATION_SIZE, load_dataset, seeded_subset, train_val_split
 from dam.environment import environment_info
 from dam.errors import CheckpointError, ConfigError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, json_ready, read_jsonl
@@ -65,6 +65,22 @@ class TrainData:
     eval_name: str  # "test" or "validation"
 
 
+def check_train_subset(dataset: str, train_subset: int | None, validation: bool) -> None:
+    """Refuse a ``train_subset`` larger than the training images, when the settings are made (before any
+    folder or data): the sizes of the known data sets are fixed, and the validation split takes 10,000."""
+    from dam.data.sources import DATASETS
+
+    spec = DATASETS.get(dataset)
+    if train_subset is None or spec is None:
+        return
+    available = spec.sizes["train"] - (VALIDATION_SIZE if validation else 0)
+    if train_subset > available:
+        rest = ", less the validation split" if validation else ""
+        raise ConfigError(
+            f"train_subset {train_subset} is larger than the {available} {spec.title} training images{rest}"
+        )
+
+
 def prepare_data(
     dataset: str,
     seed: int,
@@ -76,7 +92,7 @@ def prepare_data(
     """The training images (a seeded subset when asked) and the images errors are measured on."""
     images, labels = load_dataset(dataset, "train", data_dir=data_dir)
     if validation:
-        train_idx, val_idx = train_val_split(len(images), seed=seed)
+        train_idx, val_idx = train_val_split(len(images), VALIDATION_SIZE, seed=seed)
         eval_images, eval_labels, eval_name = images[val_idx], labels[val_idx], "validation"
         images, labels = images[train_idx], labels[train_idx]
     else:

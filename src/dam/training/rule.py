@@ -27,6 +27,7 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
+    check_train_subset,
     epoch_permutation,
     restore_trainer,
     resumed_settings,
@@ -79,6 +80,7 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(violated("training settings", bad, self))
+        check_train_subset(self.dataset, self.train_subset, self.validation)
 
     def temperature_at(self, epoch: int) -> float:
         """T for a 0-based epoch: linear from T_i to T_f over ``ramp_epochs``, then T_f."""
