@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,7 @@ def test_no_ray_process_is_left_behind(ray_sweep, ray_dir: Path):
 
 def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path, tmp_path: Path, capsys):
     plan = replace(TINY, ns=(3,), seeds=(0, 1))
+    (tmp_path / "plan.json").write_text(json.dumps(asdict(plan)))  # a sweep killed in its first point left these
     (tmp_path / "points" / "n3-s0").mkdir(parents=True)
     (tmp_path / "points" / "n3-s0" / "config.json").write_text("{}")  # as a kill in the first epoch leaves it
     (tmp_path / "points" / "n3-s1").write_text("not a folder")  # this point cannot train
