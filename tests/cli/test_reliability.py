@@ -175,6 +175,11 @@ def test_flags_are_validated_where_parsed(args, expected) -> None:
     assert expected in result.stderr.splitlines()[-1]
 
 
+def test_a_flag_of_another_subcommand_points_to_this_ones_help() -> None:
+    line = one_line_error(dam("train", "--n", "3", "--images", "5", "--out", "X"))
+    assert line == "dam train: error: unrecognized arguments: --images 5 (see dam train --help)"
+
+
 def test_a_broken_setting_is_named_with_its_value_only() -> None:
     line = one_line_error(dam("train", "--n", "3", "--momentum", "1.5", "--out", "X"))
     assert line.endswith("0 <= momentum < 1 violated (given momentum=1.5)") and "TrainConfig" not in line

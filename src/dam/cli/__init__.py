@@ -24,6 +24,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        """As argparse, but a flag the subcommand does not know is reported by the subcommand (whose --help
+        lists the flags it does know), not by ``dam``."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            commands = getattr(self, "commands", {})
+            where = commands.get(getattr(parsed, "command", None), self)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     from dam import __version__
@@ -40,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors too (or DAM_DEBUG=1)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # for parse_args: which subcommand's --help
     add_train_commands(sub)
     add_probe_commands(sub)
     add_report_commands(sub)
