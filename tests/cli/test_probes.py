@@ -94,6 +94,12 @@ def test_probes_refuse_before_making_their_folder(setup, tmp_path, capsys) -> No
     assert not out.exists()
 
 
+def test_figures_without_probe_outputs_say_so(setup, tmp_path, capsys) -> None:
+    _, runs = setup
+    assert main(["figures", runs[0], "--out", str(tmp_path / "empty")]) == 0
+    assert "holds no probe outputs of dam2: only their memories are drawn" in capsys.readouterr().err
+
+
 def test_figures_are_written_as_png(setup, tmp_path) -> None:
     data, runs = setup
     out = tmp_path / "out"

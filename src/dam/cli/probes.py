@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -148,9 +149,13 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from dam.probes.figures import figures_for
-    from dam.runs import OutputFolder
+    from dam.runs import OutputFolder, model_name
 
     out = _prepare(args)
+    missing = [model_name(r) for r in args.runs if not (out / model_name(r)).is_dir()]
+    if missing:
+        print(f"note: {out} holds no probe outputs of {', '.join(missing)}: only their memories are drawn (dam "
+              "boundary, rubbish, calibrate or transfer with this --out make the rest)", file=sys.stderr)  # fmt: skip
     with OutputFolder(out, "probe output folder").lock():
         for path in figures_for(out, args.runs):
             print(path)
