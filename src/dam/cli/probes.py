@@ -85,7 +85,7 @@ def _test_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cmd_boundary(args: argparse.Namespace) -> int:
-    from dam.probes.runner import run_boundary
+    from dam.probes.runner import crossed_mean, run_boundary
     from dam.runs import OutputFolder, model_name
 
     out = _prepare(args)
@@ -96,13 +96,12 @@ def cmd_boundary(args: argparse.Namespace) -> int:
             d = r.distances("boundary")
             print(f"{model_name(run)}: {len(x)} images, success {r.success.float().mean():.1%}, "
               f"stalled {r.stalled.float().mean():.1%}, stuck {r.stuck.float().mean():.1%}, "
-              f"mean L2 {_mean_text(d['l2'])} -> {out / model_name(run)}/boundary.*")  # fmt: skip
+              f"mean L2 {_mean_text(crossed_mean(d['l2']))} -> {out / model_name(run)}/boundary.*")  # fmt: skip
     return 0
 
 
-def _mean_text(values: torch.Tensor) -> str:
-    found = values[~values.isnan()]  # NaN: the image's search did not cross the boundary
-    return f"{found.mean():.3f}" if len(found) else "n/a (no search crossed the boundary)"
+def _mean_text(mean: float | None) -> str:
+    return "n/a (no search crossed the boundary)" if mean is None else f"{mean:.3f}"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

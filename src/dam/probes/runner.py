@@ -92,7 +92,7 @@ def _matches(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[st
     )
 
 
-def _mean_or_none(values: Tensor) -> float | None:
+def crossed_mean(values: Tensor) -> float | None:
     """Mean over the images whose search crossed the boundary (the others are NaN); None when none did."""
     found = values[~values.isnan()]
     return float(found.mean()) if len(found) else None
@@ -169,7 +169,7 @@ def run_boundary(
     summary = _summary(
         run, search, result, **inputs,
         crossing_step_median=float(crossed.median()) if len(crossed) else None,
-        l2_mean=_mean_or_none(d["l2"]), linf_mean=_mean_or_none(d["linf"]),
+        l2_mean=crossed_mean(d["l2"]), linf_mean=crossed_mean(d["linf"]),
         clean_error=float((result.top.cpu() != labels.cpu()).float().mean()),
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
