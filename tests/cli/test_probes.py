@@ -68,6 +68,24 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
     assert json.loads((out / "dam2" / "rubbish.json").read_text())["seed"] == 3
 
 
+@pytest.mark.parametrize(
+    ("command", "sizes", "other"),
+    [
+        ("rubbish", ["--per-class", "1", "--max-steps", "20", "--no-progress"], ["--seed", "3"]),
+        ("boundary", ["--images", "4", "--max-steps", "20", "--no-progress"], ["--images", "5"]),
+        ("calibrate", ["--images", "20"], ["--images", "21"]),
+    ],
+)
+def test_a_refusal_on_a_later_run_comes_before_any_result(setup, tmp_path, capsys, command, sizes, other) -> None:
+    data, runs = setup
+    common = [*sizes, "--out", str(tmp_path / "o"), "--data-dir", str(data)]
+    assert main([command, runs[1], *common]) == 0
+    capsys.readouterr()
+    assert main([command, runs[0], runs[1], *common, *other]) == 2  # dam3's result was made from other inputs ...
+    assert "other inputs" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "dam2").exists()  # ... and nothing was made for dam2 before that was found
+
+
 def test_probe_command_on_missing_run_is_one_line(tmp_path, capsys) -> None:
     assert main(["boundary", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "Traceback" not in capsys.readouterr().err

@@ -180,6 +180,13 @@ def test_a_flag_of_another_subcommand_points_to_this_ones_help() -> None:
     assert line == "dam train: error: unrecognized arguments: --images 5 (see dam train --help)"
 
 
+def test_an_unknown_flag_before_the_subcommand_is_named() -> None:
+    assert one_line_error(dam("--bogus")) == "dam: error: unrecognized arguments: --bogus (see dam --help)"
+    assert one_line_error(dam("--quiet", "--bogus=1", "train")).startswith(
+        "dam: error: unrecognized arguments: --bogus=1"
+    )
+
+
 def test_a_broken_setting_is_named_with_its_value_only() -> None:
     line = one_line_error(dam("train", "--n", "3", "--momentum", "1.5", "--out", "X"))
     assert line.endswith("0 <= momentum < 1 violated (given momentum=1.5)") and "TrainConfig" not in line

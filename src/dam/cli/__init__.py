@@ -27,9 +27,17 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
         """As argparse, but a flag the subcommand does not know is reported by the subcommand (whose --help
         lists the flags it does know), not by ``dam``."""
+        argv = sys.argv[1:] if args is None else list(args)
+        commands = getattr(self, "commands", {})
+        # A flag before the subcommand that dam itself does not know: argparse would complain that the
+        # command is missing (or name the flag's value as a bad command) instead of naming the flag.
+        for token in argv:
+            if token in commands or token == "--":
+                break
+            if token.startswith("-") and token.split("=")[0] not in self._option_string_actions:
+                self.error(f"unrecognized arguments: {token}")
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
-            commands = getattr(self, "commands", {})
             where = commands.get(getattr(parsed, "command", None), self)
             where.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed

@@ -69,6 +69,8 @@ def cmd_rubbish(args: argparse.Namespace) -> int:
 
     out = _prepare(args)
     with OutputFolder(out, "probe output folder").lock():
+        for run in args.runs:  # refuse before any run's result is made
+            run_rubbish(run, out, _search_kwargs(args), args.per_class, args.seed, replace=args.force, check_only=True)
         for run in args.runs:
             result = run_rubbish(run, out, _search_kwargs(args), args.per_class, args.seed, replace=args.force)
             rate = result.success.float().mean()
@@ -90,9 +92,12 @@ def cmd_boundary(args: argparse.Namespace) -> int:
 
     out = _prepare(args)
     x, y = _test_images(args)
+    options = {"until": args.until, **_search_kwargs(args)}
     with OutputFolder(out, "probe output folder").lock():
+        for run in args.runs:  # refuse before any run's result is made
+            run_boundary(run, out, options, x, y, replace=args.force, check_only=True)
         for run in args.runs:
-            r = run_boundary(run, out, {"until": args.until, **_search_kwargs(args)}, x, y, replace=args.force)
+            r = run_boundary(run, out, options, x, y, replace=args.force)
             d = r.distances("boundary")
             print(f"{model_name(run)}: {len(x)} images, success {r.success.float().mean():.1%}, "
               f"stalled {r.stalled.float().mean():.1%}, stuck {r.stuck.float().mean():.1%}, "
@@ -112,6 +117,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     x, y = _test_images(args)
     results = {}
     with OutputFolder(out, "probe output folder").lock():
+        for run in args.runs:  # refuse before any run's result is made
+            run_calibration(run, out, x, y, replace=args.force, check_only=True)
         for run in args.runs:
             c = run_calibration(run, out, x, y, replace=args.force)
             results[c["model"]] = {"beta_sm": c["beta_sm"], "accuracy": c["accuracy"]}

@@ -125,16 +125,20 @@ def run_rubbish(
     device: str = "cpu",
     *,
     replace: bool = False,
-) -> RubbishResult:
+    check_only: bool = False,
+) -> RubbishResult | None:
     """Rubbish images of one run, ``per_class`` per class from seeded noise; ``options`` are
     :class:`RubbishSearch` settings (m: the run's training m unless given).  Reused when done; a result
-    made otherwise is refused unless ``replace``."""
+    made otherwise is refused unless ``replace``.  ``check_only``: refuse (or not) and return None, computing
+    nothing, so that a command over several runs refuses before it makes any run's result."""
     path = out / model_name(run) / "rubbish"
     inputs = _rubbish_inputs(seed, per_class, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = RubbishSearch(model, **options)
     if _done(path, search, inputs, replace):
-        return load_result(RubbishResult, path)
+        return None if check_only else load_result(RubbishResult, path)
+    if check_only:
+        return None
     targets = torch.arange(10).repeat_interleave(per_class)
     result = search(targets, torch.Generator().manual_seed(seed))
     summary = _summary(run, search, result, **inputs)
@@ -153,16 +157,19 @@ def run_boundary(
     stem: str = "boundary",
     *,
     replace: bool = False,
-) -> BoundaryResult:
+    check_only: bool = False,
+) -> BoundaryResult | None:
     """Boundary images of ``images`` for one run; ``options`` are :class:`BoundarySearch` settings (m: the
     run's training m unless given).  Reused when done with the same settings, weights and images; a result
-    made otherwise is refused unless ``replace``."""
+    made otherwise is refused unless ``replace``.  ``check_only`` as in :func:`run_rubbish`."""
     path = out / model_name(run) / stem
     inputs = _boundary_inputs(images, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = BoundarySearch(model, **options)
     if _done(path, search, inputs, replace):
-        return load_result(BoundaryResult, path)
+        return None if check_only else load_result(BoundaryResult, path)
+    if check_only:
+        return None
     result = search(images)
     d = result.distances("boundary")
     crossed = result.crossing_step[result.crossing_step >= 0].float()
@@ -185,14 +192,17 @@ def run_calibration(
     device: str = "cpu",
     *,
     replace: bool = False,
-) -> dict[str, Any]:
+    check_only: bool = False,
+) -> dict[str, Any] | None:
     """Calibrated beta_sm and binned errors of one run on ``images``; reused when done, a result made from
-    other images or weights refused unless ``replace``."""
+    other images or weights refused unless ``replace``.  ``check_only`` as in :func:`run_rubbish`."""
     path = out / model_name(run) / "calibration.json"
     saved = read_json(path)  # None when missing or unreadable: then it is made again
     inputs = {"images_md5": tensor_md5(images), "model_md5": model_md5(run)}
     if isinstance(saved, dict) and _same_inputs(path, saved, inputs, replace):
-        return saved
+        return None if check_only else saved
+    if check_only:
+        return None
     model = DenseAssociativeMemory.load(run, device=device)
     outputs = model_outputs(model, images)
     result = {
