@@ -40,6 +40,7 @@ def worker(n: int, device_name: str, data_dir: str | None, batch_size: int, memo
     from pathlib import Path
 
     from dam.data import load_dataset
+    from dam.environment import flush_denormals
     from dam.model import DenseAssociativeMemory
     from dam.training import DAMTrainer, Run, StackedDAMs, TrainData
     from dam.training.loop import RunPlan
@@ -94,7 +95,8 @@ def worker(n: int, device_name: str, data_dir: str | None, batch_size: int, memo
         trainer.train_epoch(0, TrainData(images[:warm], labels[:warm], images[:0], labels[:0], "test"))
 
         def epoch_step(epoch: int) -> dict:
-            return trainer.train_epoch(epoch, data)
+            with flush_denormals():  # as the training loop runs it
+                return trainer.train_epoch(epoch, data)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

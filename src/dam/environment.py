@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
+import os
 import platform
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def _version(dist: str) -> str | None:
@@ -55,3 +64,62 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+_FLUSH_DEPTH = 0
+_FLUSH_LOCK = threading.Lock()
+
+
+def _set_flush_denormal_everywhere(on: bool) -> bool:
+    """torch.set_flush_denormal in every thread of torch's OpenMP pool, not only the calling one.
+
+    The flag lives in each thread's floating-point control register, and torch sets the caller's alone:
+    the pool's worker threads would go on computing with denormals.  With the GNU OpenMP runtime that
+    torch's Linux wheels ship, one parallel region runs the setter in every thread of the team.  Returns
+    False where that runtime is not found (then only the calling thread is set).
+    """
+    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if not lib.exists():
+        torch.set_flush_denormal(on)
+        return False
+    gomp = ctypes.CDLL(str(lib))  # the copy torch loaded: same path, same handle
+    body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on) and None)
+    gomp.GOMP_parallel(body, None, ctypes.c_uint(torch.get_num_threads()), ctypes.c_uint(0))
+    torch.set_flush_denormal(on)  # the caller, whatever team the runtime gave
+    return True
+
+
+def denormals_flushed_in_training() -> bool:
+    """Whether training flushes denormals (:func:`flush_denormals`): yes unless ``DAM_FLUSH_DENORMALS=0``."""
+    return os.environ.get("DAM_FLUSH_DENORMALS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Inside the block, CPU float arithmetic treats denormal numbers (below 1.2e-38 in float32) as zero.
+
+    Why training runs in it: as a large-n DAM learns, most of the K terms (h / T)^n of its energy gaps and
+    of their gradients sink below 1e-38, and x86 CPUs compute on denormals many times slower.  Measured
+    on the ``cpu`` DAM_20 (2 threads, this project's 2-core Xeon VM): an epoch took 1.7 s at the start of
+    training and 6.9 s at epoch 400; flushed, 1.7 s again, with the same loss (and the same weights after
+    the epoch).  Terms that small carry nothing a float32 sum of the others can hold.  Attacks and probes do
+    not run in it: a sign-gradient attack still has a direction where every score is denormal.
+
+    Nested blocks are one block.  At the end denormals are computed again (torch's default).
+    ``DAM_FLUSH_DENORMALS=0`` makes the block do nothing (training then reproduces dam 0.3's weights).
+    """
+    global _FLUSH_DEPTH
+    if not denormals_flushed_in_training():
+        yield
+        return
+    with _FLUSH_LOCK:
+        _FLUSH_DEPTH += 1
+        if _FLUSH_DEPTH == 1 and not _set_flush_denormal_everywhere(True):
+            logger.debug("no GNU OpenMP runtime in torch: denormals flushed in the calling thread only")
+    try:
+        yield
+    finally:
+        with _FLUSH_LOCK:
+            _FLUSH_DEPTH -= 1
+            if _FLUSH_DEPTH == 0:
+                _set_flush_denormal_everywhere(False)

@@ -109,6 +109,9 @@ def test_training_writes_a_run_folder_and_learns(tmp_path, tiny_data) -> None:
     assert lines[-1]["loss"] < lines[0]["loss"]  # learning itself is tested on real MNIST (test_learning.py)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["seed"] == 7 and config["train"]["n"] == 3 and config["environment"]["torch"]
+    assert config["environment"]["denormals"] == "flushed"  # the epochs ran in dam.environment.flush_denormals
+    tiny = torch.full((1 << 20,), 1e-39)  # and after training, denormals are computed again, in every thread
+    assert torch.equal((tiny * 1.0).view(torch.int32), tiny.view(torch.int32))
     loaded = DenseAssociativeMemory.load(tmp_path / "run")
     assert torch.equal(loaded.memories, model.memories)
     assert loaded.temperature == 150.0
