@@ -60,6 +60,20 @@ def test_fgsm_decision_based_and_transfer_run_end_to_end(mlp_run, test_subset):
     assert torch.equal(transfer.success[0], expected)
 
 
+def test_hopskipjump_starts_from_any_attacked_image_whatever_the_batch(mlp_run, test_subset):
+    # Batches bound HopSkipJump's memory (its noise is drawn for a whole batch); the start of an image is the
+    # nearest attacked image labelled otherwise, sought among all of them.  With one image per batch a start
+    # sought within the batch would not exist, and nothing could be attacked.
+    model = load_model(mlp_run)
+    x, y = test_subset
+    x, y = x[:6], y[:6]
+    hsj = HopSkipJump(model, [1.0], steps=2, initial_gradient_eval_steps=10, max_gradient_eval_steps=10, batch_size=1)
+    assert len(set(y.tolist())) > 1
+    result = hsj(x, y)
+    assert result.success.all()  # L-inf 1 holds every other image: each start is already an adversarial
+    assert (result.adversarials >= 0).all() and (result.adversarials <= 1).all()
+
+
 def test_bad_input_is_named():
     model = prototype_model(n=3)
     x, y = prototype_images(model, 4)

@@ -149,7 +149,13 @@ class Attack:
     def _foolbox_attack(self, fb: Any) -> Any:
         raise NotImplementedError
 
-    def _attack_batch(self, attack: Any, fmodel: Any, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _starting_points(self, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(start images (N, 784), which images have one (N,)) for attacks that start from an adversarial."""
+        return None
+
+    def _attack_batch(
+        self, attack: Any, fmodel: Any, x: Tensor, y: Tensor, starts: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
         """(adversarials (E, B, 784), success (E, B)) for one batch."""
         _, clipped, success = attack(fmodel, x, y, epsilons=self.epsilons)
         return torch.stack([c.detach() for c in clipped]), success.detach()
@@ -173,9 +179,11 @@ class Attack:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
+            starts = self._starting_points(counting, x, y)
             for i in range(0, len(x), self.batch_size):
-                adv, success = self._attack_batch(attack, fmodel, counting, x[i : i + self.batch_size],
-                                                  y[i : i + self.batch_size])  # fmt: skip
+                part = slice(i, i + self.batch_size)
+                adv, success = self._attack_batch(attack, fmodel, x[part], y[part],
+                                                  None if starts is None else (starts[0][part], starts[1][part]))  # fmt: skip
                 advs.append(adv)
                 wins.append(success)
         adversarials = torch.cat(advs, dim=1)
@@ -269,24 +277,37 @@ class HopSkipJump(Attack):
                 "initial_gradient_eval_steps": self.initial_gradient_eval_steps,
                 "max_gradient_eval_steps": self.max_gradient_eval_steps}  # fmt: skip
 
-    def _attack_batch(self, attack: Any, fmodel: Any, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Start each image from the nearest image of the batch that the model labels otherwise.
+    def _starting_points(self, logits: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Start each image from the nearest attacked image that the model labels otherwise.
 
         Foolbox's default start (blending in uniform noise) fails outright on models that refuse to
-        label noise as anything in particular, which is exactly the large-n DAMs; other digits work.  An
-        image for which the batch holds no such start (a model that labels the whole batch alike) cannot
-        be attacked: it is returned unchanged and counted as not broken.
+        label noise as anything in particular, which is exactly the large-n DAMs; other digits work.  The
+        start is sought among all the attacked images, not only the batch's, so that the batch size (which
+        bounds the memory: Foolbox draws its gradient-estimation noise for a whole batch at once) does not
+        change the starts.  An image without any such start (a model that labels every image alike)
+        cannot be attacked: it is returned unchanged and counted as not broken.
         """
         with torch.no_grad():
-            predicted = logits(x).argmax(dim=1)
-        other = predicted[None, :] != y[:, None]  # (B, B): image j is a valid start for image i
-        dist = torch.cdist(x, x).masked_fill(~other, float("inf"))
-        startable = other.any(dim=1)
+            predicted = torch.cat([logits(x[i : i + self.batch_size]).argmax(dim=1)
+                                   for i in range(0, len(x), self.batch_size)])  # fmt: skip
+        nearest = torch.empty(len(x), dtype=torch.long, device=x.device)
+        startable = torch.empty(len(x), dtype=torch.bool, device=x.device)
+        for i in range(0, len(x), 1000):  # rows of the distance matrix, 1000 at a time
+            other = predicted[None, :] != y[i : i + 1000, None]  # image j is a valid start for image i
+            dist = torch.cdist(x[i : i + 1000], x).masked_fill(~other, float("inf"))
+            nearest[i : i + 1000], startable[i : i + 1000] = dist.argmin(dim=1), other.any(dim=1)
+        return x[nearest], startable
+
+    def _attack_batch(
+        self, attack: Any, fmodel: Any, x: Tensor, y: Tensor, starts: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        assert starts is not None  # (HopSkipJump always has its starting points)
+        start, startable = starts
         adv = x[None].repeat(len(self.epsilons), 1, 1)
         success = torch.zeros(len(self.epsilons), len(x), dtype=torch.bool, device=x.device)
         if startable.any():
-            starts = x[dist.argmin(dim=1)][startable]
-            _, clipped, won = attack(fmodel, x[startable], y[startable], epsilons=self.epsilons, starting_points=starts)
+            _, clipped, won = attack(fmodel, x[startable], y[startable], epsilons=self.epsilons,
+                                     starting_points=start[startable])  # fmt: skip
             adv[:, startable] = torch.stack([c.detach() for c in clipped])
             success[:, startable] = won.detach()
         return adv, success
