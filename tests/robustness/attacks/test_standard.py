@@ -74,6 +74,34 @@ def test_hopskipjump_starts_from_any_attacked_image_whatever_the_batch(mlp_run, 
     assert (result.adversarials >= 0).all() and (result.adversarials <= 1).all()
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_hopskipjump_estimates_the_gradient_per_image(norm):
+    # Each probe lies at the radius delta from its own image, whatever the batch (Foolbox 3.3.4 scales the
+    # probes over the whole batch: 1/sqrt(64) of delta here), and the estimate is a unit vector per image
+    # that points across a linear decision boundary through the images.
+    import eagerpy as ep
+
+    from dam.robustness.attacks.standard import per_image_hopskipjump, require_foolbox
+
+    torch.manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(64, 784)  # away from the box's faces, so no probe is clipped
+    w = torch.randn(784)
+    delta = torch.full((64,), 0.5)
+    radii = []
+
+    def is_adversarial(probe):
+        p = probe.raw
+        radii.append((p - x).norm(dim=1))
+        return ep.astensor(p @ w > x @ w)  # a boundary through each image, normal to w
+
+    attack = per_image_hopskipjump(require_foolbox())(constraint=norm)
+    grad = attack.approximate_gradients(is_adversarial, ep.astensor(x), 200, ep.astensor(delta)).raw
+    assert torch.allclose(torch.stack(radii), torch.tensor(0.5), rtol=1e-4)
+    assert torch.allclose(grad.norm(dim=1), torch.tensor(1.0), rtol=1e-4)
+    cosine = grad @ w / w.norm()
+    assert (cosine > 0.2).all()  # 200 random probes in 784 dimensions: about 0.4 expected, 0 by chance
+
+
 def test_bad_input_is_named():
     model = prototype_model(n=3)
     x, y = prototype_images(model, 4)

@@ -124,6 +124,9 @@ class AttackSuite:
 
     # What the source attacks are, beyond their names, in the reuse keys: results made otherwise are redone.
     SOURCE_RULE = "apgd-t attacks every budget in full (dam 0.3)"
+    # The same for HopSkipJump, in a model's key when it runs: before dam 0.5 its gradient estimate followed
+    # Foolbox's, scaled over the batch, and was weaker the larger the batch (dam.robustness.attacks.standard).
+    DECISION_RULE = "hopskipjump estimates its gradient per image and starts from any attacked image (dam 0.5)"
 
     def transferred(self) -> list[str]:
         """The attacks whose adversarials on a source model are transferred: PGD on cross-entropy, and (with
@@ -166,7 +169,8 @@ def _made_with(suite: AttackSuite, images: Tensor) -> dict[str, Any]:
 
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
     """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
-    return result_key(weights=model_md5(run), sources=sources, **_made_with(suite, images))
+    decision = suite.DECISION_RULE if suite.hsj_steps and suite.hsj_norms else None
+    return result_key(weights=model_md5(run), sources=sources, decision_rule=decision, **_made_with(suite, images))
 
 
 RESULT_TENSORS = ("adversarials", "success", "distances")  # what AttackResult holds as tensors

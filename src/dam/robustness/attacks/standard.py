@@ -5,7 +5,8 @@ in [0, 1] pixel units), and is called on (images, labels).  It returns an :class
 adversarial images per budget, which of them are misclassified (``success``; a clean image already
 misclassified counts as a success at every budget, so 1 - success is robust accuracy), their distances
 from the clean images and how many model evaluations per image the attack spent.  The attacks
-themselves are Foolbox's; this module only fixes the model view (:func:`as_logits`), the seeding and
+themselves are Foolbox's (HopSkipJump's gradient estimate aside: Foolbox's is scaled over the batch,
+:func:`per_image_hopskipjump`); this module only fixes the model view (:func:`as_logits`), the seeding and
 the bookkeeping: every success is checked again here (:func:`verified_success`: inside the budget, in
 [0, 1], finite, misclassified when predicted again), and an adversarial within a budget counts within
 every larger one (:func:`carry_to_larger_budgets`).
@@ -182,8 +183,8 @@ class Attack:
             starts = self._starting_points(counting, x, y)
             for i in range(0, len(x), self.batch_size):
                 part = slice(i, i + self.batch_size)
-                adv, success = self._attack_batch(attack, fmodel, x[part], y[part],
-                                                  None if starts is None else (starts[0][part], starts[1][part]))  # fmt: skip
+                start = None if starts is None else (starts[0][part], starts[1][part])
+                adv, success = self._attack_batch(attack, fmodel, x[part], y[part], start)
                 advs.append(adv)
                 wins.append(success)
         adversarials = torch.cat(advs, dim=1)
@@ -282,9 +283,8 @@ class HopSkipJump(Attack):
 
         Foolbox's default start (blending in uniform noise) fails outright on models that refuse to
         label noise as anything in particular, which is exactly the large-n DAMs; other digits work.  The
-        start is sought among all the attacked images, not only the batch's, so that the batch size (which
-        bounds the memory: Foolbox draws its gradient-estimation noise for a whole batch at once) does not
-        change the starts.  An image without any such start (a model that labels every image alike)
+        start is sought among all the attacked images, not only the batch's, so that the batch size does
+        not change the starts.  An image without any such start (a model that labels every image alike)
         cannot be attacked: it is returned unchanged and counted as not broken.
         """
         with torch.no_grad():
@@ -313,12 +313,52 @@ class HopSkipJump(Attack):
         return adv, success
 
     def _foolbox_attack(self, fb: Any) -> Any:
-        return fb.attacks.HopSkipJumpAttack(
+        return per_image_hopskipjump(fb)(
             steps=self.steps,
             initial_gradient_eval_steps=self.initial_gradient_eval_steps,
             max_gradient_eval_steps=self.max_gradient_eval_steps,
             constraint=self.norm,
         )
+
+
+def per_image_hopskipjump(fb: Any) -> type:
+    """Foolbox's HopSkipJumpAttack with its gradient estimate made per image, as the algorithm defines it.
+
+    Foolbox 3.3.4 scales each probe direction to unit L2 norm over the whole batch (the norm of a
+    (batch, pixels) slice), so an image's probe is about 1/sqrt(batch) of the radius delta the algorithm
+    asks for, and it scales the estimated gradient over the batch too (an L2 step 1/sqrt(batch) short).
+    The attack got weaker as the batch grew: on the cpu DAM_20, 100 images, 10 steps, 400 evaluations,
+    batches of 100 left 76% at L-inf 0.2, batches of 20 45%.  Only the estimate is replaced; the rest of
+    the attack (start, step-size search, binary search) stays Foolbox's.  The probes are drawn one
+    evaluation step at a time and summed, so the memory no longer grows with the evaluations either.
+    """
+    import eagerpy as ep
+
+    class PerImageHopSkipJump(fb.attacks.HopSkipJumpAttack):  # type: ignore[misc]
+        def approximate_gradients(self, is_adversarial: Any, x_advs: Any, steps: int, delta: Any) -> Any:
+            x = x_advs.raw
+            per_image = (len(x),) + (1,) * (x.dim() - 1)  # a per-image scalar, broadcast over pixels
+            radius = delta.raw.reshape(per_image)
+            taken_sum = torch.zeros_like(x)  # sum over probes of the direction taken
+            signed_sum = torch.zeros_like(x)  # sum over probes of (+-1: adversarial or not) * direction
+            adversarial = torch.zeros(per_image, dtype=x.dtype, device=x.device)  # how many probes were
+            for _ in range(steps):
+                u = torch.randn_like(x) if self.constraint == "l2" else torch.rand_like(x) * 2 - 1
+                u = u / (u.flatten(1).norm(dim=1).reshape(per_image) + 1e-12)  # unit L2 norm, per image
+                probe = (x + radius * u).clamp(0, 1)
+                taken = (probe - x) / (radius + 1e-8)  # the direction after clipping to the image box
+                sign = is_adversarial(ep.astensor(probe)).raw.reshape(per_image).to(x.dtype) * 2 - 1
+                taken_sum += taken
+                signed_sum += sign * taken
+                adversarial += sign > 0
+            # The estimate is the mean of sign * direction, less the mean sign times the mean direction
+            # (a baseline that lowers the variance) unless every probe came out alike.
+            mean_sign = 2 * adversarial / steps - 1
+            alike = (adversarial == 0) | (adversarial == steps)
+            grad = (signed_sum - torch.where(alike, 0.0, mean_sign) * taken_sum) / steps
+            return ep.astensor(grad / (grad.flatten(1).norm(dim=1).reshape(per_image) + 1e-12))
+
+    return PerImageHopSkipJump
 
 
 class Transfer:
