@@ -140,7 +140,7 @@ def test_every_attacks_success_is_checked_again_and_monotone_in_the_budget(mlp_r
     class Overreaching(FGSM):
         """Claims success for adversarials twice its budget away (a library bug, say)."""
 
-        def _attack_batch(self, attack, fmodel, logits, xb, yb):
+        def _attack_batch(self, attack, fmodel, xb, yb, starts):
             far = (xb + 2 * max(self.epsilons)).clamp(0, 1)
             return far[None].repeat(len(self.epsilons), 1, 1), torch.ones(len(self.epsilons), len(xb), dtype=bool)
 
