@@ -158,6 +158,13 @@ def main() -> None:
             )
         )
         return
+    from dam.data import load_dataset
+    from dam.errors import DatasetError
+
+    try:  # here once: a missing data set is one line, not a traceback per worker (who then find it on disk)
+        load_dataset("mnist", "train", data_dir=args.data_dir)
+    except DatasetError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     results = []
     for n in args.n:
         cmd = [sys.executable, __file__, "--worker", str(n), "--device", args.device, "--batch-size",
