@@ -16,6 +16,7 @@ from dam.robustness.adaptive import (
     AdaptiveDetectorAttack,
     DetectorSystem,
     SafeOutcomeView,
+    blend_candidates,
     junk_scale_for,
 )
 from dam.robustness.attacks.standard import within_budget
@@ -208,6 +209,47 @@ def test_adaptive_attack_beats_the_guard_that_stops_the_non_adaptive_one(agreeme
     # ...and an attacker who knows the guard gets most images through with a wrong label
     assert adaptive.safe_rate()[1] <= baseline.safe_rate()[1] - 0.5
     assert all(s > 0 for s in adaptive.seconds) and all(q > 0 for q in adaptive.queries_per_image)
+
+
+class FlatGuard(BlockGuard):
+    """BlockGuard without an input gradient, as a large-n DAM far from every memory: gradients cannot see it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.detach())
+
+
+@pytest.mark.parametrize("agreement", [False, True])
+def test_a_guard_without_gradients_falls_to_the_gradient_free_move(agreement: bool) -> None:
+    clean, _ = block_images(200, seed=2)
+    detector = Detector.calibrate(HalfBlockClassifier(), FlatGuard(), clean, 0.05, agreement=agreement)
+    x, y = block_images(20, seed=1)
+    result = AdaptiveDetectorAttack(detector, [0.05, 0.3], steps=10, targets=2)(x, y)
+    adaptive, baseline = result.adaptive, result.non_adaptive
+    assert baseline.safe_rate()[1] >= 0.9  # the classifier alone is broken, the guard rejects what it is shown
+    assert adaptive.safe_rate() == [1.0, 0.0]  # 0.3 reaches another class's image; 0.05 flips nothing
+    assert adaptive.unsafe_by["blend"][1] > 0 and "blend" not in baseline.unsafe_by
+    for e, budget in enumerate([0.05, 0.3]):
+        adv = adaptive.adversarials[e]
+        assert bool(((adv >= 0) & (adv <= 1)).all()) and bool(within_budget("linf", adv, x, budget).all())
+        predicted = detector.predict(adv)
+        assert torch.equal((predicted != JUNK) & (predicted != y), adaptive.unsafe[e])
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.03), ("linf", 1.0), ("l2", 0.5), ("l2", 30.0)])
+def test_blend_candidates_stay_inside_the_budget_and_are_unsafe_when_counted(norm: str, eps: float) -> None:
+    detector = block_detector(False)
+    x, y = block_images(30, seed=4)
+    moved, evaluations = blend_candidates(detector, x, y, eps, norm=norm)
+    assert bool(((moved >= 0) & (moved <= 1)).all()) and bool(within_budget(norm, moved, x, eps).all())
+    changed = (moved != x).any(dim=1)
+    predicted = detector.predict(moved)
+    assert torch.equal(changed, (predicted != JUNK) & (predicted != y))  # a move is kept only when unsafe
+    accepted = int((detector.predict(x) == y).sum())
+    assert accepted - 3 <= evaluations <= accepted  # each image tries every accepted image of another class
+    if (eps >= 1.0 and norm == "linf") or eps >= 28:  # the whole box: every other accepted image itself is reached
+        assert bool(changed.all())
+    if eps <= 0.05:
+        assert not bool(changed.any())
 
 
 def test_attack_report_is_json(tmp_path: Path) -> None:

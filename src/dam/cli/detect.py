@@ -100,6 +100,11 @@ def _print_adaptive(adaptive: dict[str, Any]) -> None:
         print(row(name, _percent(b["safe_rate"]), _percent(b["non_adaptive"]["safe_rate"]),
                   _percent(b["rejection_rate"]), _percent(b["non_adaptive"]["rejection_rate"]),
                   _percent(b["classifier_robust_accuracy"]), seconds))  # fmt: skip
+    for name, b in adaptive["budgets"].items():
+        if b.get("unsafe_by"):
+            from dam.robustness.adaptive import unsafe_only_through
+
+            print(f"{name}: images unsafe only through {unsafe_only_through(b['unsafe_by'])}")
 
 
 def add_detect_command(sub: argparse._SubParsersAction) -> None:

@@ -155,6 +155,7 @@ def run_beyond(
             stages.run("attacks", attack, done)
 
     if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
+        from dam.robustness.adaptive import ADAPTIVE_RULE
         from dam.robustness.detector import DetectorError
         from dam.robustness.detector_sets import run_detection
 
@@ -168,6 +169,8 @@ def run_beyond(
             key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": detector_settings,
                    "probes": [model_md5(r) for r in runs], "agreement": agreement,
                    "foolbox": foolbox_available()}  # fmt: skip
+            if any(k.startswith("adaptive") for k in detector_settings):
+                key["adaptive_rule"] = ADAPTIVE_RULE
 
             def detect(folder: Path = folder, key: dict = key, agreement: bool = agreement) -> None:
                 (folder / "skipped.json").unlink(missing_ok=True)

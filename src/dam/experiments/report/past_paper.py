@@ -244,15 +244,19 @@ def _adaptive(adaptive: dict[str, Any] | None, name: str) -> dict[str, Any] | No
     non-adaptive attack (the same APGD on the classifier alone) and the classifier without a guard."""
     if not adaptive:
         return None
+    from dam.robustness.adaptive import unsafe_only_through
+
     rows = []
     for budget, b in adaptive["budgets"].items():
         na = b["non_adaptive"]
         seconds = f"{number(b['seconds']) + number(na['seconds']):.0f}"
         rows.append([budget, pct(b["classifier_robust_accuracy"]), pct(na["safe_rate"]), pct(b["safe_rate"]),
-                     pct(b["rejection_rate"]), fmt(b["roc"]["auc"], ".3f") if b.get("roc") else "-", seconds,
+                     pct(b["rejection_rate"]), unsafe_only_through(b.get("unsafe_by")),
+                     fmt(b["roc"]["auc"], ".3f") if b.get("roc") else "-", seconds,
                      fmt(b["queries_per_image"], ".0f")])  # fmt: skip
     header = ["budget", "classifier alone: robust", "detector, non-adaptive attack: safe", "detector, adaptive: safe",
-              "adaptive: rejected", "ROC AUC of the adaptive set", "seconds", "queries per image"]  # fmt: skip
+              "adaptive: rejected", "images unsafe only through", "ROC AUC of the adaptive set", "seconds",
+              "queries per image"]  # fmt: skip
     return {"images": text(adaptive["images"]), "table": table(header, rows, f"{name} adaptive", 1)}
 
 
