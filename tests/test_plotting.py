@@ -110,11 +110,14 @@ def attack_summary() -> dict[str, Any]:
     return {"suite": {"linf": [0.1, 0.3], "l2": [1.0, 3.0]}, "models": models, "images": {"count": 50}}
 
 
-def detector_report() -> dict[str, Any]:
+def detector_report(adaptive: bool = False) -> dict[str, Any]:
     edges = torch.linspace(0.1, 1.0, 11).tolist()
     roc = {"fpr": [0.0, 0.05, 1.0], "tpr": [0.0, 0.9, 1.0], "auc": 0.95, "operating_point": {"fpr": 0.05, "tpr": 0.9}}
     sets = {"clean": {"histogram": [0] * 8 + [5, 95]}, "rubbish_n2": {"histogram": [60, 40] + [0] * 8, "roc": roc}}
-    return {"threshold": 0.5, "beta_sm": 4.0, "clean": "clean", "histogram_edges": edges, "sets": sets}
+    report = {"threshold": 0.5, "beta_sm": 4.0, "clean": "clean", "histogram_edges": edges, "sets": sets}
+    if adaptive:
+        report["adaptive"] = {"budgets": {"linf 0.3": {"roc": roc}, "l2 2": {"roc": None}}}
+    return report
 
 
 FIGURES: dict[str, Callable[[Path], Path]] = {
@@ -127,6 +130,7 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "confidence": lambda p: confidence_figure(calibrations(), p),
     "robust_accuracy": lambda p: robust_accuracy_figure(attack_summary(), p),
     "detector": lambda p: detector_figure(detector_report(), p),
+    "detector_adaptive": lambda p: detector_figure(detector_report(adaptive=True), p),
 }
 
 

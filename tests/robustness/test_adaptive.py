@@ -16,6 +16,7 @@ from dam.robustness.adaptive import (
     AdaptiveDetectorAttack,
     DetectorSystem,
     SafeOutcomeView,
+    accepted_pool,
     blend_candidates,
     junk_scale_for,
 )
@@ -250,6 +251,10 @@ def test_blend_candidates_stay_inside_the_budget_and_are_unsafe_when_counted(nor
         assert bool(changed.all())
     if eps <= 0.05:
         assert not bool(changed.any())
+    pool = accepted_pool(detector, x, y)
+    assert len(pool) == accepted
+    assert torch.equal(blend_candidates(detector, x, y, eps, norm=norm, pool=pool)[0], moved)
+    assert torch.equal(blend_candidates(detector, x, y, eps, norm=norm, pool=pool[:0])[0], x)  # nothing to aim at
 
 
 def test_attack_report_is_json(tmp_path: Path) -> None:

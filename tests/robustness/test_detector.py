@@ -187,6 +187,27 @@ def test_evaluate_separated_and_identical_sets(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(PNG)
 
 
+def test_figure_draws_the_adaptive_attacks_roc_per_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dam.plotting
+
+    drawn = []
+    monkeypatch.setattr(dam.plotting, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+    roc = {"fpr": [0.0, 0.05, 1.0], "tpr": [0.0, 0.7, 1.0], "auc": 0.9, "operating_point": {"fpr": 0.05, "tpr": 0.7}}
+    report = {"threshold": 0.5, "beta_sm": 4.0, "clean": "clean", "histogram_edges": [0.0, 0.5, 1.0],
+              "sets": {"clean": {"histogram": [1, 9]}},
+              "adaptive": {"budgets": {"linf 0.3": {"roc": roc}, "l2 2": {"roc": None}}}}  # fmt: skip
+    detector_figure(report, tmp_path / "figure.png")
+    roc_ax = drawn[0].axes[0]
+    curves = {line.get_label(): line for line in roc_ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(curves) == ["adaptive linf 0.3 (AUC 0.900)"]  # no curve where no image fooled the classifier
+    assert curves["adaptive linf 0.3 (AUC 0.900)"].get_linestyle() == "--"
+    assert list(curves["adaptive linf 0.3 (AUC 0.900)"].get_ydata()) == [0.0, 0.7, 1.0]
+    assert "adaptive" in roc_ax.get_title()
+    del report["adaptive"]
+    detector_figure(report, tmp_path / "figure.png")
+    assert "adaptive" not in drawn[1].axes[0].get_title()
+
+
 def test_evaluate_subsamples_long_roc_curves() -> None:
     g = torch.Generator().manual_seed(5)
     detector = fake_detector()

@@ -161,15 +161,17 @@ def run_beyond(
 
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
         detector_settings = dict(plan.detector)
-        if any(k.startswith("adaptive") for k in detector_settings) and not _autoattack_available():
+        adaptive = any(k.startswith("adaptive") for k in detector_settings)
+        if adaptive and not _autoattack_available():
             log("[detector] adaptive attack skipped: it needs the reference AutoAttack (pip install 'dam[attacks]')")
             detector_settings = {k: v for k, v in detector_settings.items() if not k.startswith("adaptive")}
+            adaptive = False
         for stem, agreement in (("detector", False), ("detector-agreement", True)):
             folder = beyond / stem
             key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": detector_settings,
                    "probes": [model_md5(r) for r in runs], "agreement": agreement,
                    "foolbox": foolbox_available()}  # fmt: skip
-            if any(k.startswith("adaptive") for k in detector_settings):
+            if adaptive:
                 key["adaptive_rule"] = ADAPTIVE_RULE
 
             def detect(folder: Path = folder, key: dict = key, agreement: bool = agreement) -> None:

@@ -301,12 +301,13 @@ class AdaptiveDetectorAttack:
         baseline: list[dict[str, Any]] = []
         robust = []
         broken_before = torch.zeros(len(x), dtype=torch.bool)
+        pool = accepted_pool(detector, x, y)  # what the gradient-free move aims at; the same for every budget
         # Budgets in increasing order, so that each inherits the adversarials of the smaller ones.
         for eps in sorted(self.epsilons):
             started = time.perf_counter()
             done = adaptive[-1]["unsafe"] if adaptive else torch.zeros(len(x), dtype=torch.bool)
             candidates, rows = self._adaptive(system, x, y, eps, done)
-            blend, blend_rows = blend_candidates(detector, x, y, eps, norm=self.norm)
+            blend, blend_rows = blend_candidates(detector, x, y, eps, norm=self.norm, pool=pool)
             candidates["blend"], rows = blend, rows + blend_rows * len(x)
             if adaptive:
                 candidates["smaller budget"] = adaptive[-1]["adversarials"]
@@ -414,8 +415,15 @@ def unsafe_only_through(unsafe_by: dict[str, int] | None) -> str:
 
 
 @torch.no_grad()
+def accepted_pool(detector: Detector, images: Tensor, labels: Tensor) -> Tensor:
+    """Indices of the ``images`` that the detector accepts with their right label (``labels``)."""
+    x, y = images.reshape(len(images), -1), labels.to(images.device)
+    return (detector.predict(x).to(y.device) == y).nonzero()[:, 0]
+
+
+@torch.no_grad()
 def blend_candidates(detector: Detector, images: Tensor, labels: Tensor, eps: float, *,
-                     norm: str = "linf") -> tuple[Tensor, float]:  # fmt: skip
+                     norm: str = "linf", pool: Tensor | None = None) -> tuple[Tensor, float]:  # fmt: skip
     """A gradient-free attack that knows the detector: each image moved toward every other image of ``images``
     that has another label and that the detector accepts with its right label, as far as the budget allows
     (L-inf: each pixel by at most ``eps``; L2: along the straight line, to distance ``eps``).  Both moves stay
@@ -423,9 +431,10 @@ def blend_candidates(detector: Detector, images: Tensor, labels: Tensor, eps: fl
     (accepted with a wrong label), else the image itself, and the detector evaluations per image.
 
     It needs no gradient, so the guard's dead zone (outputs and gradients near zero far from every memory)
-    does not stop it; at small budgets the gradient attacks are stronger, at large ones this is."""
+    does not stop it; at small budgets the gradient attacks are stronger, at large ones this is.  ``pool``: the
+    indices :func:`accepted_pool` returns for these images, where the caller has them already."""
     x, y = images.reshape(len(images), -1), labels.to(images.device)
-    targets = (detector.predict(x).to(y.device) == y).nonzero()[:, 0]
+    targets = accepted_pool(detector, x, y) if pool is None else pool.to(y.device)
     out, evaluations = x.clone(), 0
     for i in range(len(x)):
         other = x[targets[y[targets] != y[i]]]

@@ -264,7 +264,8 @@ def evaluate_detector(
 
 
 def detector_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """ROC of clean vs each set with the operating point marked, and guard-score histograms with the threshold."""
+    """ROC of clean vs each set with the operating point marked (and of the adaptive attack per budget, where the
+    report has one), and guard-score histograms with the threshold."""
     from dam.plotting import colormap, new_figure, save_figure
 
     fig = new_figure((12, 4.8))
@@ -279,9 +280,20 @@ def detector_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Pat
             roc_ax.plot(point["fpr"], point["tpr"], "o", color=colour)
         total = max(sum(r["histogram"]), 1)  # fractions, so that sets of different sizes compare
         hist_ax.stairs([c / total for c in r["histogram"]], edges, color=colour, label=name)
+    # The adaptive attack's adversarials the classifier alone gets wrong, per budget: dashed, as they are made
+    # against the detector itself, not taken from elsewhere
+    adaptive = [(k, b["roc"]) for k, b in (report.get("adaptive") or {}).get("budgets", {}).items() if b.get("roc")]
+    for j, (key, roc) in enumerate(adaptive):
+        colour = colormap("Dark2")(j % 8)
+        point = roc["operating_point"]
+        roc_ax.plot(roc["fpr"], roc["tpr"], color=colour, ls="--", label=f"adaptive {key} (AUC {roc['auc']:.3f})")
+        roc_ax.plot(point["fpr"], point["tpr"], "s", color=colour)
     roc_ax.set_xlabel(f"clean images rejected ({report['clean']!r})")
     roc_ax.set_ylabel("set images rejected")
-    roc_ax.set_title("ROC: clean vs each set by guard score (dot: the detector)", fontsize=9)
+    title = "ROC: clean vs each set by guard score (dot: the detector)"
+    if adaptive:
+        title += "\ndashed: the adaptive attack's images the classifier gets wrong (square: the detector)"
+    roc_ax.set_title(title, fontsize=9)
     roc_ax.legend(fontsize=7, loc="lower right")
     hist_ax.axvline(report["threshold"], color="black", ls="--", lw=1, label=f"threshold {report['threshold']:.4g}")
     hist_ax.set_yscale("symlog", linthresh=1e-3)
