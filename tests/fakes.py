@@ -120,6 +120,7 @@ def _tiny_reproduction():
             "aa_fab": False,
             "square_queries": 20,
         },
+        attack_workers=2,  # the stage through worker processes, as the quick preset runs it
         detector={
             "images": 200,
             "noise": 50,

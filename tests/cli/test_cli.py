@@ -116,6 +116,8 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
         (["train", "--n", "3", "--momentum", "2", "--out", "x"], "momentum"),
         (["train", "--n", "3", "--seed", "99999999999999999999999", "--out", "x"], "seed must be between"),
         (["attack", "x", "--out", "y", "--seed", "-1"], "seed must be between"),
+        (["attack", "x", "--out", "y", "--workers", "0"], "--workers: must be at least 1"),
+        (["reproduce", "--out", "y", "--workers", "0"], "--workers: must be at least 1"),
     ],
 )
 def test_user_errors_are_one_line(argv, message: str, capsys, tmp_path, monkeypatch) -> None:

@@ -48,7 +48,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     with out.lock():
         summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
-                              device=args.device, replace=args.force)  # fmt: skip
+                              device=args.device, replace=args.force, workers=args.workers)  # fmt: skip
     for norm in ("linf", "l2"):
         eps = summary["suite"][norm]
         print(f"\nrobust accuracy, {norm}, worst case over all attacks ({summary['images']['count']} images)")
@@ -97,4 +97,7 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
                    help="Square's query budget (5000 in the protocol; 0 leaves it out)")  # fmt: skip
     p.add_argument("--data-dir")
     p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="models attacked at once, each in its own process with its share of the CPU cores (default "
+                        "1; small models go faster several at a time, and each holds its own memory)")  # fmt: skip
     p.set_defaults(func=cmd_attack)

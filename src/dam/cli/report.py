@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dam.cli.args import device, seed
+from dam.cli.args import device, positive_int, seed
 from dam.errors import InputError
 
 
@@ -29,6 +29,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         check=check,
         log=log,
+        workers=args.workers,
     )
     print(f"report: {report}")
     return 0
@@ -83,6 +84,12 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         "--device", type=device, default="auto", help="auto (default: a GPU when there is one), cpu, cuda, ..."
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="models the attack stage attacks at once, in processes of their own (default: the preset's choice "
+        "on a CPU, at most its cores; 1 on a GPU)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="require the headless-Chromium check of the report")
     g.add_argument("--no-check", action="store_true", help="skip it (default: run it when Chromium is installed)")

@@ -67,8 +67,10 @@ def run_beyond(
     device: str = "cpu",
     progress: bool | None = None,
     log: Callable[[str], None] = logger.info,
+    workers: int = 1,
 ) -> None:
-    """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond."""
+    """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond;
+    ``workers``: models the attack stage attacks at once."""
     from dam.runs import model_md5
     from dam.training import train_mlp
 
@@ -149,7 +151,7 @@ def run_beyond(
             def attack() -> None:
                 # The reproduction's own folder: results made otherwise (an older dam's suite) are redone.
                 run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log,
-                            replace=True)  # fmt: skip
+                            replace=True, workers=workers)  # fmt: skip
 
             done = lambda: attacks_done(targets, folder, suite, sources=sources, data_dir=data_dir)  # noqa: E731
             stages.run("attacks", attack, done)

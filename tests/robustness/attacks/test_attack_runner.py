@@ -212,3 +212,31 @@ def _untimed(value):
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value
+
+
+def test_models_attacked_in_worker_processes_give_the_same_result(tiny_reproduction, mlp_run, mnist_dir, tmp_path):
+    """Each model's attack is seeded on its own, so where it runs cannot change it; the workers' progress lines
+    reach the caller."""
+    import torch
+
+    runs = [str(tiny_reproduction / "runs" / n) for n in ("n2", "n20")]
+    suite = AttackSuite(images=16, linf=(0.1, 0.3), l2=(1.0,), pgd_steps=3, hsj_steps=0, aa_steps=3, aa_fab=False,
+                        square_queries=10)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two workers has on CI's two cores: float sums in the same order
+    try:
+        here = run_attacks(runs, tmp_path / "here", suite, sources=[str(mlp_run)], data_dir=mnist_dir,
+                           log=lambda line: None)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    lines: list[str] = []
+    there = run_attacks(runs, tmp_path / "workers", suite, sources=[str(mlp_run)], data_dir=mnist_dir,
+                        log=lines.append, workers=2)  # fmt: skip
+    assert list(there["models"]) == ["n2", "n20"]
+    for name in ("n2", "n20"):
+        assert _untimed(there["models"][name]["tables"]) == _untimed(here["models"][name]["tables"])
+        assert there["models"][name]["verdict"] == here["models"][name]["verdict"]
+    assert any(line.startswith("attack n20: 16 images") for line in lines)
+    assert any(line.startswith("  source mlp-relu, linf") for line in lines)
+    written = {p.name for p in (tmp_path / "workers" / "models").iterdir()}
+    assert {"n2.json", "n20.json"} <= written and not any(name.endswith(".partial.json") for name in written)

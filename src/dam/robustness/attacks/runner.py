@@ -39,6 +39,7 @@ from dam.robustness.attacks.standard import (
 )
 from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict, starvation
 from dam.runs import common_dataset, load_model, model_md5, model_name
+from dam.workers import Job, check_workers, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +300,29 @@ def attack_model(
             "verdict": verdict}  # fmt: skip
 
 
+def _attack_and_write(
+    run: str,
+    images: Tensor,
+    labels: Tensor,
+    suite: AttackSuite,
+    source_results: dict[str, dict[str, dict[str, AttackResult]]],
+    device: str,
+    out: Path,
+    key: dict[str, Any],
+    log: Callable[[str], None] = logger.info,
+) -> dict[str, Any]:
+    """One model's whole attack, written to ``OUT/models/<name>.json`` (its partial files then removed)."""
+    name = model_name(run)
+    log(f"attack {name}: {len(images)} images ...")
+    result = {**attack_model(run, images, labels, suite, source_results, device, parts=out / "models", key=key,
+                             log=log), "key": key}  # fmt: skip
+    atomic_write_json(out / "models" / f"{name}.json", result)
+    for norm in ("linf", "l2"):
+        partial_path(out / "models", name, norm).unlink(missing_ok=True)
+    log(f"  {name}: {result['verdict']['verdict']}")
+    return result
+
+
 def _saved(path: Path) -> dict[str, Any] | None:
     saved = read_json(path)
     return saved if isinstance(saved, dict) else None
@@ -335,14 +359,19 @@ def run_attacks(
     device: str = "cpu",
     log: Callable[[str], None] = logger.info,
     replace: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Attack every run (transfer from every source) and write OUT/robustness.json, CSVs and the figure.
+
+    ``workers``: models (and sources) attacked at once, each in its own process with its share of the cores
+    (:func:`dam.workers.run_jobs`); 1 attacks them here, one after another.
 
     Finished models are reused from ``OUT/models`` when their key (weights, sources, suite, images) matches.
     A finished model made otherwise is refused before any attack, or with ``replace`` (the CLI's
     ``--force``, a pipeline's own folder) attacked again with a warning.
     """
     require_foolbox()
+    check_workers(workers)
     sources = sources or []
     for run in [*runs, *sources]:  # a typo or damaged weights fail at once, before data are read
         load_model(run)
@@ -361,35 +390,32 @@ def run_attacks(
                 raise InputError(f"{path} holds a finished attack made with {how}; use another --out, "
                                  "or --force to replace it")  # fmt: skip
             logger.warning("replacing %s, made with %s", path, how)
-    source_results: dict[str, dict[str, dict[str, AttackResult]]] | None = None
     models: dict[str, Any] = {}
+    todo = []
     for run in runs:
         name = model_name(run)
         path = out / "models" / f"{name}.json"
-        key = keys[run]
         saved = _saved(path)
-        if key_matches(saved, key, "key"):
+        if key_matches(saved, keys[run], "key"):
             log(f"attack {name}: reused {path}")
             # The verdict is re-derived from the saved measurements, so a refined rule applies to old results.
             tables = [RobustnessTable.from_json(t) for t in saved["tables"].values()]
             health = [GradientHealth(**h) for h in saved["gradient_health"]]
             saved["verdict"] = masking_verdict(tables, health, saved.get("starvation"))
             models[name] = saved
-            continue
-        if source_results is None:  # made once, only when some model needs them
-            source_results = {norm: {} for norm in ("linf", "l2")}
-            for src in sources:
-                for norm, by_suffix in source_attack_results(src, images, labels, suite, out / "sources", device,
-                                                             log).items():  # fmt: skip
-                    source_results[norm][model_name(src)] = by_suffix
-        log(f"attack {name}: {len(images)} images ...")
-        result = {**attack_model(run, images, labels, suite, source_results, device, parts=out / "models", key=key,
-                                 log=log), "key": key}  # fmt: skip
-        atomic_write_json(path, result)
-        for norm in ("linf", "l2"):
-            partial_path(out / "models", name, norm).unlink(missing_ok=True)
-        log(f"  {result['verdict']['verdict']}")
-        models[name] = result
+        else:
+            todo.append(run)
+    if todo:  # the sources' attacks are made (or reused) only when some model needs them
+        source_results: dict[str, dict[str, dict[str, AttackResult]]] = {norm: {} for norm in ("linf", "l2")}
+        made = run_jobs([Job(source_attack_results, (src, images, labels, suite, out / "sources", device))
+                         for src in sources], workers, log)  # fmt: skip
+        for src, by_norm in zip(sources, made, strict=True):
+            for norm, by_suffix in by_norm.items():
+                source_results[norm][model_name(src)] = by_suffix
+        done = run_jobs([Job(_attack_and_write, (run, images, labels, suite, source_results, device, out, keys[run]))
+                         for run in todo], workers, log)  # fmt: skip
+        models.update((model_name(run), result) for run, result in zip(todo, done, strict=True))
+        models = {model_name(run): models[model_name(run)] for run in runs}  # in the order asked for
     spec = DATASETS[common_dataset(runs)]
     summary = {
         "suite": asdict(suite),
