@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first; a module may import only from its own layer or below.
 LAYERS = [
-    ("dam.errors", "dam.io", "dam.results", "dam.environment", "dam.progress", "dam.plotting"),
+    ("dam.errors", "dam.io", "dam.results", "dam.environment", "dam.progress", "dam.plotting", "dam.workers"),
     ("dam.data",),
     ("dam.model", "dam.baselines"),
     ("dam.runs",),
