@@ -91,6 +91,8 @@ def _print_table(report: dict[str, Any]) -> None:
 
 
 def _print_adaptive(adaptive: dict[str, Any]) -> None:
+    from dam.robustness.adaptive import unsafe_only_through
+
     print(f"adaptive attack (knows the guard) on {adaptive['images']} evaluation images; safe = right label or junk")
     row = "{:<12s} {:>14s} {:>14s} {:>18s} {:>18s} {:>12s} {:>9s}".format
     print(row("budget", "safe adaptive", "safe non-adap.", "rejected adaptive", "rejected non-adap.",
@@ -102,8 +104,6 @@ def _print_adaptive(adaptive: dict[str, Any]) -> None:
                   _percent(b["classifier_robust_accuracy"]), seconds))  # fmt: skip
     for name, b in adaptive["budgets"].items():
         if b.get("unsafe_by"):
-            from dam.robustness.adaptive import unsafe_only_through
-
             print(f"{name}: images unsafe only through {unsafe_only_through(b['unsafe_by'])}")
 
 
