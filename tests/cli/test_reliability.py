@@ -48,12 +48,18 @@ def finished(tmp_path_factory, data) -> Path:
     return out
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background of a non-interactive shell
+    ignores SIGINT, and its children would inherit that (Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_second_writer_is_refused_and_first_run_intact(tmp_path, data) -> None:
     out = tmp_path / "run"
     # More epochs than it can finish while the test runs: the second writer always meets a live first one.
     first = subprocess.Popen([sys.executable, "-m", "dam", "train", *TINY, "--epochs", "100000", "--data-dir",
                               str(data), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "DAM_COMPILE": "0"})  # fmt: skip
+                             env={**os.environ, "DAM_COMPILE": "0"}, preexec_fn=_default_sigint)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not (out / "metrics.jsonl").exists():
