@@ -63,19 +63,44 @@ def test_workers_must_be_positive() -> None:
         run_jobs([Job(double, (1,))], 0, print)
 
 
-def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("payload", [1, 200_000], ids=["small jobs", "jobs larger than a pipe's buffer"])
+def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path: Path, payload: int) -> None:
+    """A spawned worker imports the script again; unguarded, it would start workers of its own.  With jobs
+    larger than a pipe holds, such a worker once hung on exit (its queue's feeder thread never flushed), and
+    with it the script, until the worker refused to start workers at all."""
     script = tmp_path / "unguarded.py"
     script.write_text(
-        textwrap.dedent("""
+        textwrap.dedent(f"""
+        import torch
         from dam.workers import Job, run_jobs
         from test_workers import double
-        run_jobs([Job(double, (1,)), Job(double, (2,))], 2, print)
+        run_jobs([Job(double, (torch.zeros({payload}),)), Job(double, (torch.zeros({payload}),))], 2, print)
     """)
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode != 0
     assert "a worker process died" in done.stderr and "__main__" in done.stderr
+
+
+def test_a_dead_worker_does_not_hang_the_callers_exit(tmp_path: Path) -> None:
+    """A worker killed (say, for memory) with large jobs still queued: the caller gets the error and exits."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        textwrap.dedent("""
+        import os, signal, torch
+        from dam.workers import Job, run_jobs
+
+        def die(x, log):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            run_jobs([Job(die, (torch.zeros(200_000),)) for _ in range(8)], 2, print)
+    """)
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "a worker process died (exit code -9" in done.stderr
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from dam.errors import InputError
 
 PARENT_POLL_SECONDS = 1.0
+WORKER_NAME = "dam-worker"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> l
     check_workers(workers)
     if workers == 1 or len(jobs) <= 1:
         return [job.fn(*job.args, **job.kwargs, log=log) for job in jobs]
+    if multiprocessing.current_process().name.startswith(WORKER_NAME):
+        # A worker imports the caller's script again; unguarded, the script would start workers from here.
+        # Refused before any queue exists: a queue holding more than a pipe's buffer would keep this process
+        # from ever exiting, and the caller waiting for it.
+        raise WorkerError("a dam worker cannot start workers of its own; a script that starts workers needs "
+                          "`if __name__ == '__main__':` around its code")  # fmt: skip
     # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them
     context = multiprocessing.get_context("spawn")
     tasks, replies = context.Queue(), context.Queue()
@@ -69,7 +76,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> l
     for _ in range(count):
         tasks.put(None)  # one "no more" per worker
     procs = [context.Process(target=_worker, args=(tasks, replies, os.getpid(), threads_per_worker(count)),
-                             daemon=True, name=f"dam-worker-{k}") for k in range(count)]  # fmt: skip
+                             daemon=True, name=f"{WORKER_NAME}-{k}") for k in range(count)]  # fmt: skip
     results: dict[int, Any] = {}
     try:
         for proc in procs:
@@ -98,6 +105,9 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> l
                 proc.terminate()
         for proc in procs:
             proc.join()
+        # Jobs no worker took may still fill the pipe, and nobody will read them: without this, the queue's
+        # feeder thread would wait to write them forever and keep this process from exiting.
+        tasks.cancel_join_thread()
     return [results[i] for i in range(len(jobs))]
 
 
