@@ -163,7 +163,8 @@ def test_nan_weights_are_refused(tmp_path) -> None:
 
 def test_compiled_kernel_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """The torch.compile path (used for real training) computes the same values and gradients."""
-    model = small_model(n=20, k=64, T=200.0)
+    # T such that the scores are far from zero (T = 200 left them near 1e-36, which any kernel matches)
+    model = small_model(n=20, k=64, T=1.5)
     with torch.no_grad():
         model.memories.mul_(0.2).add_(0.1)
     x = torch.rand(32, 784)
@@ -183,3 +184,29 @@ def test_compiled_kernel_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not dam.model._COMPILE_FAILED, "torch.compile failed; the fast path is not being tested"
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_kernel_serves_every_batch_size_an_attack_shrinks_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacks run the compiled kernels on the images still standing: batches of every size, some not a
+    multiple of the backward's block, one of a single image.  Scores and input gradients equal the eager ones."""
+    model = small_model(n=30, k=64, T=1.5)  # scores of 1e3 to 1e11: far from zero
+    with torch.no_grad():
+        model.memories.mul_(0.2).add_(0.1)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.clone().requires_grad_(True)
+        s = model.scores(x)
+        (grad,) = torch.autograd.grad((s * torch.linspace(-1, 1, 10)).sum(), x)
+        return s.detach(), grad
+
+    import dam.model
+
+    for batch in (60, 37, 100, 1, 13):
+        x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(batch))
+        monkeypatch.setenv("DAM_COMPILE", "0")
+        eager = run(x)
+        monkeypatch.setenv("DAM_COMPILE", "1")
+        compiled = run(x)
+        assert not dam.model._COMPILE_FAILED, "torch.compile failed; the fast path is not being tested"
+        torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -187,27 +186,13 @@ def _padded_backward(kernel: Callable[..., tuple[Tensor, Tensor]], g: Tensor, h:
 
 
 _COMPILE_FAILED = False
-_EAGER_DEPTH = 0
 
 
 def fused_kernels_enabled() -> bool:
-    """Whether kernels go through ``torch.compile`` (env ``DAM_COMPILE=0`` or :func:`eager_kernels` turn it off)."""
-    if _EAGER_DEPTH or _COMPILE_FAILED:
+    """Whether kernels go through ``torch.compile`` (env ``DAM_COMPILE=0`` turns it off)."""
+    if _COMPILE_FAILED:
         return False
     return os.environ.get("DAM_COMPILE", "1") not in ("0", "false", "no", "off")
-
-
-@contextmanager
-def eager_kernels() -> Iterator[None]:
-    """Run the model's kernels eagerly inside the block.  Attacks shrink their batch to the images not yet
-    broken, and a compiled kernel recompiles for every new batch size (34 forwards of varying size of a
-    DAM_30: 2.4 s compiled, 0.27 s eager)."""
-    global _EAGER_DEPTH
-    _EAGER_DEPTH += 1
-    try:
-        yield
-    finally:
-        _EAGER_DEPTH -= 1
 
 
 class FusedKernel:
@@ -231,6 +216,9 @@ class FusedKernel:
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # dynamic=None: the first batch size compiles a static kernel, a second one recompiles once with
+            # the batch dynamic, which then serves every size (attacks shrink their batch to the images left:
+            # one recompile per kernel over an APGD-T run, measured)
             self._compiled = torch.compile(self.fn, dynamic=None)
         try:
             return self._compiled(*args)

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError
-from dam.model import NUM_CLASSES, as_logits, eager_kernels
+from dam.model import NUM_CLASSES, as_logits
 from dam.robustness.attacks.autoattack import APGDCE, APGDT
 from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, within_budget
 from dam.robustness.detector import JUNK, Detector, score_roc
@@ -284,12 +284,6 @@ class AdaptiveDetectorAttack:
                 "implementation": "pyautoattack (reference code of Croce & Hein)"}  # fmt: skip
 
     def __call__(self, images: Tensor, labels: Tensor) -> DetectorAttackResult:
-        # Eager kernels: the attacks shrink their batches to the images left, and a compiled DAM kernel would
-        # recompile for every new batch size.
-        with eager_kernels():
-            return self._run(images, labels)
-
-    def _run(self, images: Tensor, labels: Tensor) -> DetectorAttackResult:
         detector = self.detector
         device = next(detector.classifier.parameters()).device
         if len(images) == 0:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError, MissingExtraError
-from dam.model import as_logits, eager_kernels
+from dam.model import as_logits
 from dam.robustness.attacks.standard import (
     AttackResult,
     QueryCounter,
@@ -115,7 +115,7 @@ class ReferenceAttack:
         x, y = check_attack_inputs(images, labels, device)
         counter = QueryCounter(as_logits(self.model)).eval()
         net = _Images4d(counter).eval()
-        with torch.no_grad(), eager_kernels():
+        with torch.no_grad():
             correct = counter(x).argmax(dim=1) == y
         counter.rows = 0
         advs = x.unsqueeze(0).repeat(len(self.epsilons), 1, 1)
@@ -124,7 +124,7 @@ class ReferenceAttack:
         order = sorted(range(len(self.epsilons)), key=lambda e: self.epsilons[e])
         # The reference code seeds torch's global generator itself: fork it so that the caller's state is
         # left alone and the result depends on ``seed`` only.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager_kernels():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for k, e in enumerate(order):
                 eps = self.epsilons[e]
                 if k and not self.every_budget:  # what broke an image within a smaller budget breaks it
