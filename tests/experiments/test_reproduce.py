@@ -166,6 +166,16 @@ def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkey
     assert all(stages[f"train {n}"]["reused"] for n in MODELS)
 
 
+def test_a_skipped_browser_check_says_so(reproduction: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Without Chromium the check is skipped (unless --check asks for it), with one line saying so."""
+    import dam.experiments.report.browser
+
+    monkeypatch.setattr(dam.experiments.report.browser, "find_chromium", lambda: None)
+    lines: list[str] = []
+    reproduce(TINY, reproduction, data_dir=mnist_dir, progress=False, log=lines.append)
+    assert "[browser check] skipped: no Chromium found (--check requires it)" in lines
+
+
 def test_past_the_paper_stages_write_their_outputs(reproduction: Path):
     beyond = reproduction / "beyond"
     assert (beyond / "baselines" / "mlp-relu" / "model.safetensors").exists()

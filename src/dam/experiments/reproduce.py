@@ -382,7 +382,10 @@ def _reproduce(
     stages.run("report", lambda: build_report(out))
     report = out / "report" / "index.html"
 
-    if check or (check is None and find_chromium() is not None):
+    chromium = check is None and find_chromium() is not None
+    if check is None and not chromium:
+        log("[browser check] skipped: no Chromium found (--check requires it)")
+    if check or chromium:
         try:
             result = stages.run("browser check", lambda: check_report(report, out / "report" / "screenshot.png"))
         except ReportCheckError as exc:  # Chromium itself failed: fatal only when the check was asked for
