@@ -22,9 +22,8 @@ import time
 
 import torch
 
-from dam.data import load_dataset
-from dam.robustness.attacks.accuracy import evaluation_subset
 from dam.robustness.attacks.autoattack import APGDT
+from dam.robustness.attacks.runner import AttackSuite, attack_images
 from dam.runs import load_model
 
 
@@ -39,8 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.run).eval()
-    x, y = load_dataset("mnist", "test", data_dir=args.data_dir)
-    images, labels, _ = evaluation_subset(x.reshape(-1, 784), y, args.images, 0)
+    images, labels, _ = attack_images(AttackSuite(images=args.images), args.data_dir)  # the attack stage's subset
     eps = [float(e) for e in args.eps.split(",")]
     attack = APGDT(model, eps, steps=args.steps, targets=args.targets, batch_size=500)
 

@@ -382,10 +382,9 @@ def _reproduce(
     stages.run("report", lambda: build_report(out))
     report = out / "report" / "index.html"
 
-    chromium = check is None and find_chromium() is not None
-    if check is None and not chromium:
+    if check is None and find_chromium() is None:
         log("[browser check] skipped: no Chromium found (--check requires it)")
-    if check or chromium:
+    elif check is not False:  # asked for, or Chromium found
         try:
             result = stages.run("browser check", lambda: check_report(report, out / "report" / "screenshot.png"))
         except ReportCheckError as exc:  # Chromium itself failed: fatal only when the check was asked for
