@@ -14,6 +14,8 @@ def chromium() -> str:
     exe = find_chromium()
     if exe is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium for the report check")
+            pytest.fail(
+                "Chromium is missing: scripts/chromium.sh (run by .ci/run) installs Debian's for the report check"
+            )
         pytest.skip("no Chromium installed (apt-get install chromium)")
     return exe
