@@ -28,20 +28,20 @@ from dam import as_logits, load_model
 from dam.experiments.reproduce import L2_TO_ZERO, LINF_TO_ZERO
 from dam.robustness.attacks.autoattack import APGDCE, APGDT
 from dam.robustness.attacks.runner import AttackSuite, attack_images
-from dam.robustness.attacks.standard import HopSkipJump
 from dam.runs import model_name
 
 
 def check(run: str, norm: str, images: int, data_dir: str | None) -> dict:
     model = load_model(run)
-    suite = AttackSuite(images=images)
+    # the attack stage's subset and HopSkipJump (the cpu preset's settings), in both norms
+    suite = AttackSuite(images=images, linf=LINF_TO_ZERO, l2=L2_TO_ZERO, hsj_norms=("linf", "l2"))
     x, y, _ = attack_images(suite, data_dir)
-    eps = LINF_TO_ZERO if norm == "linf" else L2_TO_ZERO
+    eps = suite.budgets(norm)
     ce = APGDCE(model, eps, norm=norm)(x, y)
     targeted = APGDT(model, eps, norm=norm)(x, y, attack_only=~ce.success)
     apgd = ce.success | targeted.success
-    hsj = HopSkipJump(model, eps, norm=norm, steps=suite.hsj_steps, initial_gradient_eval_steps=100,
-                      max_gradient_eval_steps=suite.hsj_max_evals)(x, y)  # fmt: skip
+    (hopskipjump,) = suite.decision_based(model, norm)
+    hsj = hopskipjump(x, y)
     only_hsj = hsj.success & ~apgd
     results = {"apgd-ce": ce, "apgd-t": targeted, "hopskipjump": hsj}
     with torch.no_grad():
