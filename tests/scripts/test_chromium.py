@@ -64,3 +64,12 @@ def test_root_with_apt_get_gets_debians_chromium(bin_dir: Path, tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "installing Debian's chromium" in done.stdout
     assert (tmp_path / "apt").read_text().split() == ["install", "-y", "-q", "chromium"]
+
+
+def test_without_dams_python_it_says_to_set_up_first(bin_dir: Path, tmp_path: Path) -> None:
+    stub(bin_dir, "id", "echo 0")
+    stub(bin_dir, "apt-get", f"echo called >> {tmp_path}/apt")
+    done = run(bin_dir, DAM_PYTHON=str(tmp_path / "no-venv" / "python"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "bash scripts/setup.sh" in done.stderr
+    assert not (tmp_path / "apt").exists()
