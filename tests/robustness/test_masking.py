@@ -5,6 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from dam.robustness.attacks import PGD, HopSkipJump, RobustnessTable, robust_accuracy
+from dam.robustness.attacks.accuracy import add_to_worst_case
+from dam.robustness.attacks.standard import AttackResult
 from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict
 from dam.runs import load_model
 
@@ -114,3 +116,50 @@ def test_verdict_does_not_depend_on_the_order_attacks_are_listed_in():
     first, again = masking_verdict(table, [_healthy()]), masking_verdict(reordered, [_healthy()])
     assert first == again
     assert first["strongest"]["linf"]["attack"] == "pgd"  # the stronger at the other budget
+
+
+class Scripted:
+    """An attack that breaks the images it is told to (at the one budget 0.1): the masking check's input
+    without the cost of a real attack."""
+
+    norm, epsilons = "linf", [0.1]
+
+    def __init__(self, name: str, broken: list[int], gradients: bool) -> None:
+        self.name, self.broken, self.uses_gradients = name, broken, gradients
+
+    def __call__(self, images: Tensor, labels: Tensor) -> AttackResult:
+        success = torch.zeros(1, len(images), dtype=torch.bool)
+        success[0, self.broken] = True
+        return AttackResult(self.name, "linf", [0.1], images[None].clone(), success, torch.zeros(1, len(images)), 1.0)
+
+    def describe(self) -> dict:
+        return {"attack": self.name, "gradients": self.uses_gradients}
+
+
+def test_gradient_free_attacks_are_weighed_image_by_image():
+    """Of 100 images PGD and FGSM break 40 each, different ones (60% robust accuracy each, 20% together);
+    HopSkipJump breaks 45, 10 of them images both gradient attacks left.  Its robust accuracy (55%) is within
+    the noise of theirs, yet it found what they missed: masking is flagged.  A gradient attack that breaks
+    those images later (the effort check) clears it."""
+    torch.manual_seed(0)
+    model = nn.Linear(784, 10)
+    x = torch.rand(100, 784)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image right before the attacks
+    attacks = [Scripted("pgd", list(range(40)), True), Scripted("fgsm", list(range(40, 80)), True),
+               Scripted("hopskipjump", [*range(5, 40), *range(80, 90)], False)]  # fmt: skip
+    table, results = robust_accuracy(model, "m", x, y, attacks)
+    # 5 points of robust accuracy apart: within two standard errors on 100 images (9.8 points)
+    assert table.attacks["fgsm"][0] - table.attacks["hopskipjump"][0] == pytest.approx(0.05)
+    assert table.gradient_worst_case == pytest.approx([0.2]) and table.worst_case == pytest.approx([0.1])
+    assert table.beyond_gradients == {"decision-based": pytest.approx([0.1])}
+    verdict = masking_verdict(table, [_healthy()])
+    assert verdict["masked"]
+    assert "hopskipjump broke 10.0 points of images that no gradient attack had broken" in verdict["verdict"]
+    assert "gradient attacks leave 20.0%" in verdict["verdict"]
+    # the per-image record survives the JSON a result is kept in, and the verdict re-derived from it is the same
+    assert masking_verdict(RobustnessTable.from_json(table.to_json()), [_healthy()]) == verdict
+    late = Scripted("effort check", list(range(80, 90)), True)(x, y)
+    add_to_worst_case(table, results, "effort check", late, {"attack": "effort check", "gradients": True})
+    assert table.beyond_gradients == {"decision-based": [0.0]}
+    assert not masking_verdict(table, [_healthy()])["masked"]

@@ -78,7 +78,11 @@ def test_cli_attack_prints_the_table_and_verdicts(tiny_reproduction, mnist_dir, 
     assert "protocol: AutoAttack standard, reduced (3 APGD iterations, no FAB-T, Square 10 queries)" in out
     record = json.loads((tmp_path / "models" / "n3.robustbench.json").read_text())
     assert record["threat_models"]["Linf"]["eps"] == [0.1] and record["n_examples"] == 16
-    assert {"apgd-ce", "apgd-t"} <= set(record["threat_models"]["Linf"]["per_attack"])
+    linf = record["threat_models"]["Linf"]
+    assert {"apgd-ce", "apgd-t"} <= set(linf["per_attack"])
+    # Square saw only what APGD left: what it added to the worst case, never a robust accuracy of its own
+    assert not any("on survivors" in a for a in linf["per_attack"])
+    assert set(linf["broken_on_survivors"]) == {"square (on survivors)", "effort check (on survivors)"}
     assert record["libraries"]["pyautoattack"]
     # Another budget into the same --out: the finished result is refused before any attack, kept as it was;
     # --force attacks again and replaces it.

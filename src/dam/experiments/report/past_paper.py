@@ -174,8 +174,8 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
             gaps[n] = max(per_norm)
     beaten = []
     for n, v in verdicts.items():
-        if v["gaps"]:
-            beaten.append(f"{n}: {describe_gap(v['gaps'][0])}")
+        if v["gaps"]:  # the largest gap of the model, not the first found
+            beaten.append(f"{n}: {describe_gap(max(v['gaps'], key=lambda g: g['white_box'] - g['black_box']))}")
     unchecked = sorted({norm for v in verdicts.values() for norm in v.get("unchecked", [])})
     evidence = "; ".join(beaten) or "no model shows a gap beyond two standard errors"
     if unchecked:
@@ -183,11 +183,13 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     rows.append(["gradient-free attacks (Square, HopSkipJump, transfer) do no better than gradient attacks",
                  "no" if beaten else ("not run" if len(unchecked) == 2 else "partly checked" if unchecked else "yes"),
                  evidence])  # fmt: skip
-    have = {n: s for n in models if (s := substitute_of(n, sources))}
+    # counted where the transfer ran, in every norm: a substitute among the sources is not yet an attack
+    have = {n: s for n in models if (s := substitute_of(n, sources))
+            and all(any(a.split(" (")[0] == f"transfer:{s}" for a in t.attacks) for t in tables[n].values())}  # fmt: skip
     missing = [n for n in models if n not in have]
     evidence = "; ".join(f"{n} attacked with the adversarials of {s}" for n, s in have.items())
     if have and missing:
-        evidence += f"; no substitute for {', '.join(missing)}"
+        evidence += f"; no transfer from a substitute for {', '.join(missing)}"
     rows.append(["transfer from the most similar substitute (same n, another seed)", "yes" if have else "not run",
                  evidence or f"transfer sources here: {joined(sources, 'none')}"])  # fmt: skip
     evidence = ", ".join(f"{n} {100 * g:+.1f}" for n, g in gaps.items())

@@ -58,6 +58,10 @@ class RobustnessTable:
     # The worst case over the gradient attacks alone (per image, like ``worst_case``): the curve that a gap
     # to the full worst case would show masking on (empty in results of dam 0.3 and older).
     gradient_worst_case: list[float] = field(default_factory=list)
+    # Per kind of gradient-free attack (:func:`gradient_free_kind`): the share of all images that attacks of that
+    # kind broke and no gradient attack did, per budget.  The masking check compares attacks image by image
+    # with it, not robust accuracy against robust accuracy (empty in results of dam 0.7 and older).
+    beyond_gradients: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +117,16 @@ def robust_accuracy(
 CLEAN_ERRORS, WORST, GRADIENT_WORST = "clean errors", "worst case", "worst case of the gradient attacks"
 
 
+def gradient_free_kind(column: str) -> str:
+    """How a gradient-free attack (by its column's name) sees the model: "decision-based" (HopSkipJump, labels
+    only), "transfer" (adversarials of another model) or "score-based" (Square, the logits' values)."""
+    if column.startswith("hopskipjump"):
+        return "decision-based"
+    if column.startswith("transfer:"):
+        return "transfer"
+    return "score-based"
+
+
 def add_to_worst_case(
     table: RobustnessTable, results: dict[str, AttackResult], column: str, result: AttackResult,
     settings: dict[str, Any],
@@ -145,6 +159,15 @@ def _add_column(
         kept.success = kept.success | result.success
     table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
     table.gradient_worst_case = [1.0 - float(b.float().mean()) for b in results[GRADIENT_WORST].success]
+    # (redone after every column: a gradient attack run later, the effort check say, may break the same images)
+    gradient = results[GRADIENT_WORST].success
+    by_kind: dict[str, Tensor] = {}
+    for name, free in table.gradient_free.items():
+        if free:
+            kind = gradient_free_kind(name)
+            by_kind[kind] = by_kind.get(kind, torch.zeros_like(gradient)) | results[name].success
+    table.beyond_gradients = {kind: [float(s.float().mean()) for s in broken & ~gradient]
+                              for kind, broken in sorted(by_kind.items())}  # fmt: skip
     _log_attack(table, column, result)
 
 

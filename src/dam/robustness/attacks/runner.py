@@ -71,7 +71,8 @@ class AttackSuite:
         """What ran, in words the report shows: the standard protocol, or how it was reduced."""
         if self.autoattack == "none":
             return "none"
-        reduced = [f"{self.aa_steps} APGD iterations" if self.aa_steps != 100 else "",
+        iterations = "APGD iterations" if not self.aa_fab else "APGD and FAB iterations"
+        reduced = [f"{self.aa_steps} {iterations}" if self.aa_steps != 100 else "",
                    "no FAB-T" if not self.aa_fab else "",
                    f"Square {self.square_queries} queries" if self.square_queries != 5000 else ""]  # fmt: skip
         reduced = [r for r in reduced if r]
@@ -467,9 +468,16 @@ def robustbench_record(model: dict[str, Any], suite: AttackSuite, dataset: str, 
                 "eps": t["epsilons"],
                 "clean_accuracy": t["clean_accuracy"],
                 "robust_accuracy": dict(zip((f"{e:g}" for e in t["epsilons"]), t["worst_case"], strict=True)),
+                # an attack that saw only the survivors of those before it has no robust accuracy of its own
+                # (the images it never saw would count as robust): what it added to the worst case instead
                 "per_attack": {
                     a: dict(zip((f"{e:g}" for e in t["epsilons"]), accs, strict=True))
                     for a, accs in t["attacks"].items()
+                    if a not in t.get("extra_broken", {})
+                },
+                "broken_on_survivors": {
+                    a: dict(zip((f"{e:g}" for e in t["epsilons"]), shares, strict=True))
+                    for a, shares in t.get("extra_broken", {}).items()
                 },
             }
             for norm, t in model["tables"].items()
