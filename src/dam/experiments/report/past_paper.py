@@ -185,7 +185,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
                  evidence])  # fmt: skip
     # counted where the transfer ran, in every norm: a substitute among the sources is not yet an attack
     have = {n: s for n in models if (s := substitute_of(n, sources))
-            and all(any(a.split(" (")[0] == f"transfer:{s}" for a in t.attacks) for t in tables[n].values())}  # fmt: skip
+            and all(f"transfer:{s}" in {a.split(" (")[0] for a in t.attacks} for t in tables[n].values())}  # fmt: skip
     missing = [n for n in models if n not in have]
     evidence = "; ".join(f"{n} attacked with the adversarials of {s}" for n, s in have.items())
     if have and missing:
