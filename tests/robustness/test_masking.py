@@ -44,6 +44,8 @@ def test_verdict_rules_on_tables():
     assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
     assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
     assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
+    # tables like these (no per-image record, as results of dam 0.7 and older) say how they were compared
+    assert "compared by robust accuracy only" in masking_verdict(_table([0.8, 0.3], [0.8, 0.3]), healthy)["verdict"]
     # a norm without gradient-free attacks is said to be unchecked, not cleared
     partial = masking_verdict([_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, norm="l2")], healthy)
     assert not partial["masked"] and "not checked in l2" in partial["verdict"] and "in linf" in partial["verdict"]
@@ -154,7 +156,7 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
     assert table.gradient_worst_case == pytest.approx([0.2]) and table.worst_case == pytest.approx([0.1])
     assert table.beyond_gradients == {"decision-based": pytest.approx([0.1])}
     verdict = masking_verdict(table, [_healthy()])
-    assert verdict["masked"]
+    assert verdict["masked"] and "compared by robust accuracy only" not in verdict["verdict"]
     assert "hopskipjump broke 10.0 points of images that no gradient attack had broken" in verdict["verdict"]
     assert "gradient attacks leave 20.0%" in verdict["verdict"]
     # the per-image record survives the JSON a result is kept in, and the verdict re-derived from it is the same

@@ -234,6 +234,13 @@ def masking_verdict(
             f"no sign that gradient attacks overstate its robustness in {' and '.join(checked)}: attacks that need "
             "no gradients do no better at the same budgets (within their query budgets)"
         )
+    legacy = [t.norm for t in tables if any(t.gradient_free.values()) and not t.beyond_gradients]
+    if legacy:
+        parts.append(
+            f"in {' and '.join(legacy)} the gradient-free attacks are compared by robust accuracy only: this result "
+            "(dam 0.7 or older) keeps no per-image record, so images they broke that every gradient attack left go "
+            "unseen unless they lower the accuracy; attack again to compare image by image"
+        )
     if health and not sick:
         parts.append("its input gradients are finite and non-zero")
     if unchecked:
