@@ -229,12 +229,14 @@ def masking_verdict(
         )
     if sick:
         parts.append(f"gradient masking suspected: {'; '.join(sick)}, so gradient attacks cannot be trusted here")
+    legacy = [t.norm for t in tables if any(t.gradient_free.values()) and not t.beyond_gradients]
     if not gaps and checked:
+        how = ("do no better at the same budgets" if legacy else
+               "break no more of the images every gradient attack left than the noise allows")  # fmt: skip
         parts.append(
             f"no sign that gradient attacks overstate its robustness in {' and '.join(checked)}: attacks that need "
-            "no gradients do no better at the same budgets (within their query budgets)"
+            f"no gradients {how} (within their query budgets)"
         )
-    legacy = [t.norm for t in tables if any(t.gradient_free.values()) and not t.beyond_gradients]
     if legacy:
         parts.append(
             f"in {' and '.join(legacy)} the gradient-free attacks are compared by robust accuracy only: this result "
