@@ -173,6 +173,13 @@ def test_failed_data_load_leaves_no_config(tmp_path) -> None:
         (["attack", "R", "--out", "X", "--linf", "0.1,nan"], "--linf"),
         (["train", "--n", "3", "--out", "X", "--train-subset", "60001"], "larger than the 60000 MNIST training"),
         (["train", "--n", "3", "--out", "X", "--train-subset", "50001", "--validation"], "less the validation split"),
+        (["train", "--n", "3", "--out", "X", "--batch-size", "70000"], "batch_size 70000 is larger than the 60000"),
+        (["train", "--n", "3", "--out", "X", "--batch-size", "600", "--train-subset", "500"], "train_subset of 500"),
+        (["attack", "R", "--out", "X", "--linf", "0.1,2"], "2: above 1 (the whole pixel range)"),
+        (["attack", "R", "--out", "X", "--l2", "30"], "30: above 28"),
+        (["detect", "--classifier", "A", "--guard", "B", "--out", "X", "--adaptive", "1.5"], "1.5: above 1"),
+        (["train", "--out", "no-such-run", "--resume"], "no-such-run: no run to resume there"),
+        (["report", "no-such-folder"], "no-such-folder: no such folder"),
     ],
 )
 def test_flags_are_validated_where_parsed(args, expected) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dam.data import DatasetError, load_dataset, locate_dataset, train_val_split
+from dam.errors import DamError
 from fakes import fake_mnist, write_split
 
 
@@ -79,7 +80,7 @@ def test_wrong_image_size(tmp_path) -> None:
 def test_unknown_dataset_and_split(tmp_path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("cifar", "train", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(DamError, match="split"):  # a mistake the user can fix: the package's own error
         load_dataset("mnist", "valid", data_dir=tmp_path)
 
 

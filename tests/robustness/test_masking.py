@@ -165,3 +165,12 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
     add_to_worst_case(table, results, "effort check", late, {"attack": "effort check", "gradients": True})
     assert table.beyond_gradients == {"decision-based": [0.0]}
     assert not masking_verdict(table, [_healthy()])["masked"]
+
+
+def test_attacks_that_tie_everywhere_have_no_strongest():
+    """Every attack with the same curve: the verdict says so, never "X, where X left the same"."""
+    table = _table([0.9, 0.5], [0.9, 0.5])
+    verdict = masking_verdict(table, [_healthy()])
+    assert verdict["strongest"]["linf"]["weakest"] is None
+    assert "every attack left the same robust accuracy at every budget" in verdict["verdict"]
+    assert "strongest in linf" not in verdict["verdict"]

@@ -79,9 +79,31 @@ def positive_floats(text: str) -> tuple[float, ...]:
     return tuple(positive_float(p) for p in parts)
 
 
-def positive_floats_or_none(text: str) -> tuple[float, ...]:
-    """:func:`positive_floats`, where ``''`` means none."""
-    return positive_floats(text) if text.strip() else ()
+def _budgets(norm: str, text: str) -> tuple[float, ...]:
+    from dam.robustness.attacks.standard import LARGEST_BUDGET, WHY_LARGEST
+
+    values = positive_floats(text)
+    over = [f"{v:g}" for v in values if v > LARGEST_BUDGET[norm]]
+    if over:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(over)}: above {LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]}), a budget that limits nothing"
+        )
+    return values
+
+
+def linf_budgets(text: str) -> tuple[float, ...]:
+    """Comma-separated L-inf budgets in (0, 1] (pixel units of images in [0, 1])."""
+    return _budgets("linf", text)
+
+
+def l2_budgets(text: str) -> tuple[float, ...]:
+    """Comma-separated L2 budgets in (0, 28] (28: from a black 28 x 28 image to a white one)."""
+    return _budgets("l2", text)
+
+
+def linf_budgets_or_none(text: str) -> tuple[float, ...]:
+    """:func:`linf_budgets`, where ``''`` means none."""
+    return linf_budgets(text) if text.strip() else ()
 
 
 def device(text: str) -> str:

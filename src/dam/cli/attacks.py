@@ -8,9 +8,10 @@ from dataclasses import replace
 from dam.cli.args import (
     check_test_images,
     device,
+    l2_budgets,
+    linf_budgets,
     nonnegative_int,
     note_unfinished,
-    positive_floats,
     positive_int,
     seed,
 )
@@ -69,7 +70,9 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
 
     d = AttackSuite()
     p = sub.add_parser(
-        "attack", help="FGSM, PGD, HopSkipJump and transfer attacks; masking diagnostics (needs dam[attacks])"
+        "attack",
+        help="the AutoAttack protocol (APGD-CE, APGD-T, FAB-T, Square), FGSM, PGD, HopSkipJump and transfer attacks; "
+        "worst case per image, convergence check, masking diagnostics (needs dam[attacks])",
     )
     p.add_argument("runs", nargs="+", help="run folders (DAMs or baselines) to attack")
     p.add_argument("--out", required=True, help="output folder (finished models are reused)")
@@ -79,8 +82,8 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
                    help="source models whose PGD and APGD-T adversarials are shown to every other model")  # fmt: skip
     p.add_argument("--images", type=positive_int, default=d.images, help="size of the seeded test subset")
     p.add_argument("--seed", type=seed, default=d.seed)
-    p.add_argument("--linf", type=positive_floats, default=d.linf, help="L-inf budgets, comma-separated")
-    p.add_argument("--l2", type=positive_floats, default=d.l2, help="L2 budgets, comma-separated")
+    p.add_argument("--linf", type=linf_budgets, default=d.linf, help="L-inf budgets, comma-separated")
+    p.add_argument("--l2", type=l2_budgets, default=d.l2, help="L2 budgets, comma-separated")
     p.add_argument("--pgd-steps", type=positive_int, default=d.pgd_steps)
     p.add_argument("--hsj-steps", type=nonnegative_int, default=d.hsj_steps, help="HopSkipJump iterations (0: skip it)")
     p.add_argument("--hsj-max-evals", type=positive_int,

@@ -10,11 +10,12 @@ from typing import Any
 from dam.cli.args import (
     check_test_images,
     device,
+    l2_budgets,
+    linf_budgets,
+    linf_budgets_or_none,
     nonnegative_int,
     note_unfinished,
     positive_float,
-    positive_floats,
-    positive_floats_or_none,
     positive_int,
     seed,
 )
@@ -132,17 +133,17 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
         "--probes", nargs="+", metavar="DIR",
         help="probe output folders: the --out of dam boundary/rubbish/transfer, or a reproduction's probes/",
     )  # fmt: skip
-    p.add_argument("--attack-eps", type=positive_floats_or_none, default=(0.1, 0.2, 0.3),
+    p.add_argument("--attack-eps", type=linf_budgets_or_none, default=(0.1, 0.2, 0.3),
                    help="L-inf budgets of PGD against the classifier (needs dam[attacks]; '' for none)")  # fmt: skip
     p.add_argument(
         "--attack-images", type=nonnegative_int,
         help=f"evaluation images attacked (default {ATTACK_IMAGES}, or all evaluation images when fewer)",
     )  # fmt: skip
-    p.add_argument("--adaptive", nargs="?", const=(0.1, 0.3), type=positive_floats, metavar="EPS,...",
+    p.add_argument("--adaptive", nargs="?", const=(0.1, 0.3), type=linf_budgets, metavar="EPS,...",
                    help="also run the adaptive attack, which knows the guard (APGD on the detector as an 11-class "
                    "model, and the same attacks on the classifier alone for comparison), at these L-inf budgets "
                    "(default 0.1,0.3; needs dam[attacks])")  # fmt: skip
-    p.add_argument("--adaptive-l2", type=positive_floats, metavar="EPS,...",
+    p.add_argument("--adaptive-l2", type=l2_budgets, metavar="EPS,...",
                    help="L2 budgets of the adaptive attack (default: none)")  # fmt: skip
     p.add_argument("--adaptive-images", type=positive_int,
                    help="evaluation images the adaptive attack attacks (default 200)")  # fmt: skip

@@ -42,6 +42,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.screenshot and not args.check:
         raise InputError("--screenshot is taken by the browser check: give --check too")
+    if args.screenshot and Path(args.screenshot).is_dir():
+        raise InputError(f"--screenshot {args.screenshot} is a folder: give the PNG file's name")
+    if not out.is_dir():
+        raise InputError(f"{out}: no such folder (give the --out of a dam reproduce)")
     if not (out / "reproduce.json").exists():
         raise InputError(f"{out}/reproduce.json: not a folder written by dam reproduce")
     with OutputFolder(out, "reproduction folder").lock():  # one writer: not beside a running reproduce

@@ -168,6 +168,8 @@ def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -
             given.update(temperature_start=args.temperature, temperature_end=args.temperature)
         # a flag that differs from the saved run is refused (by train's resume rule), never ignored
         return None if not given else replace(saved, **given)
+    if args.resume and not args.preset and args.n is None:
+        raise ConfigError(f"{out}: no run to resume there; to start one, give --preset (n2, n3, n20, n30) or --n")
     config = train_config(args)
     return config if seed is None else replace(config, seed=seed)
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dam.data.idx import DatasetError, read_idx
 from dam.data.sources import SPLIT_FILES, DatasetSpec, cache_dir, download_dataset, find_file, get_spec
+from dam.errors import InputError
 
 NUM_CLASSES = 10
 
@@ -99,7 +100,7 @@ def load_dataset(
     labels are int64 (N,).  See :func:`locate_dataset` for where the files are looked for.
     """
     if split not in SPLIT_FILES:
-        raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+        raise InputError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     folder = locate_dataset(name, data_dir, download=download)
     paths = [find_file(folder, stem) for stem in SPLIT_FILES[split]]
     mtimes = tuple(p.stat().st_mtime_ns for p in paths if p is not None)
@@ -117,6 +118,6 @@ VALIDATION_SIZE = 10000  # the paper's 50k/10k split of the training set
 def train_val_split(num_examples: int = 60000, val_size: int = VALIDATION_SIZE, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Seeded disjoint (train, validation) index tensors; the paper's 50k/10k split of the training set."""
     if not 0 < val_size < num_examples:
-        raise ValueError(f"val_size must be in (0, {num_examples}), got {val_size}")
+        raise InputError(f"val_size must be in (0, {num_examples}), got {val_size}")
     perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values

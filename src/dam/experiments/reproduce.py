@@ -120,8 +120,8 @@ PRESETS: dict[str, ReproducePreset] = {
         # Why the K = 400 models cannot show these statements, measured on this preset's models (seed 0, the
         # 2-core machine of the README); the verdicts themselves are never changed.
         limits={
-            "clean_error": "K = 400 memories trained for 30 epochs (half a minute per model here) reach 2.4-3.7%; "
-            "other uses of the same minutes did no better for DAM_30 (3.4-8.3%, dam.training.presets); the "
+            "clean_error": "K = 400 memories trained for 30 epochs (half a minute per model on 2 idle cores) reach "
+            "2.4-3.7%; other uses of the same minutes did no better for DAM_30 (3.4-8.3%, dam.training.presets); the "
             "paper's 1.5% needs K = 2000 and hundreds of epochs (the cpu preset: 1.6-2.0%)",
             "boundary_pictures": "the K = 400 DAM_2 and DAM_3 have few features, so their own boundary "
             "deformations already follow the class-mean difference (correlation 0.56 and 0.50, against 0.39 and "
@@ -135,7 +135,7 @@ PRESETS: dict[str, ReproducePreset] = {
             "beta_sm = 3.2 (its outputs stay near 0, see Fig. 7), so it cannot accept DAM_30's digits there",
             "calibrated_beta": "the K = 400 large-n models' outputs on test digits stay near 0 (mean top output "
             "0.16 for DAM_20, 0.14 for DAM_30), so only a beta_sm of 50-110 makes them confident; the cpu "
-            "models (400 epochs) need 10.6 and 36.9, the paper's (3000 epochs) 4 and 26",
+            "models (400 epochs) need 10.6 and 35.1, the paper's (3000 epochs) 4 and 26",
         },
     ),
     "cpu": ReproducePreset(

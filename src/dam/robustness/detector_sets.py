@@ -213,6 +213,10 @@ def run_detection(
     for folder in probes or []:  # before the slow part, so that a typo fails at once
         probe_folders(Path(folder))
     check_adaptive(adaptive_eps, adaptive_l2, adaptive_images, adaptive_steps, adaptive_targets)
+    if attack_images and attack_eps:
+        from dam.robustness.attacks.standard import check_budgets
+
+        check_budgets("linf", attack_eps, positive=True)  # PGD's L-inf budgets, before the models are read
     classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
     x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
     x_test = x_test.reshape(len(x_test), -1)

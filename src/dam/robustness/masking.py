@@ -234,8 +234,8 @@ def masking_verdict(
         how = ("do no better at the same budgets" if legacy else
                "break no more of the images every gradient attack left than the noise allows")  # fmt: skip
         parts.append(
-            f"no sign that gradient attacks overstate its robustness in {' and '.join(checked)}: attacks that need "
-            f"no gradients {how} (within their query budgets)"
+            f"no sign that the gradient attacks together overstate its robustness in {' and '.join(checked)}: "
+            f"attacks that need no gradients {how} (within their query budgets)"
         )
     if legacy:
         parts.append(
@@ -252,14 +252,17 @@ def masking_verdict(
         )
     strongest = {t.norm: _strongest(t) for t in tables}
     for norm, s in strongest.items():
-        if s:
+        if s and s["weakest"] is None:
+            parts.append(f"in {norm} every attack left the same robust accuracy at every budget "
+                         f"({s['robust_accuracy']:.1%} at eps {s['eps']:g}): none is the strongest")  # fmt: skip
+        elif s:
             parts.append(f"strongest in {norm}: {s['attack']} (robust accuracy {s['robust_accuracy']:.1%} at eps "
                          f"{s['eps']:g}, where {s['weakest']} left {s['weakest_accuracy']:.1%})")  # fmt: skip
     verdict = f"{model}: " + "; ".join(parts) + "."
     worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
     return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
-            "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst, "unchecked": unchecked,
-            "gradient_health": [h.to_json() for h in health]}  # fmt: skip
+            "bad_gradients": sick, "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst,
+            "unchecked": unchecked, "gradient_health": [h.to_json() for h in health]}  # fmt: skip
 
 
 def _strongest(table: RobustnessTable) -> dict[str, Any] | None:
@@ -275,5 +278,8 @@ def _strongest(table: RobustnessTable) -> dict[str, Any] | None:
     # attacks were run or saved in, so that a verdict re-derived from a saved result is the one first given.
     best = min(sorted(alone), key=lambda a: (alone[a][i], sum(alone[a])))
     weakest = max(sorted(alone), key=lambda a: (alone[a][i], sum(alone[a])))
+    if alone[best] == alone[weakest]:  # every attack the same at every budget: no attack beat another
+        return {"attack": best, "eps": table.epsilons[i], "robust_accuracy": alone[best][i], "weakest": None,
+                "weakest_accuracy": None}  # fmt: skip
     return {"attack": best, "eps": table.epsilons[i], "robust_accuracy": alone[best][i], "weakest": weakest,
             "weakest_accuracy": alone[weakest][i]}  # fmt: skip

@@ -65,20 +65,29 @@ class TrainData:
     eval_name: str  # "test" or "validation"
 
 
-def check_train_subset(dataset: str, train_subset: int | None, validation: bool) -> None:
-    """Refuse a ``train_subset`` larger than the training images, when the settings are made (before any
-    folder or data): the sizes of the known data sets are fixed, and the validation split takes 10,000."""
+def check_data_sizes(dataset: str, train_subset: int | None, validation: bool, batch_size: int) -> None:
+    """Refuse a ``train_subset``, or a minibatch, larger than the training images, when the settings are made
+    (before any folder or data): the sizes of the known data sets are fixed, and the validation split takes
+    10,000.  A minibatch larger than the data would silently train on whole epochs instead."""
     from dam.data.sources import DATASETS
 
     spec = DATASETS.get(dataset)
-    if train_subset is None or spec is None:
+    if spec is None:
         return
+    rest = ", less the validation split" if validation else ""
     available = spec.sizes["train"] - (VALIDATION_SIZE if validation else 0)
-    if train_subset > available:
-        rest = ", less the validation split" if validation else ""
+    if train_subset is not None and train_subset > available:
         raise ConfigError(
             f"train_subset {train_subset} is larger than the {available} {spec.title} training images{rest}"
         )
+    images = available if train_subset is None else train_subset
+    if batch_size > images:
+        what = (
+            f"the train_subset of {images}"
+            if train_subset is not None
+            else f"the {images} {spec.title} training images{rest}"
+        )
+        raise ConfigError(f"batch_size {batch_size} is larger than {what}")
 
 
 def prepare_data(

@@ -23,7 +23,7 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_train_subset,
+    check_data_sizes,
     epoch_permutation,
     fit,
     prepare_data,
@@ -53,7 +53,7 @@ class MLPTrainConfig:
             raise ConfigError(f"invalid MLP training settings {self}: need epochs, batch_size, eval_every >= 1, lr > 0")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
-        check_train_subset(self.dataset, self.train_subset, self.validation)
+        check_data_sizes(self.dataset, self.train_subset, self.validation, self.batch_size)
 
 
 class MLPTrainer:

@@ -27,7 +27,7 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_train_subset,
+    check_data_sizes,
     epoch_permutation,
     restore_trainer,
     resumed_settings,
@@ -80,7 +80,7 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(violated("training settings", bad, self))
-        check_train_subset(self.dataset, self.train_subset, self.validation)
+        check_data_sizes(self.dataset, self.train_subset, self.validation, self.batch_size)
 
     def temperature_at(self, epoch: int) -> float:
         """T for a 0-based epoch: linear from T_i to T_f over ``ramp_epochs``, then T_f."""

@@ -46,6 +46,20 @@ def test_complete_page_passes_and_gives_a_screenshot(chromium: str, tmp_path: Pa
     assert result.page_height > 0
 
 
+def test_a_screenshot_replaces_an_old_file_and_a_folder_is_refused(chromium: str, tmp_path: Path):
+    import pytest
+
+    from dam.errors import ReportCheckError
+
+    page = _page(tmp_path, f"data:image/png;base64,{_png(tmp_path)}", "<tr><td>1%</td></tr>")
+    (tmp_path / "old.png").write_text("an older file of that name")
+    result = check_report(page, tmp_path / "old.png")
+    assert result.ok and (tmp_path / "old.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ReportCheckError, match="is a folder"):
+        check_report(page, tmp_path / "folder")
+
+
 def test_missing_figure_fails(chromium: str, tmp_path: Path):
     result = check_report(_page(tmp_path, "missing:memories_n2.png", "<tr><td>1%</td></tr>"))
     assert not result.ok

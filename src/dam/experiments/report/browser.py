@@ -92,7 +92,10 @@ def check_report(
     shot = None
     if screenshot is not None:
         shot = Path(screenshot).resolve()
+        if shot.is_dir():
+            raise ReportCheckError(f"{shot} is a folder: the screenshot needs a file name")
         shot.parent.mkdir(parents=True, exist_ok=True)
+        shot.unlink(missing_ok=True)  # Chromium may leave an existing file as it was: never take that for this one
         # One tall window gives the whole page in one image; capped so a runaway page cannot eat memory.
         _chromium([f"--screenshot={shot}", f"--window-size={width},{min(height + 50, 30000)}", html.as_uri()], timeout)
         if not shot.exists() or shot.stat().st_size == 0:

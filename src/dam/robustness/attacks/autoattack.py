@@ -374,7 +374,8 @@ def effort_check(
         extra |= new
         seconds += result.seconds
         queries += result.queries_per_image
-    points = [100.0 * float(e.float().mean()) for e in extra]
+    # from the count, exactly: one image of 100 is 1 point, not float32's 0.99999998 (which passed "under 1")
+    points = [100.0 * int(e.sum()) / e.numel() for e in extra]
     summary = {
         "attacks": [a.describe() for a in more],
         "extra_broken_points": points,  # robust accuracy lost per budget, in points

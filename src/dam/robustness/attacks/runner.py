@@ -29,6 +29,7 @@ from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
     FGSM,
+    LARGEST_BUDGET,
     LOGITS_NOTE,
     PGD,
     Attack,
@@ -98,6 +99,8 @@ class AttackSuite:
             "images >= 1": self.images >= 1,
             "linf budgets given": bool(self.linf),
             "l2 budgets given": bool(self.l2),
+            "linf budgets at most 1 (the whole pixel range)": all(e <= LARGEST_BUDGET["linf"] for e in self.linf),
+            "l2 budgets at most 28 (black image to white)": all(e <= LARGEST_BUDGET["l2"] for e in self.l2),
             "pgd_steps >= 1": self.pgd_steps >= 1,
             "hsj_steps >= 0": self.hsj_steps >= 0,
             "hsj_max_evals >= 1": self.hsj_max_evals >= 1,
@@ -320,7 +323,7 @@ def _attack_and_write(
     atomic_write_json(out / "models" / f"{name}.json", result)
     for norm in ("linf", "l2"):
         partial_path(out / "models", name, norm).unlink(missing_ok=True)
-    log(f"  {name}: {result['verdict']['verdict']}")
+    log(f"  {result['verdict']['verdict']}")  # (the verdict begins with the model's name)
     return result
 
 

@@ -93,7 +93,17 @@ def check_budgets(norm: str, epsilons: Sequence[float], *, positive: bool = Fals
     if not epsilons or bad:
         kind = "positive budgets" if positive else "budgets >= 0"
         raise InputError(f"epsilons must be a non-empty list of {kind}, got {list(epsilons)}")
+    over = [e for e in epsilons if e > LARGEST_BUDGET[norm]]
+    if over:
+        limit = f"{LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]})"
+        raise InputError(f"{norm} budgets above {limit} limit nothing, got {over}")
     return [float(e) for e in epsilons]
+
+
+# The largest budget that still limits an attack on images in [0, 1] of 28 x 28 pixels: any image is within
+# L-inf 1 and L2 28 of any other, so a larger budget is a typo, not a threat model.
+LARGEST_BUDGET = {"linf": 1.0, "l2": 28.0}
+WHY_LARGEST = {"linf": "the whole pixel range", "l2": "the distance from a black image to a white one"}
 
 
 def perturbation_norm(norm: str, a: Tensor, b: Tensor) -> Tensor:
