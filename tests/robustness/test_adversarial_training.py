@@ -46,6 +46,19 @@ def test_settings_are_validated() -> None:
             AdversarialTrainConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
         AdversarialTrainConfig.from_dict({"epochs": 1, "temperature": 3})
+    with pytest.raises(ValueError, match="batch_size <= train_subset"):
+        AdversarialTrainConfig(batch_size=600, train_subset=500)
+
+
+def test_the_base_runs_minibatch_is_cut_to_a_smaller_train_subset() -> None:
+    """A cpu-preset base (minibatches of 1000) fine-tuned on 500 images, no --batch-size given: minibatches of
+    500, not a refusal of a setting the user never gave (nor a silent single minibatch of another size)."""
+    from dam.training.presets import preset
+
+    base = preset("n3", "cpu")
+    settings = adv_mod.finetune_settings(base, base.epochs, 70.0, AdversarialTrainConfig(train_subset=500),
+                                         torch.float32)  # fmt: skip
+    assert (base.batch_size, settings.batch_size, settings.train_subset) == (1000, 500, 500)
 
 
 def test_adversarials_carry_the_true_label() -> None:

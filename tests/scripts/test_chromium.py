@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 
 
 def run(bin_dir: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["/bin/bash", str(SCRIPT)], env={"PATH": str(bin_dir), **env}, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    # dam's lookup runs in this test's Python (the script's default is the repository's .venv)
+    env = {"PATH": str(bin_dir), "DAM_PYTHON": sys.executable, **env}
+    return subprocess.run(["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_a_chromium_on_the_path_is_left_alone(bin_dir: Path, tmp_path: Path) -> None:

@@ -142,6 +142,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_data) -> None:
     assert strip(cut_lines) == strip(full_lines)
 
 
+def test_a_minibatch_larger_than_the_data_is_refused_for_new_runs_only(tmp_path, tiny_data) -> None:
+    from dam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size 2000 is larger than the train_subset of 1500"):
+        train(tiny_config(batch_size=2000), tmp_path / "new", data_dir=tiny_data)
+    # a run saved with such settings (dam 0.7 accepted them) still resumes
+    train(tiny_config(epochs=2, batch_size=1500), tmp_path / "old", data_dir=tiny_data, stop_after=1)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["train"]["batch_size"] = 2000
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    train(None, tmp_path / "old", data_dir=tiny_data, resume=True)
+    assert len((tmp_path / "old" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_resume_refuses_other_settings(tmp_path, tiny_data) -> None:
     train(tiny_config(epochs=1), tmp_path / "run", data_dir=tiny_data)
     with pytest.raises(CheckpointError, match="differ"):

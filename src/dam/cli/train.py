@@ -85,6 +85,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 def train_config(args: argparse.Namespace) -> Any:
     """The DAM settings the flags ask for: a preset (and schedule) with every given flag on top."""
     from dam.training import TrainConfig
+    from dam.training.loop import check_batch_size
     from dam.training.presets import preset
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
@@ -103,17 +104,21 @@ def train_config(args: argparse.Namespace) -> Any:
         base = preset(args.preset, args.schedule or "cpu")
         if "n" in overrides and overrides["n"] != base.n:
             raise ConfigError(f"--n {overrides['n']} contradicts --preset {args.preset}")
-        return replace(base, **overrides)
-    if args.schedule:
-        raise ConfigError("--schedule sets the epochs and learning-rate schedule of a --preset; give --preset too")
-    if "n" not in overrides:
-        raise ConfigError("give --preset (n2, n3, n20, n30) or at least --n")
-    return TrainConfig(**overrides)
+        config = replace(base, **overrides)
+    else:
+        if args.schedule:
+            raise ConfigError("--schedule sets the epochs and learning-rate schedule of a --preset; give --preset too")
+        if "n" not in overrides:
+            raise ConfigError("give --preset (n2, n3, n20, n30) or at least --n")
+        config = TrainConfig(**overrides)
+    check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)  # (no folder yet)
+    return config
 
 
 def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
     from dam.baselines import MLPConfig
     from dam.training import MLPTrainConfig, train_mlp
+    from dam.training.loop import check_batch_size
 
     given = [f"--{k.replace('_', '-')}" for k in DAM_ONLY if getattr(args, k, None) is not None]
     if given:
@@ -139,6 +144,9 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
         model_config = MLPConfig(**{**saved["model"], **{k: v for k, v in asdict(model_config).items()
                                                          if getattr(args, k, None) is not None}})  # fmt: skip
         train_settings = replace(MLPTrainConfig(**saved["train"]), **overrides) if overrides else None
+    else:
+        check_batch_size(train_settings.dataset, train_settings.train_subset, train_settings.validation,
+                         train_settings.batch_size)  # fmt: skip
     from dam.runs import OutputFolder
 
     OutputFolder(out, "run folder").check_writable()

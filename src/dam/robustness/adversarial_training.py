@@ -86,6 +86,8 @@ class AdversarialTrainConfig:
             "0 <= momentum < 1": self.momentum is None or 0 <= self.momentum < 1,
             "batch_size >= 1": self.batch_size is None or self.batch_size >= 1,
             "train_subset >= 1": self.train_subset is None or self.train_subset >= 1,
+            "batch_size <= train_subset": None in (self.batch_size, self.train_subset)
+            or self.batch_size <= self.train_subset,  # type: ignore[operator]
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -108,13 +110,14 @@ def finetune_settings(
     base: TrainConfig, base_epochs: int, temperature: float, config: AdversarialTrainConfig, dtype: torch.dtype
 ) -> TrainConfig:
     """The fine-tuning as a TrainConfig: constant T and the base run's m; lr, momentum and batch size
-    default to where the base run left off."""
+    default to where the base run left off (the batch size no larger than the fine-tuning's train_subset)."""
     return replace(
         base,
         temperature_start=temperature, temperature_end=temperature, ramp_epochs=0, epochs=config.epochs,
         lr=config.lr if config.lr is not None else base.lr_at(max(base_epochs - 1, 0)), lr_decay=config.lr_decay,
         momentum=config.momentum if config.momentum is not None else base.momentum,
-        batch_size=config.batch_size or base.batch_size, train_subset=config.train_subset, seed=config.seed,
+        batch_size=config.batch_size or min(base.batch_size, config.train_subset or base.batch_size),
+        train_subset=config.train_subset, seed=config.seed,
         validation=False, eval_every=1, dtype=str(dtype).removeprefix("torch."),
     )  # fmt: skip
 

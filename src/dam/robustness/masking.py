@@ -241,7 +241,8 @@ def masking_verdict(
         parts.append(
             f"in {' and '.join(legacy)} the gradient-free attacks are compared by robust accuracy only: this result "
             "(dam 0.7 or older) keeps no per-image record, so images they broke that every gradient attack left go "
-            "unseen unless they lower the accuracy; attack again to compare image by image"
+            "unseen unless they lower the accuracy; attack again (dam attack --force, or dam reproduce) to compare "
+            "image by image"
         )
     if health and not sick:
         parts.append("its input gradients are finite and non-zero")

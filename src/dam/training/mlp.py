@@ -23,7 +23,8 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_data_sizes,
+    check_batch_size,
+    check_train_subset,
     epoch_permutation,
     fit,
     prepare_data,
@@ -53,7 +54,7 @@ class MLPTrainConfig:
             raise ConfigError(f"invalid MLP training settings {self}: need epochs, batch_size, eval_every >= 1, lr > 0")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
-        check_data_sizes(self.dataset, self.train_subset, self.validation, self.batch_size)
+        check_train_subset(self.dataset, self.train_subset, self.validation)
 
 
 class MLPTrainer:
@@ -135,6 +136,9 @@ def train_mlp(
                                             folder)  # fmt: skip
         if train_config is None:
             raise ConfigError(f"no training settings given and no run to resume in {folder}")
+        if not resuming:
+            check_batch_size(train_config.dataset, train_config.train_subset, train_config.validation,
+                             train_config.batch_size)  # fmt: skip
         data_dir = resolved_data_dir(data_dir, folder, resuming)
         data = prepare_data(train_config.dataset, train_config.seed, train_config.train_subset,
                             train_config.validation, data_dir, device)  # fmt: skip

@@ -27,7 +27,8 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_data_sizes,
+    check_batch_size,
+    check_train_subset,
     epoch_permutation,
     restore_trainer,
     resumed_settings,
@@ -80,7 +81,7 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(violated("training settings", bad, self))
-        check_data_sizes(self.dataset, self.train_subset, self.validation, self.batch_size)
+        check_train_subset(self.dataset, self.train_subset, self.validation)
 
     def temperature_at(self, epoch: int) -> float:
         """T for a 0-based epoch: linear from T_i to T_f over ``ramp_epochs``, then T_f."""
@@ -239,6 +240,8 @@ def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> Tr
         config = resumed_settings(saved, config, folder)
     if config is None:
         raise ConfigError(f"no training settings given and no run to resume in {folder}")
+    if not resuming:
+        check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
     return config
 
 

@@ -159,7 +159,8 @@ def _add_column(
         kept.success = kept.success | result.success
     table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
     table.gradient_worst_case = [1.0 - float(b.float().mean()) for b in results[GRADIENT_WORST].success]
-    # (redone after every column: a gradient attack run later, the effort check say, may break the same images)
+    # (redone after every column: a gradient attack run later, AutoAttack's after HopSkipJump and the transfers,
+    # may break the same images)
     gradient = results[GRADIENT_WORST].success
     by_kind: dict[str, Tensor] = {}
     for name, free in table.gradient_free.items():

@@ -132,6 +132,9 @@ class AttackSuite:
     # The same for HopSkipJump, in a model's key when it runs: before dam 0.5 its gradient estimate followed
     # Foolbox's, scaled over the batch, and was weaker the larger the batch (dam.robustness.attacks.standard).
     DECISION_RULE = "hopskipjump estimates its gradient per image and starts from any attacked image (dam 0.5)"
+    # And for what a model's tables record: since dam 0.8 the images broken beyond the gradient attacks, which the
+    # masking check weighs image by image; an older result is attacked again (reproduce) or refused (attack).
+    TABLE_RULE = "per-image record of what gradient-free attacks broke beyond the gradient attacks (dam 0.8)"
 
     def transferred(self) -> list[str]:
         """The attacks whose adversarials on a source model are transferred: PGD on cross-entropy, and (with
@@ -175,7 +178,8 @@ def _made_with(suite: AttackSuite, images: Tensor) -> dict[str, Any]:
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
     """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
     decision = suite.DECISION_RULE if suite.hsj_steps and suite.hsj_norms else None
-    return result_key(weights=model_md5(run), sources=sources, decision_rule=decision, **_made_with(suite, images))
+    return result_key(weights=model_md5(run), sources=sources, decision_rule=decision, table_rule=suite.TABLE_RULE,
+                      **_made_with(suite, images))  # fmt: skip
 
 
 RESULT_TENSORS = ("adversarials", "success", "distances")  # what AttackResult holds as tensors
