@@ -80,14 +80,13 @@ def positive_floats(text: str) -> tuple[float, ...]:
 
 
 def _budgets(norm: str, text: str) -> tuple[float, ...]:
-    from dam.robustness.attacks.standard import LARGEST_BUDGET, WHY_LARGEST
+    from dam.robustness.attacks.standard import check_budgets  # the attacks' own rule, where the flag is parsed
 
     values = positive_floats(text)
-    over = [f"{v:g}" for v in values if v > LARGEST_BUDGET[norm]]
-    if over:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(over)}: above {LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]}), a budget that limits nothing"
-        )
+    try:
+        check_budgets(norm, values, positive=True)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return values
 
 

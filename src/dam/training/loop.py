@@ -65,37 +65,35 @@ class TrainData:
     eval_name: str  # "test" or "validation"
 
 
-def check_train_subset(dataset: str, train_subset: int | None, validation: bool) -> None:
-    """Refuse a ``train_subset`` larger than the training images, when the settings are made (before any
-    folder or data): the sizes of the known data sets are fixed, and the validation split takes 10,000."""
+def _training_images(dataset: str, validation: bool) -> tuple[int, str] | None:
+    """How many training images a known data set offers (less the validation split), and how to say so."""
     from dam.data.sources import DATASETS
 
     spec = DATASETS.get(dataset)
-    if train_subset is None or spec is None:
-        return
+    if spec is None:
+        return None
+    rest = ", less the validation split" if validation else ""
     available = spec.sizes["train"] - (VALIDATION_SIZE if validation else 0)
-    if train_subset > available:
-        rest = ", less the validation split" if validation else ""
-        raise ConfigError(
-            f"train_subset {train_subset} is larger than the {available} {spec.title} training images{rest}"
-        )
+    return available, f"the {available} {spec.title} training images{rest}"
+
+
+def check_train_subset(dataset: str, train_subset: int | None, validation: bool) -> None:
+    """Refuse a ``train_subset`` larger than the training images, when the settings are made (before any
+    folder or data): the sizes of the known data sets are fixed, and the validation split takes 10,000."""
+    known = _training_images(dataset, validation)
+    if train_subset is not None and known is not None and train_subset > known[0]:
+        raise ConfigError(f"train_subset {train_subset} is larger than {known[1]}")
 
 
 def check_batch_size(dataset: str, train_subset: int | None, validation: bool, batch_size: int) -> None:
     """Refuse a minibatch larger than the images a new run trains on: it would silently train on whole epochs
     instead.  Checked where a run is started, not where settings are read back, so that a run saved by an older
     dam with such settings still resumes."""
-    from dam.data.sources import DATASETS
-
-    spec = DATASETS.get(dataset)
-    if spec is None:
-        return
-    available = spec.sizes["train"] - (VALIDATION_SIZE if validation else 0)
-    if train_subset is not None and batch_size > min(train_subset, available):
+    if train_subset is not None and batch_size > train_subset:
         raise ConfigError(f"batch_size {batch_size} is larger than the train_subset of {train_subset}")
-    if batch_size > available:
-        rest = ", less the validation split" if validation else ""
-        raise ConfigError(f"batch_size {batch_size} is larger than the {available} {spec.title} training images{rest}")
+    known = _training_images(dataset, validation)
+    if known is not None and batch_size > known[0]:
+        raise ConfigError(f"batch_size {batch_size} is larger than {known[1]}")
 
 
 def prepare_data(

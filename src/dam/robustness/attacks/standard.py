@@ -93,10 +93,10 @@ def check_budgets(norm: str, epsilons: Sequence[float], *, positive: bool = Fals
     if not epsilons or bad:
         kind = "positive budgets" if positive else "budgets >= 0"
         raise InputError(f"epsilons must be a non-empty list of {kind}, got {list(epsilons)}")
-    over = [e for e in epsilons if e > LARGEST_BUDGET[norm]]
+    over = [f"{e:g}" for e in epsilons if e > LARGEST_BUDGET[norm]]
     if over:
-        limit = f"{LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]})"
-        raise InputError(f"{norm} budgets above {limit} limit nothing, got {over}")
+        raise InputError(f"{norm} budget {', '.join(over)}: above {LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]}), "
+                         "a budget that limits nothing")  # fmt: skip
     return [float(e) for e in epsilons]
 
 
