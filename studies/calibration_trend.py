@@ -4,7 +4,8 @@
         --out trend/n30-paper-K200
 
 Trains preset NAME under SCHEDULE (seed 0, K = --memories) into OUT, stopping at each of --epochs in turn
-(a stopped run resumes bit-exactly, so the checkpoints lie on one run), and after each prints one JSON line:
+(a stopped run resumes bit-exactly, so the checkpoints lie on one run; run again, the same command goes on
+from where it stopped and skips the checkpoints already passed), and after each prints one JSON line:
 test error, the beta_sm at which mean confidence equals accuracy on the 10,000 test images (null, with the
 reason, where the accuracy leaves none), and the mean top output. The lines are also appended to OUT.jsonl.
 K is reduced so that the paper's 3000 epochs fit on a CPU (K = 200: about 0.7 s per epoch on one core of a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from dam import load_dataset, load_model
 from dam.errors import InputError
 from dam.probes.confidence import calibrate_beta_sm, model_outputs
+from dam.runs import finished_epochs
 from dam.training import train
 from dam.training.presets import preset
 
@@ -44,9 +47,16 @@ def main() -> None:
         parser.error(f"--epochs goes past the schedule's {config.epochs} epochs")
     x, y = load_dataset("mnist", "test", data_dir=args.data_dir)
     out = Path(args.out)
-    for epoch in checkpoints:
+    done = (finished_epochs(out) or (0, 0))[0]
+    passed = [epoch for epoch in checkpoints if epoch < done]
+    if passed:  # the model of those epochs is gone: measuring the current one would mislabel it
+        print(f"{out}: {done} epochs done; skipping the checkpoints it has passed: {passed}", file=sys.stderr)
+    for epoch in checkpoints[len(passed) :]:
         t0 = time.perf_counter()
         train(config, out, data_dir=args.data_dir, resume=True, stop_after=epoch, progress=False)
+        status = finished_epochs(out)
+        if status is None or status[0] != epoch:  # a run planned shorter, or a bug: never mislabel a row
+            raise RuntimeError(f"{out}: expected {epoch} epochs done, found {status}")
         model = load_model(out)
         with torch.no_grad():
             outputs = model_outputs(model, x)  # Y = tanh(scores), what beta_sm multiplies (eq. 1)
