@@ -58,6 +58,27 @@ def test_one_line_per_checkpoint_on_one_run(data_dir: Path, tmp_path: Path) -> N
     assert rows[-1]["beta_sm"] == pytest.approx(calibrate_beta_sm(load_model(out), x, y), rel=1e-4)
 
 
+def test_run_again_it_resumes_and_skips_the_checkpoints_it_passed(data_dir: Path, tmp_path: Path) -> None:
+    """A resumed study measures only epochs it reaches: the model of a passed checkpoint is gone, and measuring
+    the current one under that epoch would mislabel it (dam 0.8's study did)."""
+    out = tmp_path / "n20"
+    common = ("n20", "quick", "--memories", "20", "--data-dir", str(data_dir), "--out", str(out))
+    first = study(*common, "--epochs", "1,2")
+    assert first.returncode == 0, first.stderr
+    again = study(*common, "--epochs", "1,2,3")
+    assert again.returncode == 0, again.stderr
+    assert "2 epochs done; skipping the checkpoints it has passed: [1]" in again.stderr
+    rows = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [r["epoch"] for r in rows] == [2, 3]
+    first_rows = [json.loads(line) for line in first.stdout.splitlines()]
+    assert {k: v for k, v in rows[0].items() if k != "seconds"} == {
+        k: v for k, v in first_rows[1].items() if k != "seconds"
+    }  # epoch 2 measured again on the same model
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert rows[1]["test_error"] == pytest.approx(metrics[2]["test_error"], abs=1e-6)
+
+
 def test_a_model_at_100_percent_is_reported_not_calibrated(perfect_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "n30"
     done = study(
