@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,5 +50,20 @@ def tiny_reproduction(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     from fakes import TINY_REPRODUCTION
 
     out = tmp_path_factory.mktemp("reproduction")
+    # First as a user without the time for the stages past the paper: --paper-only, whose folder is kept as it
+    # stood (PAPER_ONLY_COPY beside it); then the same command without it, in the same folder, adds them.
+    reproduce(
+        TINY_REPRODUCTION, out, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None, paper_only=True
+    )
+    shutil.copytree(out, out.parent / PAPER_ONLY_COPY)
     reproduce(TINY_REPRODUCTION, out, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None)
     return out
+
+
+PAPER_ONLY_COPY = "paper-only-copy"
+
+
+@pytest.fixture(scope="session")
+def tiny_paper_only(tiny_reproduction: Path) -> Path:
+    """The tiny reproduction's folder as ``reproduce(..., paper_only=True)`` left it (read only)."""
+    return tiny_reproduction.parent / PAPER_ONLY_COPY

@@ -164,11 +164,14 @@ def test_reproduce_seed_reaches_the_preset(monkeypatch, tmp_path, capsys) -> Non
     seen = {}
 
     def fake_reproduce(plan, out, **kwargs):
-        seen["plan"], seen["out"] = plan, out
+        seen["plan"], seen["out"], seen["kwargs"] = plan, out, kwargs
         return tmp_path / "report" / "index.html"
 
     monkeypatch.setattr(reproduce_module, "reproduce", fake_reproduce)
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "--preset", "quick", "--seed", "1", "--no-check"]) == 0
     assert seen["plan"].seed == 1 and seen["plan"].name == "quick" and seen["out"] == "runs/quick-seed1"
+    assert seen["kwargs"]["paper_only"] is False
+    assert main(["reproduce", "--preset", "paper", "--paper-only", "--no-check"]) == 0
+    assert seen["plan"].name == "paper" and seen["kwargs"]["paper_only"] is True
     assert main(["reproduce", "--seed", "-1"]) == 2 and "seed" in capsys.readouterr().err

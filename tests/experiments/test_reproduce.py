@@ -81,6 +81,26 @@ def test_report_holds_every_section_figure_and_verdict(reproduction: Path):
     assert len(list((reproduction / "report" / "figures").glob("*.png"))) == 18
 
 
+def test_paper_only_stops_after_the_papers_stages_and_says_so(tiny_paper_only: Path, reproduction: Path):
+    stages = json.loads((tiny_paper_only / "stages.json").read_text())
+    assert set(stages) == {"data", "transfer tables", "figures", "report"} | {
+        f"{s} {n}" for s in ("train", "probes") for n in MODELS
+    }
+    assert not (tiny_paper_only / "beyond").exists()
+    assert json.loads((tiny_paper_only / "reproduce.json").read_text())["paper_only"] is True
+    page = (tiny_paper_only / "report" / "index.html").read_text()
+    assert "Past the paper: not run" in page and "makes no robustness claim" in page
+    assert "robust linf" not in page and len(json.loads((tiny_paper_only / "report" / "claims.json").read_text())) == 11
+    # The same command without it, in the same folder, reused the paper's stages and added the rest.
+    full = json.loads((reproduction / "stages.json").read_text())
+    for name in MODELS:
+        assert full[f"train {name}"]["seconds"] == stages[f"train {name}"]["seconds"]
+        assert full[f"probes {name}"]["seconds"] == stages[f"probes {name}"]["seconds"]
+    assert {"attacks", "detector", "train mlp-relu", "adversarial n2"} <= set(full)
+    assert json.loads((reproduction / "reproduce.json").read_text())["paper_only"] is False
+    assert "Past the paper: not run" not in (reproduction / "report" / "index.html").read_text()
+
+
 def test_second_run_reuses_every_finished_stage_and_redoes_only_what_is_missing(reproduction: Path, mnist_dir: Path):
     for f in ("rubbish.json", "rubbish.safetensors"):
         (reproduction / "probes" / "n3" / f).unlink()

@@ -30,6 +30,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         check=check,
         log=log,
         workers=args.workers,
+        paper_only=args.paper_only,
     )
     print(f"report: {report}")
     return 0
@@ -93,6 +94,13 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="models the attack stage attacks at once, in processes of their own (default: the preset's choice "
         "on a CPU, at most its cores; 1 on a GPU)",
+    )
+    p.add_argument(
+        "--paper-only",
+        action="store_true",
+        help="stop after the paper's stages (training, probes, report of its statements); leave out baselines, "
+        "substitutes, standard attacks, detector and adversarial fine-tuning, which a later run into the same "
+        "folder without it adds (reusing the models and probes)",
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="require the headless-Chromium check of the report")

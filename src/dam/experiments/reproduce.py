@@ -262,6 +262,7 @@ def reproduce(
     check: bool | None = None,
     log: Callable[[str], None] = logger.info,
     workers: int | None = None,
+    paper_only: bool = False,
 ) -> Path:
     """Run (or resume) the whole reproduction into ``out``; return the path of the report.
 
@@ -269,7 +270,11 @@ def reproduce(
     Chromium and fail if a figure or table is missing (None: when Chromium is installed).  The folder is
     locked for the run: a second ``reproduce`` into it is refused while this one works.  ``workers``: models
     the attack stage attacks at once (:func:`dam.robustness.attacks.runner.run_attacks`); None takes the
-    preset's ``attack_workers`` on a CPU, at most its cores, and 1 on a GPU.
+    preset's ``attack_workers`` on a CPU, at most its cores, and 1 on a GPU.  ``paper_only``: stop after the
+    paper's stages (training, probes, tables, figures) and write the report of the eleven statements; the stages
+    past the paper (baselines, substitutes, attacks, detector, adversarial fine-tuning) are left for a later run
+    into the same folder without it, which reuses everything done.  The report then says nothing about
+    robustness beyond the paper's probes, and says so.
     """
     from dam.environment import resolve_device
     from dam.runs import OutputFolder
@@ -282,7 +287,7 @@ def reproduce(
     folder = OutputFolder(out, "reproduction folder")
     folder.check_kind(("reproduce.json", "stages.json"), "reproduction")  # a run's folder or another command's: refused
     with folder.lock():
-        return _reproduce(preset, Path(out), data_dir, device, progress, check, log, workers)
+        return _reproduce(preset, Path(out), data_dir, device, progress, check, log, workers, paper_only)
 
 
 def _reproduce(
@@ -294,6 +299,7 @@ def _reproduce(
     check: bool | None,
     log: Callable[[str], None],
     workers: int | None = None,
+    paper_only: bool = False,
 ) -> Path:
     from dam.environment import environment_info
     from dam.experiments.report.browser import ReportCheckError, check_report, find_chromium
@@ -333,9 +339,9 @@ def _reproduce(
         if before and before != data["md5"]:
             raise InputError(f"the MNIST files in {data['folder']} differ (MD5) from those {out} was started with")
     data_dir = data["folder"]
-    atomic_write_json(
-        meta_path, {"preset": asdict(plan), "data": data, "device": device, "environment": environment_info()}
-    )
+    # paper_only is what this run does, not a setting of the preset: a later run without it goes on in this folder.
+    record = {"preset": asdict(plan), "data": data, "device": device, "environment": environment_info()}
+    atomic_write_json(meta_path, {**record, "paper_only": paper_only})
 
     runs = [out / "runs" / name for name in plan.models]
     for name, run in zip(plan.models, runs, strict=True):
@@ -377,8 +383,11 @@ def _reproduce(
 
     if workers is None:
         workers = 1 if device != "cpu" else min(plan.attack_workers, os.cpu_count() or 1)
-    run_beyond(plan, out, runs, stages, data_dir=data_dir, device=device, progress=progress, log=log,
-               workers=workers)  # fmt: skip
+    if paper_only:
+        log("[past the paper] not run (--paper-only): run again without it to add the attacks, the detector, ...")
+    else:
+        run_beyond(plan, out, runs, stages, data_dir=data_dir, device=device, progress=progress, log=log,
+                   workers=workers)  # fmt: skip
     stages.run("report", lambda: build_report(out))
     report = out / "report" / "index.html"
 

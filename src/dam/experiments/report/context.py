@@ -284,4 +284,5 @@ def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str,
         "fig6": {**_fig6(out, m, figs), "claims": _claims(claims, "Fig. 6")},
         "fig7": {**_fig7(out, m, figs), "claims": _claims(claims, "Fig. 7")},
         "past_paper": past_paper_context(out),
+        "paper_only": meta.get("paper_only") is True,
     }
