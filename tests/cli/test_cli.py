@@ -167,6 +167,7 @@ def test_reproduce_seed_reaches_the_preset(monkeypatch, tmp_path, capsys) -> Non
         seen["plan"], seen["out"], seen["kwargs"] = plan, out, kwargs
         return tmp_path / "report" / "index.html"
 
+    real_reproduce = reproduce_module.reproduce
     monkeypatch.setattr(reproduce_module, "reproduce", fake_reproduce)
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "--preset", "quick", "--seed", "1", "--no-check"]) == 0
@@ -174,4 +175,8 @@ def test_reproduce_seed_reaches_the_preset(monkeypatch, tmp_path, capsys) -> Non
     assert seen["kwargs"]["paper_only"] is False
     assert main(["reproduce", "--preset", "paper", "--paper-only", "--no-check"]) == 0
     assert seen["plan"].name == "paper" and seen["kwargs"]["paper_only"] is True
+    monkeypatch.setattr(reproduce_module, "reproduce", real_reproduce)  # a flag it would ignore: refused first
+    assert main(["reproduce", "--paper-only", "--workers", "2", "--out", "x"]) == 2
+    assert "--workers sets the attack stage, which --paper-only leaves out" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["reproduce", "--seed", "-1"]) == 2 and "seed" in capsys.readouterr().err

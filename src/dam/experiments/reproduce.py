@@ -284,6 +284,8 @@ def reproduce(
     device = str(resolve_device(device))
     if workers is not None:
         check_workers(workers)
+        if paper_only:
+            raise InputError("--workers sets the attack stage, which --paper-only leaves out: give one or the other")
     folder = OutputFolder(out, "reproduction folder")
     folder.check_kind(("reproduce.json", "stages.json"), "reproduction")  # a run's folder or another command's: refused
     with folder.lock():
@@ -340,8 +342,11 @@ def _reproduce(
             raise InputError(f"the MNIST files in {data['folder']} differ (MD5) from those {out} was started with")
     data_dir = data["folder"]
     # paper_only is what this run does, not a setting of the preset: a later run without it goes on in this folder.
-    record = {"preset": asdict(plan), "data": data, "device": device, "environment": environment_info()}
-    atomic_write_json(meta_path, {**record, "paper_only": paper_only})
+    atomic_write_json(
+        meta_path,
+        {"preset": asdict(plan), "paper_only": paper_only, "data": data, "device": device,
+         "environment": environment_info()},
+    )  # fmt: skip
 
     runs = [out / "runs" / name for name in plan.models]
     for name, run in zip(plan.models, runs, strict=True):
