@@ -51,7 +51,8 @@ def tiny_reproduction(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
     out = tmp_path_factory.mktemp("reproduction")
     # First as a user without the time for the stages past the paper: --paper-only, whose folder is kept as it
-    # stood (PAPER_ONLY_COPY beside it); then the same command without it, in the same folder, adds them.
+    # stood (PAPER_ONLY_COPY beside it); then the same command without it, in the same folder, adds them.  (The
+    # stages are the same code either way, so one whole run from an empty folder is not repeated here.)
     reproduce(
         TINY_REPRODUCTION, out, data_dir=mnist_dir, progress=False, check=False, log=lambda line: None, paper_only=True
     )

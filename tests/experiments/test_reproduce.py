@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from dam.cli import main
+from dam.experiments.report import build_report
 from dam.experiments.reproduce import MODELS, reproduce
 from fakes import TINY_REPRODUCTION as TINY
 
@@ -89,8 +91,11 @@ def test_paper_only_stops_after_the_papers_stages_and_says_so(tiny_paper_only: P
     assert not (tiny_paper_only / "beyond").exists()
     assert json.loads((tiny_paper_only / "reproduce.json").read_text())["paper_only"] is True
     page = (tiny_paper_only / "report" / "index.html").read_text()
-    assert "Past the paper: not run" in page and "makes no robustness claim" in page
+    assert "was last run with <code>--paper-only</code>" in page and "makes no robustness claim" in page
+    # the standard attacks, the detector (its agreement variant only where its folder exists), adversarial training
+    assert page.count("Not run: this reproduction stopped after the paper&#39;s stages (--paper-only).") == 3
     assert "robust linf" not in page and len(json.loads((tiny_paper_only / "report" / "claims.json").read_text())) == 11
+    assert all(v["device"] == "cpu" for v in stages.values())  # recorded per stage: a folder may change device
     # The same command without it, in the same folder, reused the paper's stages and added the rest.
     full = json.loads((reproduction / "stages.json").read_text())
     for name in MODELS:
@@ -98,7 +103,53 @@ def test_paper_only_stops_after_the_papers_stages_and_says_so(tiny_paper_only: P
         assert full[f"probes {name}"]["seconds"] == stages[f"probes {name}"]["seconds"]
     assert {"attacks", "detector", "train mlp-relu", "adversarial n2"} <= set(full)
     assert json.loads((reproduction / "reproduce.json").read_text())["paper_only"] is False
-    assert "Past the paper: not run" not in (reproduction / "report" / "index.html").read_text()
+    assert "--paper-only" not in (reproduction / "report" / "index.html").read_text()
+
+
+def test_other_settings_of_the_preset_are_refused_where_a_stage_used_them(
+    tiny_paper_only: Path, mnist_dir: Path, tmp_path: Path
+):
+    """A folder holds one preset's results: settings that differ from the saved ones are refused before any work,
+    except those of the stages past the paper where none has begun (a --paper-only folder, then a newer dam)."""
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_paper_only, out)
+    meta = json.loads((out / "reproduce.json").read_text())
+    saved_attacks = {**meta["preset"]["attacks"], "images": 999}
+    (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "attacks": saved_attacks}}))
+    run = dict(data_dir=mnist_dir, progress=False, check=False, log=lambda line: None)
+    reproduce(TINY, out, paper_only=True, **run)  # nothing ran with those settings: accepted, all reused
+    stages = json.loads((out / "stages.json").read_text())
+    assert all(stages[f"{s} {n}"]["reused"] for s in ("train", "probes") for n in MODELS)
+    (out / "beyond").mkdir()  # a stage past the paper has begun: its settings now count
+    meta = json.loads((out / "reproduce.json").read_text())
+    (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "attacks": saved_attacks}}))
+    with pytest.raises(ValueError, match=r"other settings of preset 'tiny' \(attacks differ\); use another --out"):
+        reproduce(TINY, out, paper_only=True, **run)
+    (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "images": 61}}))
+    with pytest.raises(ValueError, match=r"\(images differ\)"):
+        reproduce(TINY, out, paper_only=True, **run)
+
+
+def test_a_part_past_the_paper_without_outputs_says_why(tiny_paper_only: Path, tmp_path: Path):
+    """A full run killed in the stages past the paper (or one that then ran --paper-only) leaves some of them
+    without outputs: the report names the real reason for each, never the missing-extra one."""
+    out = tmp_path / "partial"
+    shutil.copytree(tiny_paper_only, out)
+    (out / "beyond" / "baselines" / "mlp-relu").mkdir(parents=True)  # killed while training the first baseline
+    meta = json.loads((out / "reproduce.json").read_text())
+    for paper_only, reason in ((True, "stopped after the paper&#39;s stages (--paper-only)"),
+                               (False, "not finished in this folder (run the same dam reproduce again)")):  # fmt: skip
+        (out / "reproduce.json").write_text(json.dumps({**meta, "paper_only": paper_only}))
+        page = build_report(out).read_text()
+        assert page.count(f"Not run: {'this reproduction ' if paper_only else ''}{reason}.") == 3, paper_only
+        assert "Foolbox" not in page.split('id="beyond"')[1]
+        assert ("last run with <code>--paper-only</code>" in page) == paper_only
+    # Without Foolbox the attack stage says so in its folder; a preset without a stage says that.
+    (out / "beyond" / "attacks").mkdir()
+    (out / "beyond" / "attacks" / "skipped.json").write_text(json.dumps({"reason": "the standard attacks need <X>"}))
+    (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "adversarial": None}}))
+    page = build_report(out).read_text()
+    assert "Not run: the standard attacks need &lt;X&gt;." in page and "Not run: not part of this preset." in page
 
 
 def test_second_run_reuses_every_finished_stage_and_redoes_only_what_is_missing(reproduction: Path, mnist_dir: Path):

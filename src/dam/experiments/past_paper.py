@@ -142,6 +142,7 @@ def run_beyond(
             require_foolbox()
         except MissingExtraError as exc:
             log(f"[attacks] skipped: {exc}")
+            atomic_write_json(beyond / "attacks" / "skipped.json", {"reason": str(exc)})  # the report's reason
         else:
             suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
             targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
@@ -149,6 +150,7 @@ def run_beyond(
             folder = beyond / "attacks"
 
             def attack() -> None:
+                (folder / "skipped.json").unlink(missing_ok=True)
                 # The reproduction's own folder: results made otherwise (an older dam's suite) are redone.
                 run_attacks(targets, folder, suite, sources=sources, data_dir=data_dir, device=device, log=log,
                             replace=True, workers=workers)  # fmt: skip

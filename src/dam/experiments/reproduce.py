@@ -69,6 +69,9 @@ class ReproducePreset:
     limits: dict[str, str] = field(default_factory=dict)
 
 
+# The fields of ReproducePreset that only the stages past the paper (dam.experiments.past_paper) read.
+PAST_PAPER_SETTINGS = ("baselines", "substitutes", "attacks", "detector", "adversarial", "attack_workers")
+
 # K = 2000 hidden units like the DAMs.  Degree 2 is the dual network of DAM_3.  The duals of DAM_20 and
 # DAM_30 (degrees 19, 29) are not here: trained the conventional way (cross-entropy, Adam) they diverge at
 # lr 1e-3 and stay at 7-15% test error at lr 1e-4 to 3e-5 (measured; see README), no fair comparison.
@@ -203,9 +206,10 @@ PRESETS: dict[str, ReproducePreset] = {
 class Stages:
     """Runs named stages once, records their wall times in ``stages.json``, and reports reuse."""
 
-    def __init__(self, folder: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, folder: Path, log: Callable[[str], None], device: str | None = None) -> None:
         self.path = folder / "stages.json"
         self.log = log
+        self.device = device  # recorded per stage: one folder may be continued on another device
         self.records: dict[str, Any] = read_json_object(self.path, "") if self.path.exists() else {}
 
     def run(self, name: str, fn: Callable[[], Any], done: Callable[[], bool] = lambda: False) -> Any:
@@ -222,6 +226,7 @@ class Stages:
             "seconds": seconds,
             "reused": False,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"device": self.device} if self.device is not None else {}),
         }
         self._write()
         self.log(f"[{name}] {seconds:.1f} s")
@@ -324,8 +329,10 @@ def _reproduce(
         if saved.get("name") != plan.name:
             raise InputError(f"{out} holds a reproduction with preset {saved.get('name')!r}; use another --out")
         now = {k: v for k, v in json.loads(json.dumps(asdict(plan))).items() if k not in ("description", "limits")}
-        # Settings an older dam did not record belong to stages it never ran: nothing to compare.
-        diff = sorted(k for k in now if k in saved and saved[k] != now[k])
+        # Settings an older dam did not record belong to stages it never ran: nothing to compare.  Nor do the
+        # stages past the paper where none has begun (a --paper-only folder).
+        unused = PAST_PAPER_SETTINGS if not (out / "beyond").exists() else ()
+        diff = sorted(k for k in now if k in saved and k not in unused and saved[k] != now[k])
         if diff:
             raise InputError(
                 f"{out} was made with other settings of preset {plan.name!r} ({', '.join(diff)} differ); "
@@ -334,7 +341,7 @@ def _reproduce(
         started_with = (earlier.get("data") or {}).get("folder")
         if data_dir is None and started_with and Path(started_with).is_dir():
             data_dir = started_with  # run again, it reads the data it started with
-    stages = Stages(out, log)
+    stages = Stages(out, log, device)
     data = stages.run("data", lambda: data_checksums(data_dir))
     if earlier:
         before = (earlier.get("data") or {}).get("md5")

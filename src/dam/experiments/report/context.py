@@ -137,7 +137,7 @@ def _setup(out: Path, m: Measurements, meta: dict[str, Any], stages: dict[str, A
             ["seed", preset.get("seed")],
             ["test images probed", preset.get("images")],
             ["rubbish images per class", preset.get("per_class")],
-            ["device", meta.get("device")],
+            ["device (of the last run; per stage below)", meta.get("device")],
             ["data folder", data.get("folder")],
         ]
         meta_rows += [[f"MD5 {text(k)}", v] for k, v in (data.get("md5") or {}).items()]
@@ -145,14 +145,14 @@ def _setup(out: Path, m: Measurements, meta: dict[str, Any], stages: dict[str, A
     with reading(out / "stages.json"):
         stage_rows = [
             [k, fmt(v["seconds"], ".1f"), "reused its earlier outputs" if v.get("reused") else "ran",
-             v.get("finished_at", "")]
+             v.get("finished_at", ""), v.get("device", "")]
             for k, v in sorted(stages.items(), key=lambda kv: kv[1].get("finished_at", ""))
         ]  # fmt: skip
-        stage_rows.append(["total of the stages", fmt(sum(v["seconds"] for v in stages.values()), ".1f"), "", ""])
+        stage_rows.append(["total of the stages", fmt(sum(v["seconds"] for v in stages.values()), ".1f"), "", "", ""])
     return {
         "models": table(header, config_rows, "models"),
         "run": table(["", "value"], meta_rows, "run", 2),
-        "stages": table(["stage", "seconds", "when last needed", "finished at"], stage_rows, "stages", 1),
+        "stages": table(["stage", "seconds", "when last needed", "finished at", "device"], stage_rows, "stages", 1),
     }
 
 
@@ -283,6 +283,5 @@ def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str,
         "fig5": {**_fig5(out, m, figs), "claims": _claims(claims, "Fig. 5")},
         "fig6": {**_fig6(out, m, figs), "claims": _claims(claims, "Fig. 6")},
         "fig7": {**_fig7(out, m, figs), "claims": _claims(claims, "Fig. 7")},
-        "past_paper": past_paper_context(out),
-        "paper_only": meta.get("paper_only") is True,
+        "past_paper": past_paper_context(out, meta),
     }

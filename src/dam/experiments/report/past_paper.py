@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dam.experiments.past_paper import DETECTOR_CLASSIFIER, DETECTOR_GUARD
 from dam.experiments.report.formatting import (
     figure,
     fmt,
@@ -205,7 +206,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     return table(["check (Carlini et al. 2019)", "holds", "evidence"], rows, "checklist", 3)
 
 
-def _detector(folder: Path) -> dict[str, Any]:
+def _detector(folder: Path, not_run: str) -> dict[str, Any]:
     agreement = folder.name.endswith("agreement")
     title = "The junk detector, also rejecting disagreement" if agreement else "The junk detector (the paper's rule)"
     path = folder / "detector.json"
@@ -213,7 +214,7 @@ def _detector(folder: Path) -> dict[str, Any]:
     if report is None:
         with reading(folder / "skipped.json"):
             skipped = read_json(folder / "skipped.json")
-            reason = text(skipped["reason"]) if skipped else None
+            reason = text(skipped["reason"]) if skipped else not_run
         return {"title": title, "result": None, "skipped": reason}
     with reading(path):
         data = report["data"]
@@ -303,17 +304,38 @@ def _adversarial(folder: Path) -> dict[str, Any] | None:
     return {"images": text(n), "table": table(header, rows, "adversarial training", 2)}
 
 
-def past_paper_context(out: Path) -> dict[str, Any] | None:
-    """The section's values, or None when OUT/beyond does not exist (older reproductions): the page then
-    has no such section."""
+def past_paper_context(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The section's values, or None when OUT/beyond does not exist and the last run did not stop before it
+    (older reproductions): the page then has no such section.  ``record``: OUT/reproduce.json."""
     folder = Path(out) / BEYOND
-    if not folder.is_dir():
+    paper_only = record.get("paper_only") is True
+    if not folder.is_dir() and not paper_only:
         return None
-    detectors = [_detector(folder / "detector")]
+    preset = record.get("preset") or {}
+
+    def not_run(stage: str) -> str:
+        """Why a part has no outputs, when it wrote no reason of its own."""
+        settings = preset.get(stage, {})  # None leaves a stage out; {} runs it with its defaults
+        if settings is None or (stage == "adversarial" and not settings.get("models")):
+            return "not part of this preset"
+        pair = {DETECTOR_CLASSIFIER, DETECTOR_GUARD}
+        if stage == "detector" and "models" in preset and not pair <= set(preset["models"]):
+            return f"it needs {DETECTOR_CLASSIFIER} and {DETECTOR_GUARD} among the models"
+        if paper_only:
+            return "this reproduction stopped after the paper's stages (--paper-only)"
+        return "not finished in this folder (run the same dam reproduce again)"
+
+    with reading(folder / "attacks" / "skipped.json"):
+        skipped = read_json(folder / "attacks" / "skipped.json")
+        attacks_not_run = text(skipped["reason"]) if skipped else not_run("attacks")
+    detectors = [_detector(folder / "detector", not_run("detector"))]
     if (folder / "detector-agreement").is_dir():
-        detectors.append(_detector(folder / "detector-agreement"))
+        detectors.append(_detector(folder / "detector-agreement", not_run("detector")))
     return {
+        "paper_only": paper_only,
         "attacks": _attacks(folder / "attacks"),
+        "attacks_not_run": attacks_not_run,
         "detectors": detectors,
         "adversarial": _adversarial(folder / "adversarial"),
+        "adversarial_not_run": not_run("adversarial"),
     }
