@@ -3,11 +3,12 @@
     python studies/calibration_trend.py n30 paper --memories 200 --epochs 25,50,100,200,400,800,1600,3000 \
         --out trend/n30-paper-K200
 
-Trains preset NAME under SCHEDULE (seed 0, K = --memories) into OUT, stopping at each of --epochs in turn
-(a stopped run resumes bit-exactly, so the checkpoints lie on one run; run again, the same command goes on
-from where it stopped and skips the checkpoints already passed, measuring again one it stopped exactly at), and
-after each prints one JSON line: test error, the beta_sm at which mean confidence equals accuracy on the 10,000 test images (null, with the
-reason, where the accuracy leaves none), and the mean top output. The lines are also appended to OUT.jsonl.
+Trains preset NAME under SCHEDULE (seed 0, K = --memories) into OUT, stopping at each of --epochs in turn (a
+stopped run resumes bit-exactly, so the checkpoints lie on one run; run again, the same command goes on from where
+it stopped and skips the checkpoints already passed, measuring again one it stopped exactly at), and after each
+prints one JSON line: test error, the beta_sm at which mean confidence equals accuracy on the 10,000 test images
+(null, with the reason, where the accuracy leaves none), and the mean top output. The lines are also appended to
+OUT.jsonl.
 K is reduced so that the paper's 3000 epochs fit on a CPU (K = 200: about 0.7 s per epoch on one core of a
 2-core VM); the question is how the schedule moves beta_sm, at equal K.
 """
