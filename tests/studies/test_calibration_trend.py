@@ -96,3 +96,22 @@ def test_epochs_past_the_schedule_are_refused_before_training(data_dir: Path, tm
     assert done.returncode == 2
     assert "past the schedule's 30 epochs" in done.stderr.splitlines()[-1]
     assert not out.exists()
+
+
+PLOT = Path(__file__).parents[2] / "studies" / "plot_calibration_trend.py"
+
+
+def test_the_trend_is_drawn_and_a_wrong_file_refused_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n30"
+    done = study("n30", "quick", "--memories", "20", "--epochs", "1,2", "--data-dir", str(data_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    png = tmp_path / "trend.png"
+    drawn = subprocess.run([sys.executable, str(PLOT), str(out.with_suffix(".jsonl")), "--out", str(png)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    wrong = subprocess.run([sys.executable, str(PLOT), str(out / "metrics.jsonl"), "--out", str(png)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert wrong.returncode == 1 and wrong.stderr.strip().endswith(
+        "not a trend file beside its run folder (give the OUT.jsonl of calibration_trend.py)"
+    )
