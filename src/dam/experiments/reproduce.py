@@ -186,7 +186,9 @@ PRESETS: dict[str, ReproducePreset] = {
         "paper",
         images=10000,
         per_class=100,
-        description="The paper's 3000-epoch schedules and full probes. Meant for a GPU (--device cuda).",
+        description="The paper's 3000-epoch schedules and full probes. Meant for a GPU (--device cuda); on a "
+        "2-core CPU, hours of training per model, and days for the attack stage on 10,000 images (--paper-only "
+        "leaves it out).",
         baselines=FULL_BASELINES,
         attacks={
             "images": 10000,
