@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from dam import load_dataset, load_model
 from dam.errors import InputError
 from dam.probes.confidence import calibrate_beta_sm, model_outputs
-from dam.runs import finished_epochs
+from dam.runs import finished_epochs, read_run_config
 from dam.training import train
 from dam.training.presets import preset
 
@@ -49,6 +50,11 @@ def main() -> None:
     x, y = load_dataset("mnist", "test", data_dir=args.data_dir)
     out = Path(args.out)
     done = (finished_epochs(out) or (0, 0))[0]
+    if done:  # a folder of another run: say so before any line about its checkpoints
+        saved = read_run_config(out).get("train", {})
+        other = sorted(k for k, v in asdict(config).items() if k != "epochs" and saved.get(k) != v)
+        if other:
+            parser.error(f"{out} holds a run with other settings ({', '.join(other)}); give another --out")
     passed = [epoch for epoch in checkpoints if epoch < done]
     if passed:  # the model of those epochs is gone: measuring the current one would mislabel it
         print(f"{out}: {done} epochs done; skipping the checkpoints it has passed: {passed}", file=sys.stderr)

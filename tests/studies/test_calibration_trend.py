@@ -77,6 +77,11 @@ def test_run_again_it_resumes_and_skips_the_checkpoints_it_passed(data_dir: Path
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert rows[1]["test_error"] == pytest.approx(metrics[2]["test_error"], abs=1e-6)
+    # The folder of another run (here K = 30) is refused in one line, before any line about its checkpoints.
+    other = study(*common[:3], "30", *common[4:], "--epochs", "4")
+    assert other.returncode == 2
+    assert other.stderr.splitlines()[-1].endswith("holds a run with other settings (num_memories); give another --out")
+    assert "skipping" not in other.stderr and "Traceback" not in other.stderr
 
 
 def test_a_model_at_100_percent_is_reported_not_calibrated(perfect_data_dir: Path, tmp_path: Path) -> None:
