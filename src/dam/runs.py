@@ -23,7 +23,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +189,11 @@ class OutputFolder:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder's lock for the block; a second writer gets RunLockedError naming this one."""
+        """Hold the folder's lock for the block; a second writer gets RunLockedError naming this one.  A folder
+        the lock created and the block left empty (a run refused before its first file) is removed again."""
         from filelock import FileLock, Timeout
 
+        made = list(takewhile(lambda p: not p.exists(), (self.path, *self.path.parents)))  # check_writable makes
         self.check_writable()
         lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
         try:
@@ -206,7 +209,14 @@ class OutputFolder:
             yield
         finally:
             owner.unlink(missing_ok=True)
+            empty = bool(made) and all(p.name == LOCK_FILE for p in self.path.iterdir())
+            if empty:  # unlinked while still held, so no second writer can take this lock file meanwhile
+                (self.path / LOCK_FILE).unlink(missing_ok=True)
             lock.release()
+            if empty:
+                with suppress(OSError):  # a folder someone else has written to since stays, with its parents
+                    for folder in made:
+                        folder.rmdir()
 
     def _holder(self) -> str:
         try:

@@ -213,7 +213,14 @@ def test_contradicting_flags_are_refused(tmp_path, data) -> None:
     line = one_line_error(dam("train", "--n", "3", "--schedule", "quick", *common, "--out", str(tmp_path / "b")))
     assert "--preset" in line
     line = one_line_error(dam("train", "--n", "3", "--train-subset", "70000", *common, "--out", str(tmp_path / "c")))
-    assert "70000" in line and not (tmp_path / "c" / "config.json").exists()
+    assert "70000" in line and not (tmp_path / "c").exists()
+    # A minibatch larger than the images, found where a run starts: refused in one line, and the folders made
+    # for it are gone again (the run folder, and --seeds' parent folder).
+    small = ["--train-subset", "1000", "--batch-size", "5000", *common]
+    for extra, out in ((["--n", "3"], "d"), (["--model", "mlp-relu"], "e"), (["--n", "3", "--seeds", "0", "1"], "f")):
+        line = one_line_error(dam("train", *extra, *small, "--out", str(tmp_path / out / "run")))
+        assert line.endswith("batch_size 5000 is larger than the train_subset of 1000")
+        assert not (tmp_path / out).exists(), out
 
 
 def test_stale_lock_after_kill_does_not_block(tmp_path, data) -> None:

@@ -296,6 +296,11 @@ def test_detect_command_with_the_adaptive_attack(tiny_reproduction: Path, mnist_
     for entry in adaptive["budgets"].values():
         assert entry["count"] == 6 and 0 <= entry["safe_rate"] <= 1 and "non_adaptive" in entry
     assert adaptive["attacks"]["linf"]["detector"]["agreement"] is False
+    # the headline is the per-image worst case of both attacks, printed first in each row
+    rows = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in printed.splitlines()
+            if line.startswith(("linf ", "l2 ")) and "%" in line}  # fmt: skip
+    for budget, entry in adaptive["budgets"].items():
+        assert rows[budget][:2] == [f"{entry['worst_case_safe_rate']:.1%}", f"{entry['safe_rate']:.1%}"]
 
 
 def test_detect_bad_adaptive_option_is_one_line(tmp_path: Path, capsys) -> None:

@@ -164,3 +164,11 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
     table, _ = robust_accuracy(model, "m", x, y, [*attacks, Scripted("apgd-t", list(range(80, 90)), True)])
     assert table.beyond_gradients == {"decision-based": [0.0]}
     assert not masking_verdict(table, [_healthy()])["masked"]
+    # under the threshold what they broke beyond the gradient attacks is said, never called noise: here 4 images
+    table, _ = robust_accuracy(model, "m", x, y, [*attacks, Scripted("apgd-t", list(range(80, 86)), True)])
+    verdict = masking_verdict(table, [_healthy()])
+    assert not verdict["masked"] and "noise" not in verdict["verdict"]
+    assert (
+        "broke at most 4.0 points of robust accuracy among the images every gradient attack left" in verdict["verdict"]
+    )
+    assert "the worst case counts them" in verdict["verdict"]

@@ -85,7 +85,6 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 def train_config(args: argparse.Namespace) -> Any:
     """The DAM settings the flags ask for: a preset (and schedule) with every given flag on top."""
     from dam.training import TrainConfig
-    from dam.training.loop import check_batch_size
     from dam.training.presets import preset
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
@@ -111,14 +110,12 @@ def train_config(args: argparse.Namespace) -> Any:
         if "n" not in overrides:
             raise ConfigError("give --preset (n2, n3, n20, n30) or at least --n")
         config = TrainConfig(**overrides)
-    check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)  # (no folder yet)
     return config
 
 
 def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
     from dam.baselines import MLPConfig
     from dam.training import MLPTrainConfig, train_mlp
-    from dam.training.loop import check_batch_size
 
     given = [f"--{k.replace('_', '-')}" for k in DAM_ONLY if getattr(args, k, None) is not None]
     if given:
@@ -144,12 +141,6 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
         model_config = MLPConfig(**{**saved["model"], **{k: v for k, v in asdict(model_config).items()
                                                          if getattr(args, k, None) is not None}})  # fmt: skip
         train_settings = replace(MLPTrainConfig(**saved["train"]), **overrides) if overrides else None
-    else:
-        check_batch_size(train_settings.dataset, train_settings.train_subset, train_settings.validation,
-                         train_settings.batch_size)  # fmt: skip
-    from dam.runs import OutputFolder
-
-    OutputFolder(out, "run folder").check_writable()
     logger.info("training %s into %s", model_config.name, out)
     train_mlp(model_config, train_settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
               force=args.force, progress=False if args.no_progress else None)  # fmt: skip
@@ -191,9 +182,8 @@ def _summary(out: Path, model_settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dam.runs import OutputFolder
-
-    # The flags are checked first, then the folder (before any data is read or anything computed).
+    # The flags are checked first, then the folder and the settings against it (train() and train_mlp(), which
+    # remove a folder they made for a refused run), all before any data is read or anything computed.
     out = Path(args.out)
     if args.seeds is not None:
         return _train_seeds(args, out)
@@ -205,7 +195,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.degree is not None or args.hidden is not None:
             raise ConfigError("--degree and --hidden are settings of --model mlp-relu / mlp-repu")
         settings = dam_settings(args, out)
-        OutputFolder(out, "run folder").check_writable()
         logger.info("training into %s", out)
         model = train(settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
                       force=args.force, progress=False if args.no_progress else None)  # fmt: skip
@@ -229,7 +218,6 @@ def _train_seeds(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError(f"{out}: holds a run; --seeds writes one run folder per seed inside --out, give another")
     outs = [out / f"s{seed}" for seed in args.seeds]
     settings = [dam_settings(args, folder, seed) for folder, seed in zip(outs, args.seeds, strict=True)]
-    OutputFolder(out, "run folder").check_writable()
     logger.info("training %d DAMs into %s", len(outs), out)
     models = train_many(settings, outs, data_dir=args.data_dir, device=args.device, resume=args.resume,
                         force=args.force, progress=False if args.no_progress else None)  # fmt: skip

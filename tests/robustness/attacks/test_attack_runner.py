@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -49,6 +50,12 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
         assert [h["dtype"] for h in m["gradient_health"]] == ["float32", "float64"]
     for name in ("robustness.json", "robust_accuracy_linf.csv", "robust_accuracy_l2.csv", "masking.csv"):
         assert (tmp_path / name).stat().st_size > 0
+    # an attack on the survivors of those before it records what it broke beyond them, never a robust accuracy
+    rows = list(csv.DictReader((tmp_path / "robust_accuracy_linf.csv").read_text().splitlines()))
+    for row in rows:
+        survivors = row["attack"].endswith("(on survivors)")
+        assert row["measure"] == ("broken beyond the attacks before" if survivors else "robust accuracy"), row
+    assert any(row["attack"] == "effort check (on survivors)" for row in rows)
     assert (tmp_path / "robust_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "robustness.json").read_text())["images"]["count"] == 24
     lines.clear()
@@ -244,3 +251,24 @@ def test_models_attacked_in_worker_processes_give_the_same_result(tiny_reproduct
     assert any(line.startswith("  source mlp-relu, linf") for line in lines)
     written = {p.name for p in (tmp_path / "workers" / "models").iterdir()}
     assert {"n2.json", "n20.json"} <= written and not any(name.endswith(".partial.json") for name in written)
+
+
+def test_the_protocol_and_its_order_are_named_as_they_ran():
+    """Fewer iterations or queries than the protocol's are "reduced", more are "strengthened", and the report's
+    sentence on the order of the attacks follows what ran (FAB-T and Square only where they did)."""
+    assert AttackSuite().autoattack_protocol == "AutoAttack standard"
+    assert AttackSuite().autoattack_cascade.endswith(
+        "; then FAB-T on the images every attack before it left; then Square on the images every attack before it left"
+    )
+    stronger = AttackSuite(aa_steps=200, square_queries=10000)
+    assert stronger.autoattack_protocol == (
+        "AutoAttack standard, strengthened (200 APGD and FAB iterations, Square 10000 queries)"
+    )
+    mixed = AttackSuite(aa_steps=200, aa_fab=False, square_queries=0)
+    assert (
+        mixed.autoattack_protocol
+        == "AutoAttack standard, reduced (no FAB-T, no Square), strengthened (200 APGD iterations)"
+    )
+    assert "FAB" not in mixed.autoattack_cascade and "Square" not in mixed.autoattack_cascade
+    assert "5 restarts" in AttackSuite(autoattack="plus").autoattack_cascade
+    assert AttackSuite(autoattack="none").autoattack_cascade == "not run"

@@ -12,6 +12,7 @@ from torch import nn
 pytest.importorskip("pyautoattack")
 pytest.importorskip("foolbox")
 
+from dam.errors import InputError
 from dam.model import as_logits
 from dam.robustness.attacks import PGD, robust_accuracy
 from dam.robustness.attacks.autoattack import APGDT, FABT, AutoAttack, Square
@@ -197,6 +198,31 @@ def test_a_transfer_source_attacks_every_budget_in_full(starved) -> None:
     assert both.any()
     # the larger budget's own adversarials: further from the clean images than the smaller budget's
     assert float(full.distances[1, both].mean()) > float(carried.distances[1, both].mean())
+
+
+def test_a_transfer_source_hands_on_its_highest_loss_iterate_where_it_fails(starved) -> None:
+    """The reference code returns the clean image where it fails; a transfer source must hand on its attempt,
+    or a source as robust as its target would transfer mostly clean images."""
+    from dam.robustness.attacks.autoattack import APGDCE, Square
+
+    model, x, y = starved
+    budgets = [0.002, 0.005]
+    plain = APGDT(model, budgets, norm="linf", steps=10, targets=2, every_budget=True)(x, y)
+    source = APGDT(model, budgets, norm="linf", steps=10, targets=2, every_budget=True, hand_on=True)(x, y)
+    assert torch.equal(plain.success, source.success)  # the same attack: only what a failure returns differs
+    assert torch.equal(plain.adversarials[source.success], source.adversarials[source.success])
+    failed = ~source.success
+    assert failed.any() and torch.equal(plain.adversarials[failed], x.expand(2, -1, -1)[failed])
+    for e, eps in enumerate(budgets):  # an attempt inside the budget and [0, 1], not the clean image, still wrong
+        attempt = source.adversarials[e, failed[e]]
+        assert bool(within_budget("linf", attempt, x[failed[e]], eps).all())
+        assert float(attempt.min()) >= 0 and float(attempt.max()) <= 1
+        assert bool(((attempt - x[failed[e]]).abs().amax(dim=1) > 0).all())
+        with torch.no_grad():
+            assert torch.equal(as_logits(model)(attempt).argmax(dim=1), y[failed[e]])
+    assert APGDCE(model, budgets, hand_on=True).hand_on
+    with pytest.raises(InputError, match="no iterates to hand on"):
+        Square(model, budgets, hand_on=True)
 
 
 def test_what_the_effort_check_breaks_joins_the_worst_case(starved) -> None:

@@ -74,6 +74,7 @@ class ReferenceAttack:
 
     name: ClassVar[str] = "autoattack"
     uses_gradients: ClassVar[bool] = True
+    hands_on: ClassVar[bool] = False  # may be asked for hand_on (the APGD attacks: their runs are attack_single_run)
 
     def __init__(
         self,
@@ -85,21 +86,29 @@ class ReferenceAttack:
         batch_size: int = 500,
         seed: int = 0,
         every_budget: bool = False,
+        hand_on: bool = False,
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons, positive=True)
         if restarts < 1 or batch_size < 1:
             raise InputError("restarts and batch_size must be at least 1")
+        if hand_on and not self.hands_on:
+            raise InputError(f"{self.name} has no iterates to hand on (hand_on is for the APGD attacks)")
         self.restarts, self.batch_size, self.seed = restarts, batch_size, seed
         # every_budget: attack each budget in full, also the images a smaller budget already broke.  No
         # stronger for this model (what broke an image within a smaller budget is carried up either way), but
         # for a transfer source: a larger budget's own adversarial is the larger perturbation that transfers.
         self.every_budget = every_budget
+        # hand_on: where the attack fails, return its highest-loss iterate instead of the clean image (still not a
+        # success).  For a transfer source: the reference code returns the clean image there, so a source as
+        # robust as its target would hand on mostly clean images and its transfer could hardly break anything.
+        self.hand_on = hand_on
 
     def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"restarts": self.restarts, **({"every_budget": True} if self.every_budget else {})}
+        return {"restarts": self.restarts, **({"every_budget": True} if self.every_budget else {}),
+                **({"failures": "highest-loss iterate"} if self.hand_on else {})}  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         """Name and hyperparameters, for the records."""
@@ -139,11 +148,14 @@ class ReferenceAttack:
                     part = index[start : start + self.batch_size]
                     torch.manual_seed(self.seed)
                     attack = self._build(aa, net, eps, device)
+                    highest = _HighestLoss(attack, x[part].view(-1, 1, 28, 28)) if self.hand_on else None
                     candidate = attack.perturb(x[part].view(-1, 1, 28, 28), y[part]).detach().reshape(len(part), -1)
                     # checked as every attack's is, not counted as queries (the Foolbox attacks' rule)
                     ok = verified_success(logits, x[part], candidate, y[part], self.norm, eps)
                     advs[e, part[ok]] = candidate[ok]
                     success[e, part[ok]] = True
+                    if highest is not None:
+                        advs[e, part[~ok]] = highest.images.reshape(len(part), -1)[~ok].to(advs.dtype)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
         # (with every_budget, a failure keeps the smaller budget's adversarial: carried here)
         return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(),
@@ -151,10 +163,36 @@ class ReferenceAttack:
                                                     time.perf_counter() - started))  # fmt: skip
 
 
+class _HighestLoss:
+    """Per image, the highest-loss iterate of every run an APGD attack makes (restarts, target classes): wraps
+    the attack's ``attack_single_run``, whose images are those its ``perturb`` has not yet broken, in order.
+    Starts from the clean images, all of which the model classifies correctly (only those are attacked)."""
+
+    def __init__(self, attack: Any, images: Tensor) -> None:
+        self.images = images.detach().clone()
+        self.loss = torch.full((len(images),), -torch.inf, device=images.device)
+        self.unbroken = torch.arange(len(images), device=images.device)
+        run = attack.attack_single_run
+
+        def recorded(x: Tensor, y: Tensor, *args: Any, **kwargs: Any) -> Any:
+            x_best, unbroken, loss_best, x_adv = run(x, y, *args, **kwargs)
+            index = self.unbroken
+            if len(index) != len(x):  # the reference code's bookkeeping changed: never mismatch the images
+                raise RuntimeError(f"APGD attacked {len(x)} images where {len(index)} were left unbroken")
+            better = loss_best.detach() > self.loss[index]
+            self.images[index[better]] = x_best.detach()[better]
+            self.loss[index[better]] = loss_best.detach()[better]
+            self.unbroken = index[unbroken != 0]
+            return x_best, unbroken, loss_best, x_adv
+
+        attack.attack_single_run = recorded
+
+
 class APGDCE(ReferenceAttack):
     """APGD on the cross-entropy loss: step-size-free PGD with momentum, 100 iterations."""
 
     name = "apgd-ce"
+    hands_on = True
 
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, **kwargs: Any) -> None:
         super().__init__(model, epsilons, **kwargs)
@@ -184,6 +222,7 @@ class APGDT(ReferenceAttack):
     the 9 runner-up classes in turn."""
 
     name = "apgd-t"
+    hands_on = True
 
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, targets: int = 9,
                  **kwargs: Any) -> None:  # fmt: skip
