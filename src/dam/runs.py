@@ -54,7 +54,8 @@ def read_run_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 def run_kind(folder: str | os.PathLike[str]) -> str:
     """ "dam" or "mlp"; folders written before kinds existed are DAMs."""
     if not Path(folder).is_dir():
-        raise CheckpointError(f"{folder}: no such run folder")
+        what = "is a file, not a run folder" if Path(folder).exists() else "no such run folder"
+        raise CheckpointError(f"{folder}: {what}")
     return str(read_run_config(folder).get("kind", "dam"))
 
 

@@ -98,6 +98,9 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
         assert main([*common, "--resume", *flags]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["train", "--model", "mlp-repu", "--out", str(out), "--resume", "--no-progress"]) == 2
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2  # the flag to give is named
+    assert capsys.readouterr().err.strip().endswith("holds a 'mlp' run; resume it with --model mlp-relu")
     assert main([*common, "--resume", "--epochs", "2"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hidden"] == 8 and saved["train"]["epochs"] == 2

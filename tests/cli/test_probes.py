@@ -49,9 +49,9 @@ def test_transfer_writes_tables_and_reuses_results(setup, tmp_path, capsys) -> N
 def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
     data, runs = setup
     out = tmp_path / "o"
-    common = ["--out", str(out), "--data-dir", str(data), "--max-steps", "50", "--no-progress"]
-    assert main(["boundary", runs[0], "--images", "8", *common]) == 0
-    assert main(["rubbish", runs[0], "--per-class", "1", *common]) == 0
+    common = ["--out", str(out), "--max-steps", "50", "--no-progress"]
+    assert main(["boundary", runs[0], "--images", "8", "--data-dir", str(data), *common]) == 0
+    assert main(["rubbish", runs[0], "--per-class", "1", *common]) == 0  # from noise: no --data-dir
     summary = json.loads((out / "dam2" / "rubbish.json").read_text())
     assert summary["search"]["max_steps"] == 50 and summary["per_class"] == 1
     assert "success" in capsys.readouterr().out
@@ -78,7 +78,7 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
 )
 def test_a_refusal_on_a_later_run_comes_before_any_result(setup, tmp_path, capsys, command, sizes, other) -> None:
     data, runs = setup
-    common = [*sizes, "--out", str(tmp_path / "o"), "--data-dir", str(data)]
+    common = [*sizes, "--out", str(tmp_path / "o"), *([] if command == "rubbish" else ["--data-dir", str(data)])]
     assert main([command, runs[1], *common]) == 0
     capsys.readouterr()
     assert main([command, runs[0], runs[1], *common, *other]) == 2  # dam3's result was made from other inputs ...
@@ -106,8 +106,9 @@ def test_probes_refuse_before_making_their_folder(setup, tmp_path, capsys) -> No
         (["rubbish", runs[0], str(twin)], "two runs are named dam2"),
         (["boundary", runs[0], "--images", "20000"], "between 1 and 10000, got 20000: the MNIST test set"),
         (["rubbish", runs[0], "--float64"], "unrecognized arguments: --float64"),  # rubbish always is float64
+        (["rubbish", runs[0], "--data-dir", str(data)], "unrecognized arguments: --data-dir"),  # it reads no data
     ):
-        assert main([*argv, "--out", str(out), "--data-dir", str(data)]) == 2
+        assert main([*argv, "--out", str(out), *(["--data-dir", str(data)] if argv[0] == "boundary" else [])]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,7 +116,9 @@ def test_output_problems_are_found_before_compute(tmp_path, finished, data) -> N
     assert "is a file" in line
     line = one_line_error(dam("evaluate", str(finished), "--data-dir", str(data), "--json", str(tmp_path)))
     assert "is a folder" in line
-    assert time.monotonic() - t0 < 60  # four interpreter starts; no training or search ran
+    line = one_line_error(dam("evaluate", str(finished), "--data-dir", "/nowhere", "--json", str(a_file / "e.json")))
+    assert "is a file, not a folder" in line  # found before the (missing) data are read
+    assert time.monotonic() - t0 < 60  # five interpreter starts; no training or search ran
 
 
 def test_results_are_not_written_into_a_run_or_a_foreign_folder(tmp_path, finished, data) -> None:
@@ -212,6 +215,15 @@ def test_contradicting_flags_are_refused(tmp_path, data) -> None:
     assert "--temperature-start" in line
     line = one_line_error(dam("train", "--n", "3", "--schedule", "quick", *common, "--out", str(tmp_path / "b")))
     assert "--preset" in line
+    # a temperature the schedule would not use: T_i without a ramp, a ramp between equal temperatures
+    line = one_line_error(dam("train", "--preset", "n20", "--temperature-start", "300", *common, "--out",
+                              str(tmp_path / "t1")))  # fmt: skip
+    assert "T_i = 300 and T_f = 540 with no ramp" in line
+    line = one_line_error(
+        dam("train", "--preset", "n20", "--ramp-epochs", "50", *common, "--out", str(tmp_path / "t2"))
+    )
+    assert "T_i and T_f are both 540, so nothing ramps" in line
+    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()
     line = one_line_error(dam("train", "--n", "3", "--train-subset", "70000", *common, "--out", str(tmp_path / "c")))
     assert "70000" in line and not (tmp_path / "c").exists()
     # A minibatch larger than the images, found where a run starts: refused in one line, and the folders made
@@ -246,3 +258,27 @@ def test_debug_switch_shows_the_traceback(tmp_path, finished) -> None:
 def test_python_dash_m_dam() -> None:
     result = subprocess.run([sys.executable, "-m", "dam", "--help"], capture_output=True, text=True, check=True)
     assert "reproduce" in result.stdout and "--debug" in result.stdout
+
+
+def test_a_browser_check_asked_for_is_refused_before_any_work(tmp_path) -> None:
+    """--check without a browser to run it: said at once in one line, not after the training and attacks; the
+    screenshot's folder is checked before the report is rebuilt."""
+
+    def run(*args: str, chromium: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DAM_COMPILE": "0", "DAM_CHROMIUM": chromium}
+        return subprocess.run([sys.executable, "-m", "dam", *args], capture_output=True, text=True, timeout=120,
+                              env=env)  # fmt: skip
+
+    missing = str(tmp_path / "no-chromium")
+    out = tmp_path / "rep"
+    line = one_line_error(run("reproduce", "--check", "--out", str(out), chromium=missing))
+    assert line.endswith(f"DAM_CHROMIUM={missing}: no such program (or not executable)") and not out.exists()
+    folder = tmp_path / "made"
+    folder.mkdir()
+    (folder / "reproduce.json").write_text("{}")
+    line = one_line_error(run("report", str(folder), "--check", chromium=missing))
+    assert "no such program" in line and not (folder / "report").exists()
+    (tmp_path / "afile").write_text("")
+    line = one_line_error(run("report", str(folder), "--check", "--screenshot", str(tmp_path / "afile" / "s.png"),
+                              chromium=shutil.which("true") or "/bin/true"))  # fmt: skip
+    assert "afile: is a file, not a folder" in line and not (folder / "report").exists()

@@ -19,7 +19,7 @@ from dam.errors import ConfigError
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from dam.robustness.attacks.runner import AttackSuite, run_attacks
+    from dam.robustness.attacks.runner import AttackSuite, check_sources, run_attacks
     from dam.runs import OutputFolder, common_dataset, distinct_names, load_model
 
     for run in [*args.runs, *args.transfer_from]:  # every model readable before any attack (weights too)
@@ -27,6 +27,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     note_unfinished([*args.runs, *args.transfer_from])
     distinct_names(args.runs)
     distinct_names(args.transfer_from)
+    check_sources(args.runs, args.transfer_from)
     check_test_images("--images", args.images, common_dataset(args.runs))
     # settings are checked before the output folder is made; a flag that would have no effect is refused
     unused = {"--autoattack none": ["--aa-steps", "--no-fab", "--square-queries"] if args.autoattack == "none" else [],

@@ -16,7 +16,6 @@ from dam.errors import ConfigError
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders (models); each one's name is its folder name")
     p.add_argument("--out", required=True, help="output folder (per-model results are reused when present)")
-    p.add_argument("--data-dir")
     p.add_argument("--no-clip", action="store_true", help="let pixels leave [0, 1] during the search")
     p.add_argument("--m", type=positive_int, help="objective power (default: each run's training m)")
     p.add_argument("--eps", type=positive_float, help="step length in [-1, 1] pixel units")
@@ -177,6 +176,7 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("boundary", help="decision-boundary images of the test set for each model (Fig. 4)")
     _common(p)
+    p.add_argument("--data-dir")  # (rubbish searches start from noise: they read no data)
     p.add_argument("--images", type=positive_int, default=10000, help="first N test images")
     p.add_argument("--until", choices=["crossing", "converged"], default="crossing")
     p.add_argument("--float64", action="store_true", help="search in float64 (gradients underflow less; rubbish "

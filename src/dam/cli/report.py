@@ -49,6 +49,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: no such folder (give the --out of a dam reproduce)")
     if not (out / "reproduce.json").exists():
         raise InputError(f"{out}/reproduce.json: not a folder written by dam reproduce")
+    if args.check:  # the browser and the screenshot's folder, before the report is rebuilt
+        from dam.experiments.report.browser import require_chromium
+
+        require_chromium()
+        if args.screenshot:
+            OutputFolder(Path(args.screenshot).parent, "screenshot's folder").check_writable()
     with OutputFolder(out, "reproduction folder").lock():  # one writer: not beside a running reproduce
         report = build_report(out)
     print(f"report: {report}")

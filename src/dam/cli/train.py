@@ -110,6 +110,18 @@ def train_config(args: argparse.Namespace) -> Any:
         if "n" not in overrides:
             raise ConfigError("give --preset (n2, n3, n20, n30) or at least --n")
         config = TrainConfig(**overrides)
+    # a temperature flag the schedule would not use is refused, never ignored: without a ramp T is T_f throughout,
+    # and a ramp from T_i to an equal T_f changes nothing
+    if config.ramp_epochs == 0 and config.temperature_start != config.temperature_end:
+        raise ConfigError(
+            f"T_i = {config.temperature_start:g} and T_f = {config.temperature_end:g} with no ramp (ramp_epochs 0): "
+            "the run would train at T_f throughout; give --ramp-epochs N, or --temperature T for a constant T"
+        )
+    if args.ramp_epochs and config.temperature_start == config.temperature_end:
+        raise ConfigError(
+            f"--ramp-epochs {args.ramp_epochs}: T_i and T_f are both {config.temperature_end:g}, so nothing ramps; "
+            "give --temperature-start and --temperature-end too"
+        )
     return config
 
 
@@ -235,6 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--json {target}: is a folder; give a file name")
     if target and target.name in (*RUN_FILES, LOCK_FILE, LOCK_OWNER_FILE) and OutputFolder(target.parent).holds_run():
         raise ConfigError(f"--json {target}: a file of the run folder itself; give another name")
+    if target:  # where the result goes is checked before the data are read
+        OutputFolder(target.parent, "--json file's folder").check_writable()
     result = evaluate_run(args.run, split=args.split, data_dir=args.data_dir, device=args.device)
     text = json.dumps(result, indent=2)
     if target:

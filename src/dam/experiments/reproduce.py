@@ -293,6 +293,10 @@ def reproduce(
         check_workers(workers)
         if paper_only:
             raise InputError("--workers sets the attack stage, which --paper-only leaves out: give one or the other")
+    if check:  # asked for: a missing browser is said now, not after hours of training and attacks
+        from dam.experiments.report.browser import require_chromium
+
+        require_chromium()
     folder = OutputFolder(out, "reproduction folder")
     folder.check_kind(("reproduce.json", "stages.json"), "reproduction")  # a run's folder or another command's: refused
     with folder.lock():

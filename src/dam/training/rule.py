@@ -235,7 +235,11 @@ def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> Tr
                 f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
             )
         if saved_run.get("kind", "dam") != "dam":
-            raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with its --model")
+            degree = (saved_run.get("model") or {}).get("degree")
+            flags = (
+                "--model mlp-relu" if degree == 1 else f"--model mlp-repu --degree {degree}" if degree else "--model"
+            )
+            raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with {flags}")
         saved = settings_from(TrainConfig, saved_run.get("train"), str(folder / CONFIG_FILE))
         config = resumed_settings(saved, config, folder)
     if config is None:

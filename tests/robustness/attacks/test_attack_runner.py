@@ -142,6 +142,28 @@ def test_cli_attack_damaged_weights_are_one_line_before_any_attack(tiny_reproduc
         assert not out.exists()  # nothing attacked, no folder made
 
 
+def test_cli_attack_refuses_a_source_it_would_skip(tiny_reproduction, tmp_path, capsys):
+    """A transfer source named like an attacked run but another model, or a run as its own only source, would
+    give no transfer at all: refused in one line before any attack."""
+    runs = tiny_reproduction / "runs"
+    impostor = tmp_path / "other" / "n2"
+    shutil.copytree(runs / "n3", impostor)  # another model, in a folder named n2
+    cases = [
+        ([str(runs / "n2"), "--transfer-from", str(impostor)], "are both named n2 but are different models"),
+        ([str(runs / "n2"), "--transfer-from", str(runs / "n2")], "a model is not its own transfer source"),
+    ]
+    for argv, message in cases:
+        out = tmp_path / "out"
+        assert cli.main(["attack", *argv, "--out", str(out), "--images", "8", "--autoattack", "none"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    # the same model as run and source, beside another run: its transfers go to the other one, as in reproduce
+    from dam.robustness.attacks.runner import check_sources
+
+    check_sources([str(runs / "n2"), str(runs / "n3")], [str(runs / "n2")])
+
+
 def test_the_reuse_key_names_the_attacks_that_are_transferred():
     """A result made without the APGD-T transfers is not reused by a suite that transfers them."""
     import torch

@@ -46,6 +46,17 @@ def find_chromium() -> str | None:
     return None
 
 
+def require_chromium() -> str:
+    """The Chromium :func:`find_chromium` finds, checked to be a program that can run; one-line error otherwise
+    (for a check asked for at the start of hours of work, so that its absence is known before them)."""
+    exe = find_chromium()
+    if exe is None:
+        raise ReportCheckError("no Chromium found: install it (Debian: apt-get install chromium) or set DAM_CHROMIUM")
+    if shutil.which(exe) is None:
+        raise ReportCheckError(f"DAM_CHROMIUM={exe}: no such program (or not executable)")
+    return exe
+
+
 def _chromium(args: list[str], timeout: float) -> str:
     exe = find_chromium()
     if exe is None:

@@ -376,6 +376,21 @@ def attacks_done(
     return True
 
 
+def check_sources(runs: list[str], sources: list[str]) -> None:
+    """Refuse a transfer source that would be skipped in silence: one named as an attacked run but another model
+    (a model's transfers are named by its source's folder name, and a model is not its own source), or one whose
+    only target would be itself."""
+    attacked = {model_name(r): r for r in runs}
+    for source in sources:
+        name = model_name(source)
+        if name in attacked and model_md5(source) != model_md5(attacked[name]):
+            raise InputError(f"transfer source {source} and attacked run {attacked[name]} are both named {name} but "
+                             "are different models; give one of them another folder name")  # fmt: skip
+        if set(attacked) == {name}:
+            raise InputError(f"transfer source {source}: the only model attacked is {name} itself, and a model is "
+                             "not its own transfer source")  # fmt: skip
+
+
 def run_attacks(
     runs: list[str],
     out: str | os.PathLike[str],
@@ -402,6 +417,7 @@ def run_attacks(
     sources = sources or []
     for run in [*runs, *sources]:  # a typo or damaged weights fail at once, before data are read
         load_model(run)
+    check_sources(runs, sources)
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
