@@ -225,6 +225,16 @@ def test_a_transfer_source_hands_on_its_highest_loss_iterate_where_it_fails(star
         Square(model, budgets, hand_on=True)
 
 
+def test_the_effort_check_records_only_the_attacks_that_ran(starved) -> None:
+    from dam.robustness.attacks.autoattack import effort_check
+
+    model, x, y = starved
+    everything = torch.ones(2, len(x), dtype=torch.bool)  # every image already broken at both budgets
+    summary, check = effort_check(model, x, y, everything, [0.02, 0.05], steps=10, targets=3)
+    assert summary["attacks"] == [] and len(summary["not_run"]) == 3 and not check.success.any()
+    assert summary["not_run"][0] == "apgd-ce: no image left to attack"
+
+
 def test_what_the_effort_check_breaks_joins_the_worst_case(starved) -> None:
     from dam.robustness.attacks.accuracy import add_to_worst_case
     from dam.robustness.attacks.autoattack import effort_check

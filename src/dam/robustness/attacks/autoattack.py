@@ -402,11 +402,12 @@ def effort_check(
     extra = torch.zeros_like(broken)
     clean = images.reshape(len(images), -1).float().cpu()
     adversarials = clean.unsqueeze(0).repeat(len(epsilons), 1, 1)
-    seconds, queries = 0.0, 0.0
+    seconds, queries, ran = 0.0, 0.0, []
     for attack in more:
         todo = survivors & ~extra
-        if not todo.any():
+        if not todo.any():  # nothing left to attack: the record names only the attacks that ran
             break
+        ran.append(attack)
         result = attack(images, labels, attack_only=todo)
         new = result.success & todo
         adversarials[new] = result.adversarials[new].cpu()
@@ -416,7 +417,8 @@ def effort_check(
     # from the count, exactly: one image of 100 is 1 point, not float32's 0.99999998 (which passed "under 1")
     points = [100.0 * int(e.sum()) / e.numel() for e in extra]
     summary = {
-        "attacks": [a.describe() for a in more],
+        "attacks": [a.describe() for a in ran],
+        "not_run": [f"{a.name}: no image left to attack" for a in more[len(ran) :]],
         "extra_broken_points": points,  # robust accuracy lost per budget, in points
         "converged": all(p < 1.0 for p in points),
         "seconds": round(seconds, 2),
