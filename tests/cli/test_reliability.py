@@ -233,6 +233,14 @@ def test_contradicting_flags_are_refused(tmp_path, data) -> None:
         line = one_line_error(dam("train", *extra, *small, "--out", str(tmp_path / out / "run")))
         assert line.endswith("batch_size 5000 is larger than the train_subset of 1000")
         assert not (tmp_path / out).exists(), out
+    # ... and before --force moves an old folder aside: the refused run leaves it where it was
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for extra in (["--n", "3"], ["--model", "mlp-relu"]):
+        line = one_line_error(dam("train", *extra, *small, "--out", str(kept), "--force"))
+        assert line.endswith("batch_size 5000 is larger than the train_subset of 1000")
+    assert (kept / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("kept.replaced-*"))
 
 
 def test_stale_lock_after_kill_does_not_block(tmp_path, data) -> None:

@@ -155,7 +155,7 @@ def test_ray_sweep_writes_table_json_and_figures(ray_sweep):
                                     "rubbish_confidence", "beta_sm"}  # fmt: skip
         assert row["std"]["clean_error"] >= 0
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
-    assert [r["row"] for r in rows] == ["point"] * 4 + ["mean", "std"] * 2
+    assert [r["row"] for r in rows] == ["point"] * 4 + ["mean", "std", "count"] * 2
     mean_n2 = rows[4]
     seeds_n2 = [float(r["clean_error"]) for r in rows[:4] if r["n"] == "2"]
     assert float(mean_n2["clean_error"]) == pytest.approx(sum(seeds_n2) / 2, abs=1e-6)
@@ -227,10 +227,36 @@ def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path
         assert main([*args, "--device", "cpu"]) == 1
     printed = capsys.readouterr().out
     assert "n3-s0 reused" in printed and "n3-s1: " in printed and "1 points failed" in printed
+    # the failure's traceback is kept in the point's log (and was shown: not a refusal, a crash)
+    failure = _events(tmp_path, "n3-s1")[-1]
+    assert failure["event"] == "failed" and "Traceback" in failure["traceback"]
+    assert any(line.startswith("n3-s1: Traceback") for line in lines)
 
-    # Other settings in the same folder are refused; more seeds are not other settings.
+    # Other settings in the same folder are refused; more seeds are not other settings; nor is another attack suite
     with pytest.raises(InputError, match="other settings"):
         run_sweep(replace(plan, per_class=2), tmp_path, backend="local", data_dir=mnist_dir)
+    stronger = replace(plan.suite(), pgd_steps=5)
+    with pytest.raises(InputError, match=r"other settings \(suite differ\)"):
+        run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir, suite=stronger)
+
+
+def test_a_mean_says_how_many_seeds_are_behind_it():
+    """A seed without a measurement (no beta_sm at chance accuracy) is not averaged as if it had one, and the
+    spread of a single value is undefined, not 0."""
+    points = [{"n": 2, "seed": 0, "clean_error": 0.1, "beta_sm": None},
+              {"n": 2, "seed": 1, "clean_error": 0.2, "beta_sm": 2.0}]  # fmt: skip
+    (row,) = sweep.per_n_summary(points)
+    assert row["count"]["beta_sm"] == 1 and row["mean"]["beta_sm"] == 2.0 and row["std"]["beta_sm"] is None
+    assert row["count"]["clean_error"] == 2 and row["std"]["clean_error"] == pytest.approx(0.0707, abs=1e-4)
+
+
+def test_a_plan_setting_no_point_reads_is_refused_before_any_point():
+    for change, message in (({"search_options": {"max_step": 25}}, "search_options has no setting max_step"),
+                            ({"attacks": {"bogus": 1}}, "attacks has no setting bogus"),
+                            ({"train_overrides": {"epoch": 3}}, "train_overrides has no setting epoch"),
+                            ({"images": 20000}, "images must be between 1 and 10000")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            run_sweep(replace(TINY, **change), "/nonexistent/never-made", backend="local")
 
 
 def test_flags_are_validated_where_parsed(tmp_path: Path, capsys):

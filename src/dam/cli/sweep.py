@@ -59,14 +59,18 @@ def print_summary(summary: dict[str, Any]) -> None:
         return
     columns = [k for k in rows[0]["mean"] if k == "clean_error" or k.startswith("robust_")]
     names = ["clean error" if k == "clean_error" else k.removeprefix("robust_") for k in columns]
-    print("\nmean +- std over seeds; robust accuracy is the worst case over the suite's attacks")
-    print(f"{'n':>4}{'seeds':>6}" + "".join(f"{name:>16}" for name in names))
+    print(f"\nmean +- std over seeds ({summary.get('protocol') or 'the suite'}); robust accuracy is the worst "
+          "case over the attacks; (k seeds) where fewer seeds than the row's measured a value")  # fmt: skip
+    print(f"{'n':>4}{'seeds':>6}" + "".join(f"{name:>22}" for name in names))
     for row in rows:
         cells = []
         for k in columns:
-            mean, std = row["mean"].get(k), row["std"].get(k)
-            cells.append("-" if mean is None else f"{mean:.1%} +- {std or 0:.1%}")
-        print(f"{row['n']:>4}{len(row['seeds']):>6}" + "".join(f"{c:>16}" for c in cells))
+            mean, std, count = row["mean"].get(k), row["std"].get(k), row.get("count", {}).get(k)
+            cell = "-" if mean is None else f"{mean:.1%}" + ("" if std is None else f" +- {std:.1%}")
+            if mean is not None and count is not None and count < len(row["seeds"]):
+                cell += f" ({count} seed{'s' if count > 1 else ''})"
+            cells.append(cell)
+        print(f"{row['n']:>4}{len(row['seeds']):>6}" + "".join(f"{c:>22}" for c in cells))
 
 
 def add_sweep_command(sub: argparse._SubParsersAction) -> None:

@@ -144,7 +144,9 @@ def run_beyond(
             log(f"[attacks] skipped: {exc}")
             atomic_write_json(beyond / "attacks" / "skipped.json", {"reason": str(exc)})  # the report's reason
         else:
-            suite = AttackSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()})
+            # the reproduction's seed picks the attacked images and seeds the attacks, as it does everything else
+            settings = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.attacks.items()}
+            suite = AttackSuite(**{"seed": plan.seed, **settings})
             targets = [str(r) for r in [*runs, *tuned_runs, *baselines]]
             sources = [str(b) for b in [*baselines, *substitutes]]
             folder = beyond / "attacks"

@@ -24,6 +24,7 @@ through the same :func:`run_point`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from dam.errors import ConfigError, InputError, MissingExtraError
+from dam.errors import ConfigError, DamError, InputError, MissingExtraError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key
 
@@ -151,6 +152,32 @@ class SweepPlan:
             raise InputError(f"sweep {self.name!r}: images and per_class must be at least 1")
         if "seed" in self.train_overrides or "n" in self.train_overrides:
             raise InputError(f"sweep {self.name!r}: n and seed come from ns and seeds, not train_overrides")
+
+    def check(self) -> None:
+        """Every setting a point reads, checked before any point starts (one InputError naming the problem): the
+        names in train_overrides, attacks and search_options, and images against the test set."""
+        import inspect
+        from dataclasses import fields
+
+        from dam.data.sources import DATASETS
+        from dam.probes.boundary import BoundarySearch
+        from dam.probes.rubbish import RubbishSearch
+        from dam.robustness.attacks.runner import AttackSuite
+        from dam.training import TrainConfig
+
+        searches = [set(inspect.signature(c.__init__).parameters) - {"self", "model"}
+                    for c in (BoundarySearch, RubbishSearch)]  # fmt: skip
+        known = {"train_overrides": {f.name for f in fields(TrainConfig)},
+                 "attacks": {f.name for f in fields(AttackSuite)} | set(SWITCHED_OFF),
+                 "search_options": set.intersection(*searches)}  # fmt: skip
+        for name, names in known.items():
+            unknown = sorted(set(getattr(self, name)) - names)
+            if unknown:
+                raise InputError(f"sweep {self.name!r}: {name} has no setting {', '.join(unknown)}; "
+                                 f"choose from {', '.join(sorted(names))}")  # fmt: skip
+        test = DATASETS["mnist"].sizes["test"]
+        if self.images > test:
+            raise InputError(f"sweep {self.name!r}: images must be between 1 and {test} (the MNIST test set)")
 
     def points(self) -> list[tuple[int, int]]:
         """(n, seed) of every point, n major."""
@@ -482,6 +509,17 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+def _failed(task: PointTask, exc: BaseException, text: str, log: Callable[[str], None]) -> None:
+    """A point's failure, kept: its traceback in the point's log (OUT/points/NAME.log), and shown where it is a
+    bug rather than a refusal (a DamError), since a bug keeps its traceback."""
+    folder = Path(task.folder)
+    with contextlib.suppress(OSError):
+        append_jsonl(folder.parent / f"{folder.name}.log", {"event": "failed", "pid": os.getpid(), "time": time.time(),
+                                                            "error": _first_line(exc), "traceback": text})  # fmt: skip
+    if not isinstance(getattr(exc, "cause", None) or exc, DamError):
+        log(f"{task.name}: {text.rstrip()}")
+
+
 def _run_local(tasks, point_fn, log) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:  # type: ignore[no-untyped-def]
     done, failed = {}, {}
     for i, task in enumerate(tasks, 1):
@@ -490,7 +528,7 @@ def _run_local(tasks, point_fn, log) -> tuple[dict[str, dict[str, Any]], dict[st
             record = point_fn(task)
         except Exception as exc:  # one point's failure is recorded; the others go on
             failed[task.name] = _first_line(exc)
-            logger.debug("%s", traceback.format_exc())
+            _failed(task, exc, traceback.format_exc(), log)
             log(f"[{i}/{len(tasks)}] {task.name} FAILED: {failed[task.name]}")
             continue
         done[task.name] = record
@@ -519,17 +557,19 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
             raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc).strip().splitlines()[0]}") from exc
     try:
         resources = ray.cluster_resources()
+        if device == "cpu" and gpus_per_trial:  # reserved and unused, and fewer points at once
+            raise InputError(f"--gpus-per-trial {gpus_per_trial:g} with --device cpu: the points would not use them")
         if gpus_per_trial is None:
-            gpus_per_trial = 0.25 if resources.get("GPU", 0) > 0 else 0
+            gpus_per_trial = 0.25 if resources.get("GPU", 0) > 0 and device != "cpu" else 0
         if gpus_per_trial > resources.get("GPU", 0):
             raise InputError(
                 f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
             )
         if cpus_per_trial > resources.get("CPU", 0):
             raise InputError(f"{cpus_per_trial} CPUs per point: the Ray cluster has {resources.get('CPU', 0):g} CPUs")
-        if device == "cuda" and gpus_per_trial == 0:  # else every point fails on its worker, one by one
+        if device.startswith("cuda") and gpus_per_trial == 0:  # else every point fails on its worker, one by one
             why = "the Ray cluster has no GPUs" if not resources.get("GPU", 0) else "--gpus-per-trial 0 gives none"
-            raise InputError(f"--device cuda: {why}; use --device auto or cpu, or a cluster with GPUs")
+            raise InputError(f"--device {device}: {why}; use --device auto or cpu, or a cluster with GPUs")
         log(
             f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {len(tasks)} points, "
             f"{cpus_per_trial} CPU and {gpus_per_trial:g} GPU each, up to {max_retries} retries"
@@ -553,6 +593,7 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
                 record = ray.get(ready[0])
             except ray.exceptions.RayError as exc:  # raised in the task, or its worker died past its retries
                 failed[task.name] = _first_line(exc)
+                _failed(task, exc, str(exc), log)  # (a task's error carries the worker's traceback)
                 log(f"{count} {task.name} FAILED: {failed[task.name]}")
                 continue
             done[task.name] = record
@@ -563,17 +604,21 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
             ray.shutdown()
 
 
-def _check_plan(out: Path, plan: SweepPlan) -> None:
+def _check_plan(out: Path, plan: SweepPlan, suite: Any) -> None:
+    """The folder's plan and attack suite are this sweep's (a plan.json of dam 0.9 or older names no suite: it was
+    the plan's own), so that no finished point is redone with other settings in silence; then records them."""
     saved = read_json(out / "plan.json")
+    now = {**plan.comparable(), "suite": suite_record(suite)}
     if isinstance(saved, dict):
-        now = plan.comparable()
         before = {k: saved.get(k) for k in now}
+        if "suite" not in saved:
+            before["suite"] = suite_record(plan.suite())
         if before != now:
             diff = sorted(k for k in now if before[k] != now[k])
             raise InputError(
                 f"{out} holds a sweep made with other settings ({', '.join(diff)} differ); use another --out"
             )
-    atomic_write_json(out / "plan.json", json.loads(json.dumps(asdict(plan))))
+    atomic_write_json(out / "plan.json", {**json.loads(json.dumps(asdict(plan))), "suite": now["suite"]})
 
 
 def run_sweep(
@@ -613,7 +658,8 @@ def run_sweep(
         raise InputError(f"backend must be 'ray' or 'local', got {backend!r}")
     if max_retries < 0 or cpus_per_trial < 1 or (gpus_per_trial is not None and gpus_per_trial < 0):
         raise InputError("max_retries >= 0, cpus_per_trial >= 1 and gpus_per_trial >= 0 are required")
-    for n, seed in plan.points():  # a bad setting fails here, before any worker starts
+    plan.check()  # a bad setting fails here, before any worker starts
+    for n, seed in plan.points():
         plan.config(n, seed)
     suite = plan.suite() if suite is None else suite
     data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
@@ -621,7 +667,7 @@ def run_sweep(
     folder = OutputFolder(out, "sweep folder")
     folder.check_kind(("plan.json",), "sweep")
     with folder.lock():
-        _check_plan(out, plan)
+        _check_plan(out, plan, suite)
         tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
                  for n, seed in plan.points()]  # fmt: skip
         log(f"sweep {plan.name}: {len(tasks)} points (n in {list(plan.ns)}, seeds {list(plan.seeds)}) into {out}")
@@ -639,6 +685,7 @@ def run_sweep(
         summary = {
             "plan": json.loads(json.dumps(asdict(plan))),
             "suite": suite_record(suite),
+            "protocol": getattr(suite, "autoattack_protocol", None),  # the AutoAttack that ran, reduced or not
             "backend": backend,
             "address": address,
             "cpus_per_trial": cpus_per_trial if backend == "ray" else None,  # local: one point at a time, here
@@ -686,22 +733,27 @@ def point_metrics(point: dict[str, Any]) -> dict[str, float | None]:
 
 
 def per_n_summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per n: the mean and the standard deviation (sample, n - 1) over seeds of every measurement."""
+    """Per n: the mean and the standard deviation (sample, n - 1) over seeds of every measurement, and the number
+    of seeds that measured it (``count``: a seed may lack one, e.g. no beta_sm at chance accuracy); the std of a
+    single value is None, not 0."""
     rows = []
     for n in sorted({p["n"] for p in points}):
         group = [p for p in points if p["n"] == n]
         metrics = [point_metrics(p) for p in group]
-        row: dict[str, Any] = {"n": n, "seeds": sorted(p["seed"] for p in group), "mean": {}, "std": {}}
+        row: dict[str, Any] = {"n": n, "seeds": sorted(p["seed"] for p in group), "mean": {}, "std": {},
+                               "count": {}}  # fmt: skip
         for name in metrics[0]:
             values = _finite([m.get(name) for m in metrics])  # type: ignore[misc]
+            row["count"][name] = len(values)
             row["mean"][name] = statistics.fmean(values) if values else None
-            row["std"][name] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            row["std"][name] = statistics.stdev(values) if len(values) > 1 else None
         rows.append(row)
     return rows
 
 
 def write_csv(summary: dict[str, Any], path: Path) -> None:
-    """One row per point, then a ``mean`` and a ``std`` row per n."""
+    """One row per point, then per n a ``mean``, a ``std`` and a ``count`` row (the seeds behind each column's mean
+    and std: a seed may lack a measurement; the std is empty below 2)."""
     columns: list[str] = []
     for p in summary["points"]:
         columns += [c for c in point_metrics(p) if c not in columns]
@@ -713,7 +765,7 @@ def write_csv(summary: dict[str, Any], path: Path) -> None:
         m = point_metrics(p)
         w.writerow(["point", p["n"], p["seed"], 1, *[fmt(m.get(c)) for c in columns]])
     for row in summary["per_n"]:
-        for stat in ("mean", "std"):
+        for stat in ("mean", "std", "count"):
             w.writerow([stat, row["n"], "", len(row["seeds"]), *[fmt(row[stat].get(c)) for c in columns]])
     atomic_write_bytes(path, buf.getvalue().encode())
 
@@ -726,7 +778,9 @@ def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
     if not rows:
         return []
     ns = [r["n"] for r in rows]
-    seeds = max(len(r["seeds"]) for r in rows)
+    counts = {c for r in rows for c in r.get("count", {}).values() if c} or {max(len(r["seeds"]) for r in rows)}
+    seeds = f"{min(counts)}" if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
+    over = f"mean over {seeds} seeds per point, error bars the sample std (none where one seed measured it)"
     paths = []
 
     def series(name: str) -> tuple[list[int], list[float], list[float]]:
@@ -735,7 +789,7 @@ def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
             if r["mean"].get(name) is not None:
                 xs.append(r["n"])
                 ys.append(r["mean"][name])
-                es.append(r["std"].get(name) or 0.0)
+                es.append(r["std"].get(name) or 0.0)  # (no bar where fewer than 2 seeds measured it)
         return xs, ys, es
 
     def n_axis(ax: Any) -> None:
@@ -762,7 +816,7 @@ def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"{'L-inf' if norm == 'linf' else 'L2'} budgets")
         n_axis(ax)
         ax.legend(fontsize=8)
-    fig.suptitle(f"sweep {summary['plan']['name']}: mean and std over {seeds} seeds")
+    fig.suptitle(f"sweep {summary['plan']['name']}: {over}")
     paths.append(save_figure(fig, out / "sweep_robustness.png"))
 
     fig = new_figure((11, 8), layout="constrained")
@@ -783,6 +837,6 @@ def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
             ax.set_yscale("log")
         ax.set_ylabel(label)
         n_axis(ax)
-    fig.suptitle(f"sweep {summary['plan']['name']}: mean and std over {seeds} seeds")
+    fig.suptitle(f"sweep {summary['plan']['name']}: {over}")
     paths.append(save_figure(fig, out / "sweep_probes.png"))
     return paths

@@ -96,6 +96,14 @@ def check_batch_size(dataset: str, train_subset: int | None, validation: bool, b
         raise ConfigError(f"batch_size {batch_size} is larger than {known[1]}")
 
 
+def check_new_run(config: Any, folder: Path, *, resume: bool, force: bool) -> None:
+    """Before a run folder is touched (locked, or moved aside by ``force``): the minibatch of a run that will
+    start, unless the folder holds a run that ``resume`` continues with its saved settings.  ``config``: a
+    TrainConfig or MLPTrainConfig, or None (resume with the saved settings)."""
+    if config is not None and (force or not (resume and (folder / STATE_FILE).exists())):
+        check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
+
+
 def prepare_data(
     dataset: str,
     seed: int,

@@ -23,7 +23,7 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_batch_size,
+    check_new_run,
     check_train_subset,
     epoch_permutation,
     fit,
@@ -124,6 +124,7 @@ def train_mlp(
     differ only in ``epochs`` (or be None)."""
     device = resolve_device(device)
     folder = Path(out)
+    check_new_run(train_config, folder, resume=resume, force=force)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         if resuming:
             saved = read_run_config(folder)
@@ -136,9 +137,6 @@ def train_mlp(
                                             folder)  # fmt: skip
         if train_config is None:
             raise ConfigError(f"no training settings given and no run to resume in {folder}")
-        if not resuming:
-            check_batch_size(train_config.dataset, train_config.train_subset, train_config.validation,
-                             train_config.batch_size)  # fmt: skip
         data_dir = resolved_data_dir(data_dir, folder, resuming)
         data = prepare_data(train_config.dataset, train_config.seed, train_config.train_subset,
                             train_config.validation, data_dir, device)  # fmt: skip

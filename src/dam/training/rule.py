@@ -27,7 +27,6 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
-    check_batch_size,
     check_train_subset,
     epoch_permutation,
     restore_trainer,
@@ -244,9 +243,7 @@ def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> Tr
         config = resumed_settings(saved, config, folder)
     if config is None:
         raise ConfigError(f"no training settings given and no run to resume in {folder}")
-    if not resuming:
-        check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
-    return config
+    return config  # (a new run's minibatch was checked before the folder was touched: loop.check_new_run)
 
 
 def start_trainer(config: TrainConfig, folder: Path, resuming: bool, device: torch.device) -> tuple[DAMTrainer, int]:

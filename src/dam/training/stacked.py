@@ -40,6 +40,7 @@ from dam.training.loop import (
     Run,
     TrainData,
     as_unit_float,
+    check_new_run,
     epoch_permutation,
     fit,
     fit_runs,
@@ -455,6 +456,7 @@ def train(
         return train_many([config], [out], data_dir=data_dir, device=device, resume=resume, force=force,
                           progress=progress, stop_after=stop_after, log=log)[0]  # fmt: skip
     folder = Path(out)
+    check_new_run(config, folder, resume=resume, force=force)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         config = run_settings(folder, config, resuming)
         data_dir = resolved_data_dir(data_dir, folder, resuming)
@@ -502,6 +504,8 @@ def train_many(
             raise ConfigError(f"run folder {folder} given twice")
         seen[folder.resolve()] = folder
     device = resolve_device(device)
+    for config, folder in zip(configs, folders, strict=True):  # every new run's settings before any folder is touched
+        check_new_run(config, folder, resume=resume, force=force)
     with ExitStack() as held:
         members = []
         for config, folder in zip(configs, folders, strict=True):

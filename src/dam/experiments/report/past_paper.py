@@ -62,7 +62,8 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
             # robust accuracy (the images it never attacked would count as robust)
             extra = t.get("extra_broken", {})
             for i, (a, accs) in enumerate(t["attacks"].items()):
-                cells = [f"-{100 * number(v):.1f} pts" for v in extra[a]] if a in extra else [pct(v) for v in accs]
+                points = [100 * number(v) for v in extra.get(a, [])]
+                cells = [f"-{p:.1f} pts" if p else "0.0 pts" for p in points] if a in extra else [pct(v) for v in accs]
                 detail_rows.append([name if i == 0 else "", a, *cells])
         norms.append(
             {
@@ -267,15 +268,14 @@ def _adaptive(adaptive: dict[str, Any] | None, name: str) -> dict[str, Any] | No
     for budget, b in adaptive["budgets"].items():
         na = b["non_adaptive"]
         seconds = f"{number(b['seconds']) + number(na['seconds']):.0f}"
-        rows.append([budget, pct(b["classifier_robust_accuracy"]), pct(na["safe_rate"]), pct(b["safe_rate"]),
-                     pct(b.get("worst_case_safe_rate")), pct(b["rejection_rate"]),
+        rows.append([budget, pct(b.get("worst_case_safe_rate")), pct(b["classifier_robust_accuracy"]),
+                     pct(na["safe_rate"]), pct(b["safe_rate"]), pct(b["rejection_rate"]),
                      unsafe_only_through(b.get("unsafe_by")),
                      fmt(b["roc"]["auc"], ".3f") if b.get("roc") else "-", seconds,
                      fmt(b["queries_per_image"], ".0f")])  # fmt: skip
-    header = ["budget", "classifier alone: robust", "detector, non-adaptive attack: safe", "detector, adaptive: safe",
-              "detector, worst case of both: safe", "adaptive: rejected", "images unsafe only through",
-              "ROC AUC of the adaptive set", "seconds",
-              "queries per image"]  # fmt: skip
+    header = ["budget", "detector, worst case of both: safe", "classifier alone: robust",
+              "detector, non-adaptive attack: safe", "detector, adaptive: safe", "adaptive: rejected",
+              "images unsafe only through", "ROC AUC of the adaptive set", "seconds", "queries per image"]  # fmt: skip
     return {"images": text(adaptive["images"]), "table": table(header, rows, f"{name} adaptive", 1)}
 
 

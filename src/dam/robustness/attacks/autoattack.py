@@ -16,10 +16,10 @@ this project uses.  This module adds only this package's conventions:
 - randomness is seeded without touching the caller's random state; queries are counted.
 
 The standard protocol runs APGD-CE and APGD-T (DLR loss, 9 target classes) on every correctly classified
-image, then FAB-T (9 targets) and Square (5000 queries) on the images both left unbroken, as AutoAttack's own
-cascade does; robustness is the worst case per image.  Unlike AutoAttack's runner, APGD-CE and APGD-T both
-see every image, so the cross-entropy-versus-DLR gap is measured per model (a large gap is the signature of
-cross-entropy attacks starved of gradient, see :mod:`dam.robustness.masking`).  The "plus" protocol adds
+image, then FAB-T (9 targets) on the images both left unbroken and Square (5000 queries) on those FAB-T left,
+as AutoAttack's own cascade does; robustness is the worst case per image.  Unlike AutoAttack's runner, APGD-CE
+and APGD-T both see every image, so the cross-entropy-versus-DLR gap is measured per model (a large gap is the
+signature of cross-entropy attacks starved of gradient, see :mod:`dam.robustness.masking`).  The "plus" protocol adds
 restarts (APGD-CE 5, untargeted APGD-DLR 5, untargeted FAB 5) on the survivors of the standard one: if it
 breaks nothing more, more effort no longer changes the result.
 """
@@ -27,6 +27,7 @@ breaks nothing more, more effort no longer changes the result.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -125,6 +126,7 @@ class ReferenceAttack:
         logits = as_logits(self.model).eval()
         counter = QueryCounter(logits).eval()
         net = _Images4d(counter).eval()
+        plain = _Images4d(logits).eval()  # the same model, uncounted (hand_on's own look at it)
         with torch.no_grad():
             correct = counter(x).argmax(dim=1) == y
         counter.rows = 0
@@ -148,13 +150,15 @@ class ReferenceAttack:
                     part = index[start : start + self.batch_size]
                     torch.manual_seed(self.seed)
                     attack = self._build(aa, net, eps, device)
-                    highest = _HighestLoss(attack, x[part].view(-1, 1, 28, 28)) if self.hand_on else None
+                    highest = (
+                        _HighestLoss(attack, plain, x[part].view(-1, 1, 28, 28), y[part]) if self.hand_on else None
+                    )
                     candidate = attack.perturb(x[part].view(-1, 1, 28, 28), y[part]).detach().reshape(len(part), -1)
                     # checked as every attack's is, not counted as queries (the Foolbox attacks' rule)
                     ok = verified_success(logits, x[part], candidate, y[part], self.norm, eps)
                     advs[e, part[ok]] = candidate[ok]
                     success[e, part[ok]] = True
-                    if highest is not None:
+                    if highest is not None and highest.images is not None:
                         advs[e, part[~ok]] = highest.images.reshape(len(part), -1)[~ok].to(advs.dtype)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
         # (with every_budget, a failure keeps the smaller budget's adversarial: carried here)
@@ -166,23 +170,29 @@ class ReferenceAttack:
 class _HighestLoss:
     """Per image, the highest-loss iterate of every run an APGD attack makes (restarts, target classes): wraps
     the attack's ``attack_single_run``, whose images are those its ``perturb`` has not yet broken, in order.
-    Starts from the clean images, all of which the model classifies correctly (only those are attacked)."""
+    ``net`` is the model as ``perturb`` sees it, uncounted: its first prediction decides, as ``perturb``'s does,
+    which images start unbroken.  Should the runs ever not match that bookkeeping, nothing more is recorded
+    and ``images`` is None: the caller hands on the clean images, as without this."""
 
-    def __init__(self, attack: Any, images: Tensor) -> None:
-        self.images = images.detach().clone()
+    def __init__(self, attack: Any, net: nn.Module, images: Tensor, labels: Tensor) -> None:
+        self.images: Tensor | None = images.detach().clone()
         self.loss = torch.full((len(images),), -torch.inf, device=images.device)
-        self.unbroken = torch.arange(len(images), device=images.device)
+        with torch.no_grad():
+            self.unbroken = (net(images).argmax(dim=1) == labels).nonzero()[:, 0]
         run = attack.attack_single_run
 
         def recorded(x: Tensor, y: Tensor, *args: Any, **kwargs: Any) -> Any:
             x_best, unbroken, loss_best, x_adv = run(x, y, *args, **kwargs)
             index = self.unbroken
-            if len(index) != len(x):  # the reference code's bookkeeping changed: never mismatch the images
-                raise RuntimeError(f"APGD attacked {len(x)} images where {len(index)} were left unbroken")
-            better = loss_best.detach() > self.loss[index]
-            self.images[index[better]] = x_best.detach()[better]
-            self.loss[index[better]] = loss_best.detach()[better]
-            self.unbroken = index[unbroken != 0]
+            if self.images is not None and len(index) != len(x):
+                warnings.warn(f"APGD attacked {len(x)} images where {len(index)} were left unbroken: its failures "
+                              "hand on the clean images", RuntimeWarning, stacklevel=2)  # fmt: skip
+                self.images = None
+            if self.images is not None:
+                better = loss_best.detach() > self.loss[index]
+                self.images[index[better]] = x_best.detach()[better]
+                self.loss[index[better]] = loss_best.detach()[better]
+                self.unbroken = index[unbroken != 0]
             return x_best, unbroken, loss_best, x_adv
 
         attack.attack_single_run = recorded

@@ -188,17 +188,18 @@ def attack_images(
     return evaluation_subset(x.reshape(-1, 784), y, suite.images, suite.seed)
 
 
-def _made_with(suite: AttackSuite, images: Tensor) -> dict[str, Any]:
-    """The parts of every attack key that are the suite's and the images' (a model's and a source's)."""
-    return {"suite": asdict(suite), "images_md5": tensor_md5(images), "transfers": suite.transferred(),
-            "source_rule": suite.SOURCE_RULE}  # fmt: skip
+def _made_with(suite: AttackSuite, images: Tensor, transfers: bool = True) -> dict[str, Any]:
+    """The parts of every attack key that are the suite's and the images' (a model's and a source's); what the
+    source attacks are only where there are transfers (a model attacked without sources: ``transfers=False``)."""
+    made = {"suite": asdict(suite), "images_md5": tensor_md5(images)}
+    return {**made, "transfers": suite.transferred(), "source_rule": suite.SOURCE_RULE} if transfers else made
 
 
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
     """What a model's attack result was made from (the package's one reuse rule, :mod:`dam.results`)."""
     decision = suite.DECISION_RULE if suite.hsj_steps and suite.hsj_norms else None
     return result_key(weights=model_md5(run), sources=sources, decision_rule=decision, table_rule=suite.TABLE_RULE,
-                      **_made_with(suite, images))  # fmt: skip
+                      **_made_with(suite, images, bool(sources)))  # fmt: skip
 
 
 RESULT_TENSORS = ("adversarials", "success", "distances")  # what AttackResult holds as tensors
@@ -419,8 +420,8 @@ def run_attacks(
         load_model(run)
     check_sources(runs, sources)
     out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
+    (out / "models").mkdir(parents=True, exist_ok=True)  # (after the data are read: a missing data set leaves none)
     source_md5 = {model_name(s): model_md5(s) for s in sources}
     keys = {run: _key(run, source_md5, suite, images) for run in runs}
     for run, key in keys.items():  # never a finished result replaced silently; checked before any attack
@@ -533,7 +534,9 @@ def robustbench_record(model: dict[str, Any], suite: AttackSuite, dataset: str, 
 
 
 def write_tables(summary: dict[str, Any], out: Path) -> None:
-    """robust_accuracy_<norm>.csv (model, attack, one column per budget) and masking.csv (one verdict per model)."""
+    """robust_accuracy_<norm>.csv (model, attack, measure, clean accuracy, one column per budget; the measure is the
+    robust accuracy, or for an attack run on the survivors of those before it the share it broke beyond them) and
+    masking.csv (one verdict per model)."""
     import csv
     import io
 
