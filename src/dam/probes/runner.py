@@ -33,6 +33,9 @@ def save_result(result: Any, path: Path, summary: dict[str, Any]) -> None:
     from safetensors.torch import save as st_save
 
     tensors = {f.name: getattr(result, f.name).detach().cpu().contiguous() for f in fields(result)}
+    # the summary (which holds the reuse key) goes first and comes back last: a kill in between, while a result
+    # is replaced, leaves no key, so the new tensors are never taken for the old result
+    path.with_suffix(".json").unlink(missing_ok=True)
     atomic_write_bytes(path.with_suffix(".safetensors"), st_save(tensors))
     atomic_write_json(path.with_suffix(".json"), summary)
 
