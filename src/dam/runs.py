@@ -232,6 +232,8 @@ class OutputFolder:
 
         With ``force`` the old folder is moved aside under its own lock (no one else is writing it), and
         the new, empty folder is locked in turn."""
+        if resume and force:
+            raise InputError("resume and force: continue the run, or move it aside and start anew, not both")
         if force and self.path.is_dir() and any(self.path.iterdir()):
             with self.lock():
                 self.move_aside()
@@ -240,6 +242,21 @@ class OutputFolder:
 
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
+
+    def unstarted_run(self) -> bool:
+        """A training run killed in its first epoch: its record (config.json of a dam run) and no epoch saved (no
+        weights, no state, no metrics line), and nothing else.  Starting it again loses nothing."""
+        names = {p.name for p in self.path.iterdir()} - {LOCK_FILE, LOCK_OWNER_FILE}
+        if CONFIG_FILE not in names or not names <= {CONFIG_FILE, METRICS_FILE}:
+            return False
+        metrics = self.path / METRICS_FILE
+        if metrics.exists() and metrics.read_text().strip():
+            return False
+        try:
+            record = json.loads((self.path / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and isinstance(record.get("train"), dict) and "kind" in record
 
     def check_results(self) -> None:
         """Refuse to write results (probes, attacks, a detector) into a training run's folder: they would
@@ -285,6 +302,10 @@ class OutputFolder:
                 f"{self.path}: already holds a training run ({state}); pass --resume to continue it, "
                 "--force to move it aside, or another --out"
             )
+        if self.unstarted_run():
+            logger.warning("%s: a run stopped in its first epoch (nothing trained was saved): starting it again",
+                           self.path)  # fmt: skip
+            return False
         if self.holds_run():
             raise RunFolderError(
                 f"{self.path}: holds a run without a training state (finished elsewhere or foreign); it is not "

@@ -97,6 +97,62 @@ def test_presets_stay_in_the_papers_windows() -> None:
 def test_invalid_settings_are_named() -> None:
     with pytest.raises(ValueError, match="momentum"):
         TrainConfig(momentum=1.5)
+    # a type a setting cannot have is refused before anything runs (m = 1.5 used to train an odd-power loss)
+    for kw, message in (({"m": 1.5}, "m is an integer violated"), ({"epochs": 2.0}, "epochs is an integer"),
+                        ({"lr": float("inf")}, "lr is a finite number"), ({"init_mean": float("nan")}, "init_mean"),
+                        ({"validation": 1}, "validation is True or False"), ({"seed": 2**63}, "seed < 2\\*\\*63"),
+                        ({"n": True}, "n is an integer")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kw)
+
+
+def test_a_temperature_without_its_ramp_or_a_bad_stop_is_refused_before_the_folder(tmp_path, tiny_data) -> None:
+    from dam.errors import ConfigError, InputError
+
+    with pytest.raises(ConfigError, match="T_i = 300 and T_f = 150 with no ramp"):
+        train(tiny_config(ramp_epochs=0), tmp_path / "a", data_dir=tiny_data)
+    with pytest.raises(InputError, match="stop_after must be an integer of at least 1"):
+        train(tiny_config(), tmp_path / "b", data_dir=tiny_data, stop_after=0)
+    with pytest.raises(InputError, match="resume and force"):
+        train(tiny_config(), tmp_path / "c", data_dir=tiny_data, resume=True, force=True)
+    assert not any(tmp_path.iterdir())  # nothing left behind
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_again(tmp_path, tiny_data) -> None:
+    """Killed before its first epoch was saved, a run leaves its record and no epoch: it is started again (with
+    or without resume), not refused as a foreign folder that only --force could clear."""
+    full = train(tiny_config(epochs=1), tmp_path / "full", data_dir=tiny_data)
+    for resume in (False, True):
+        cut = tmp_path / f"cut{resume}"
+        cut.mkdir()
+        (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+        (cut / "metrics.jsonl").write_text("")
+        again = train(tiny_config(epochs=1), cut, data_dir=tiny_data, resume=resume)
+        assert torch.equal(again.memories, full.memories)
+    foreign = tmp_path / "foreign"  # a config.json that is not a dam run's record: still refused
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="without a training state"):
+        train(tiny_config(epochs=1), foreign, data_dir=tiny_data)
+
+
+def test_the_record_names_the_data_and_every_session(tmp_path, tiny_data) -> None:
+    train(tiny_config(epochs=2), tmp_path / "run", data_dir=tiny_data, stop_after=1)
+    first = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert set(first["data_md5"]) == {"train", "test"} and "compiled_kernels" in first["environment"]
+    assert "earlier_sessions" not in first
+    train(None, tmp_path / "run", data_dir=tiny_data, resume=True)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    (session,) = record["earlier_sessions"]  # the first session, kept beside the second's record
+    assert session["resumed_at_epoch"] == 1 and session["environment"] == first["environment"]
+    assert session["data_md5"] == record["data_md5"]
+
+
+def test_any_seed_the_cli_accepts_orders_the_epochs() -> None:
+    from dam.training.loop import epoch_permutation
+
+    assert torch.equal(epoch_permutation(10, 7, 0), epoch_permutation(10, 7, 0))  # (seeds as before: unchanged)
+    assert sorted(epoch_permutation(10, 2**63 - 1, 3).tolist()) == list(range(10))
 
 
 def test_training_writes_a_run_folder_and_learns(tmp_path, tiny_data) -> None:

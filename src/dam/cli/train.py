@@ -110,13 +110,8 @@ def train_config(args: argparse.Namespace) -> Any:
         if "n" not in overrides:
             raise ConfigError("give --preset (n2, n3, n20, n30) or at least --n")
         config = TrainConfig(**overrides)
-    # a temperature flag the schedule would not use is refused, never ignored: without a ramp T is T_f throughout,
-    # and a ramp from T_i to an equal T_f changes nothing
-    if config.ramp_epochs == 0 and config.temperature_start != config.temperature_end:
-        raise ConfigError(
-            f"T_i = {config.temperature_start:g} and T_f = {config.temperature_end:g} with no ramp (ramp_epochs 0): "
-            "the run would train at T_f throughout; give --ramp-epochs N, or --temperature T for a constant T"
-        )
+    # a temperature flag the schedule would not use is refused, never ignored: a ramp from T_i to an equal T_f
+    # changes nothing (and T_i without a ramp is refused where a run starts, dam.training.loop.check_new_run)
     if args.ramp_epochs and config.temperature_start == config.temperature_end:
         raise ConfigError(
             f"--ramp-epochs {args.ramp_epochs}: T_i and T_f are both {config.temperature_end:g}, so nothing ramps; "

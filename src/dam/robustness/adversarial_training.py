@@ -268,7 +268,7 @@ def adversarial_finetune(
         trainer = AdversarialTrainer(model, settings, training_search(model, config, settings.m), config.fraction)
         start_epoch = restore_trainer(trainer, folder) if resuming else 0
         run_info = {
-            **run_record("dam", asdict(model.config), settings, device, data_dir),
+            **run_record("dam", asdict(model.config), settings, device, data_dir, data),
             "adversarial": asdict(config),
             "base_run": str(Path(base_run).resolve()),
             "base_model_md5": base_md5,

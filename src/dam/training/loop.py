@@ -96,12 +96,29 @@ def check_batch_size(dataset: str, train_subset: int | None, validation: bool, b
         raise ConfigError(f"batch_size {batch_size} is larger than {known[1]}")
 
 
+def is_whole(value: Any) -> bool:
+    """An integer setting (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real-valued setting: a finite int or float (not a bool, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_new_run(config: Any, folder: Path, *, resume: bool, force: bool) -> None:
     """Before a run folder is touched (locked, or moved aside by ``force``): the minibatch of a run that will
     start, unless the folder holds a run that ``resume`` continues with its saved settings.  ``config``: a
     TrainConfig or MLPTrainConfig, or None (resume with the saved settings)."""
-    if config is not None and (force or not (resume and (folder / STATE_FILE).exists())):
-        check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
+    if config is None or (resume and not force and (folder / STATE_FILE).exists()):
+        return
+    check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
+    start, end = getattr(config, "temperature_start", None), getattr(config, "temperature_end", None)
+    if getattr(config, "ramp_epochs", None) == 0 and start != end:  # (a DAM's; a run saved so still resumes)
+        raise ConfigError(
+            f"T_i = {start:g} and T_f = {end:g} with no ramp (ramp_epochs 0): the run would train at T_f throughout; "
+            "give a ramp (--ramp-epochs N) or one temperature (--temperature T)"
+        )
 
 
 def prepare_data(
@@ -136,7 +153,9 @@ def prepare_data(
 
 def epoch_permutation(num: int, seed: int, epoch: int) -> Tensor:
     """The order of an epoch's examples, from (seed, epoch) alone."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+    # (modulo 2**64, the generator's seed range: the same seed as before for every seed below 9.2e12, and any
+    # seed up to 2**63 - 1 works)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch + 1) % 2**64)
     return torch.randperm(num, generator=g)
 
 
@@ -308,9 +327,12 @@ def fit_runs(
     A run whose statistics are not finite stops the loop with FloatingPointError, after the other runs'
     epoch has been written.
     """
+    if stop_after is not None and (not is_whole(stop_after) or stop_after < 1):
+        raise InputError(f"stop_after must be an integer of at least 1 epoch, got {stop_after!r}")
     ends = [run.plan.epochs if stop_after is None else min(run.plan.epochs, stop_after) for run in runs]
     for run in runs:
         keep_metrics_until(run.plan.folder, run.start_epoch)
+        run.run_info = _with_earlier_sessions(run.plan.folder, run.run_info, run.start_epoch)
         atomic_write_json(run.plan.folder / CONFIG_FILE, run.run_info)
     first = min(run.start_epoch for run in runs)
     bar = progress_bar(max(run.plan.epochs for run in runs), first, desc, progress)
@@ -422,10 +444,14 @@ def _postfix(runs: list[Run], records: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, device: torch.device,
-               data_dir: str | None) -> dict[str, Any]:  # fmt: skip
-    """What a run folder's config.json records: kind, settings, seed, device, data folder, versions, and
-    whether its CPU epochs flushed denormal numbers (they change a large-n model's weights a little)."""
-    return {
+               data_dir: str | None, data: TrainData | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a run folder's config.json records: kind, settings, seed, device, data folder and the MD5 of the
+    images and labels it trained and was measured on (``data``), versions, whether the kernels were compiled
+    and whether its CPU epochs flushed denormal numbers (both change a large-n model's weights a little)."""
+    from dam.model import fused_kernels_enabled
+    from dam.results import tensor_md5
+
+    record = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "model": model_settings,
@@ -436,8 +462,29 @@ def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, d
         "environment": {
             **environment_info(),
             "denormals": "flushed" if denormals_flushed_in_training() else "computed",
+            "compiled_kernels": fused_kernels_enabled(),
         },
     }
+    if data is not None:
+        record["data_md5"] = {
+            "train": tensor_md5(torch.cat([data.train_images.flatten().float(), data.train_labels.float()])),
+            data.eval_name: tensor_md5(torch.cat([data.eval_images.flatten().float(), data.eval_labels.float()])),
+        }
+    return record
+
+
+def _with_earlier_sessions(folder: Path, record: dict[str, Any], start_epoch: int) -> dict[str, Any]:
+    """A resumed run's record keeps where and with what each earlier session ran (device, versions, data),
+    so that a run trained across machines says so."""
+    if start_epoch == 0:
+        return record
+    try:
+        old = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return record
+    keep = ("device", "data_dir", "data_md5", "environment")
+    before = {**{k: old.get(k) for k in keep if k in old}, "resumed_at_epoch": start_epoch}
+    return {**record, "earlier_sessions": [*old.get("earlier_sessions", []), before]}
 
 
 def resolved_data_dir(data_dir: str | os.PathLike[str] | None, folder: Path, resuming: bool) -> str | None:

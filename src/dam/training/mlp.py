@@ -27,6 +27,8 @@ from dam.training.loop import (
     check_train_subset,
     epoch_permutation,
     fit,
+    is_finite_number,
+    is_whole,
     prepare_data,
     resolved_data_dir,
     restore_trainer,
@@ -50,6 +52,12 @@ class MLPTrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        whole = [k for k in ("epochs", "batch_size", "seed", "eval_every") if not is_whole(getattr(self, k))]
+        if whole or not (self.train_subset is None or is_whole(self.train_subset)):
+            raise ConfigError(f"MLP training settings {', '.join(whole) or 'train_subset'} must be integers")
+        if not is_finite_number(self.lr) or not isinstance(self.validation, bool) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"invalid MLP training settings {self}: need a finite lr, validation True or False and "
+                              "0 <= seed < 2**63")  # fmt: skip
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.eval_every < 1:
             raise ConfigError(f"invalid MLP training settings {self}: need epochs, batch_size, eval_every >= 1, lr > 0")
         if self.train_subset is not None and self.train_subset < 1:
@@ -143,7 +151,7 @@ def train_mlp(
         model = MLPClassifier(model_config, torch.Generator().manual_seed(train_config.seed)).to(device)
         trainer = MLPTrainer(model, train_config)
         start = restore_trainer(trainer, folder) if resuming else 0
-        run_info = run_record(KIND, asdict(model_config), train_config, device, data_dir)
+        run_info = run_record(KIND, asdict(model_config), train_config, device, data_dir, data)
         plan = RunPlan(folder, train_config.epochs, train_config.eval_every, f"train {model_config.name}")
         fit(trainer, plan, run_info, data, start_epoch=start, stop_after=stop_after, progress=progress, log=log)
     return model

@@ -29,6 +29,8 @@ from dam.training.loop import (
     as_unit_float,
     check_train_subset,
     epoch_permutation,
+    is_finite_number,
+    is_whole,
     restore_trainer,
     resumed_settings,
     run_record,
@@ -61,6 +63,19 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        # types first: an integer setting given as 1.5, or a NaN, would train (or fail after the folder is written)
+        whole = ("n", "m", "num_memories", "ramp_epochs", "epochs", "batch_size", "seed", "eval_every")
+        real = ("temperature_start", "temperature_end", "lr", "lr_decay", "momentum", "init_mean", "init_std")
+        types = {
+            **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
+            "train_subset is an integer or None": self.train_subset is None or is_whole(self.train_subset),
+            **{f"{k} is a finite number": is_finite_number(getattr(self, k)) for k in real},
+            "validation is True or False": isinstance(self.validation, bool),
+            "dataset is a name": isinstance(self.dataset, str),
+        }
+        bad = [k for k, ok in types.items() if not ok]
+        if bad:
+            raise ConfigError(violated("training settings", bad, self))
         checks = {
             "n >= 2": self.n >= 2,
             "m >= 1": self.m >= 1,
@@ -75,6 +90,7 @@ class TrainConfig:
             "init_std >= 0": self.init_std >= 0,
             "train_subset >= 1": self.train_subset is None or self.train_subset >= 1,
             "eval_every >= 1": self.eval_every >= 1,
+            "0 <= seed < 2**63": 0 <= self.seed < 2**63,
             "dtype is float32 or float64": self.dtype in ("float32", "float64"),
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -262,6 +278,6 @@ def dam_run(
     device: torch.device, data_dir: str | None,
 ) -> Run:  # fmt: skip
     """A DAM run folder as the training loop takes it (:class:`dam.training.loop.Run`)."""
-    run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir)
+    run_info = run_record("dam", asdict(trainer.model.config), config, device, data_dir, data)
     plan = RunPlan(folder, config.epochs, config.eval_every, f"train n={config.n}")
     return Run(trainer, plan, run_info, data, start_epoch)
