@@ -21,6 +21,7 @@ from dam.probes.gradient import (
     class_objective,
     objective_and_gradient,
     objective_power,
+    output_distance,
     search_settings,
     unit_step,
 )
@@ -80,8 +81,10 @@ class BoundarySearch:
         max_steps: step budget per image.
         m: power of the objective; None (default) takes the model's training m (``model.loss_power``).
         until: "crossing" stops each image one step past the boundary (enough for the transfer sets);
-            "converged" goes on until C^second < tol, giving the paper's third image of Fig. 4.
-        tol: convergence tolerance on C^second.
+            "converged" goes on until every output is within ``output_tol`` of the second choice's target,
+            the minimum of C^second: the paper's third image of Fig. 4.
+        output_tol: max_gamma |Y_gamma - t^second_gamma| at which an image has converged.  (Not a bound on
+            C^second itself: with m = 30, C^second < 1e-3 already holds while Y_second is near 0.1.)
         boundary_tol: bisection goes on until |Y_top - Y_second| <= boundary_tol.
         clip: keep pixels in [-1, 1] after each step (default True: results are valid images).
         dtype: search dtype; float64 keeps gradients alive where float32 underflows (n = m = 30).
@@ -96,7 +99,7 @@ class BoundarySearch:
         max_steps: int = 1000,
         m: int | None = None,
         until: str = "crossing",
-        tol: float = 1e-3,
+        output_tol: float = 0.01,
         boundary_tol: float = 1e-4,
         clip: bool = True,
         dtype: torch.dtype | None = None,
@@ -108,10 +111,12 @@ class BoundarySearch:
         if until not in ("crossing", "converged"):
             raise InputError(f"until must be 'crossing' or 'converged', got {until!r}")
         m = objective_power(model, m)
-        if not (eps > 0 and max_steps >= 1 and tol > 0 and boundary_tol > 0 and batch_size >= 1):
-            raise InputError("BoundarySearch needs eps > 0, max_steps >= 1, batch_size >= 1 and positive tolerances")
+        if not (eps > 0 and max_steps >= 1 and 0 < output_tol < 1 and boundary_tol > 0 and batch_size >= 1):
+            raise InputError(
+                "BoundarySearch needs eps > 0, max_steps >= 1, batch_size >= 1, 0 < output_tol < 1 and boundary_tol > 0"
+            )
         self.model = model
-        self.eps, self.max_steps, self.m, self.until, self.tol = eps, max_steps, m, until, tol
+        self.eps, self.max_steps, self.m, self.until, self.output_tol = eps, max_steps, m, until, output_tol
         self.boundary_tol, self.clip, self.dtype, self.batch_size = boundary_tol, clip, dtype, batch_size
         self.bisection_steps, self.patience, self.progress = bisection_steps, patience, progress
 
@@ -168,7 +173,7 @@ class BoundarySearch:
                 else:  # already on the second side at the start (a tie): the clean image is the boundary
                     crossing[active[newly]] = 0
                     after[active[newly]] = v[active[newly]]
-                done = c_second < self.tol
+                done = output_distance(y, second[active]) <= self.output_tol
                 converged[active[done]] = True
                 if self.until == "crossing":
                     done = done | flipped

@@ -58,6 +58,30 @@ def test_missing_models_are_not_measured_never_passed():
     assert all(c.verdict == "not measured" for c in claims), [(c.figure, c.verdict) for c in claims]
 
 
+def test_tables_missing_some_models_are_not_measured():
+    """A table holding only some of the four models is not "every model": statements 5 and 9 are not measured
+    (before dam 0.10 a table of n30 alone let statement 9 agree)."""
+    m = paper_like()
+    for table, key in ((m.adversarial, "error"), (m.rubbish, "mean_confidence")):
+        table["models"] = ["n30"]
+        table[key] = [[0.99]]
+        table["clean_error"] = [0.015]
+    verdicts = {c.key: c.verdict for c in evaluate_claims(m)}
+    assert verdicts["adversarial_diagonal"] == "not measured" and verdicts["rubbish_large"] == "not measured"
+
+
+def test_too_few_images_per_bin_is_not_measured_and_searches_are_counted():
+    m = paper_like()
+    m.calibration["n2"]["binned_error_calibrated"] = {"error": [0.5, 0.01], "count": [3, 997], "edges": [0, 0.5, 1]}
+    m.rubbish_search = {n: {"success_rate": 0.9} for n in NAMES}
+    claims = {c.key: c for c in evaluate_claims(m)}
+    assert claims["confidence_bins"].verdict == "not measured"
+    assert "n2: fewer than two bins with 10 images" in claims["confidence_bins"].measured
+    for key in ("rubbish_pictures", "rubbish_small", "rubbish_large"):
+        assert "rubbish searches that reached their target: " in claims[key].measured
+        assert claims[key].verdict == "agrees"  # (said, never a change of the verdict)
+
+
 def test_a_presets_limit_explains_but_never_changes_a_verdict():
     from dam.experiments.report.claims import claim_keys
 

@@ -61,6 +61,13 @@ def _cell(table: dict[str, Any], key: str, row: str, col: str) -> float:
     return float(table[key][names.index(row)][names.index(col)])
 
 
+def _searches(m: Measurements, *names: str) -> str:
+    """How many of these models' rubbish searches reached their target: the sets hold the others too (a
+    stalled search's image, at chance confidence for every judge), so the reader sees what the numbers are of."""
+    rates = {n: m.rubbish_search[n]["success_rate"] for n in names if "success_rate" in m.rubbish_search.get(n, {})}
+    return f"; rubbish searches that reached their target: {_per_model(rates, _pct)}" if rates else ""
+
+
 def _missing(figure: str, statement: str, rule: str) -> Claim:
     return Claim(figure, statement, "the models or probes this needs are not in this run", "not measured", rule)
 
@@ -117,7 +124,7 @@ def rubbish_pictures(m: Measurements) -> Claim:
     ok_like = _ordered(m.rubbish_likeness)
     measured = (
         f"correlation with the target's class mean: {_per_model(m.rubbish_likeness)}; "
-        f"own confidence: {_per_model(own, _pct)}"
+        f"own confidence: {_per_model(own, _pct)}" + _searches(m, *SMALL, *LARGE)
     )
     return Claim("Fig. 3", statement, measured, ["differs", "partly", "agrees"][ok_conf + ok_like], rule)
 
@@ -149,7 +156,7 @@ def adversarial_diagonal(m: Measurements) -> Claim:
         "agrees if every diagonal entry is at least 100% minus the model's clean error minus 1 point (the "
         "paper's footnote: where the clean image is misclassified, the second choice is often the right label)"
     )
-    if not m.adversarial:
+    if not (_in(m.adversarial, *SMALL, *LARGE) and _have(m, *SMALL, *LARGE)):
         return _missing("Fig. 5", statement, rule)
     t = m.adversarial
     diag = {n: _cell(t, "error", n, n) for n in t["models"]}
@@ -206,9 +213,8 @@ def rubbish_small(m: Measurements) -> Claim:
         return _missing("Fig. 6", statement, rule)
     conf = {j: _cell(m.rubbish, "mean_confidence", "n2", j) for j in m.rubbish["models"]}
     ok = conf["n2"] >= 0.9 and conf["n3"] >= 0.8 and all(conf[j] <= 0.15 for j in LARGE)
-    return Claim(
-        "Fig. 6", statement, "confidence on the n2 set: " + _per_model(conf, _pct), "agrees" if ok else "differs", rule
-    )
+    measured = "confidence on the n2 set: " + _per_model(conf, _pct) + _searches(m, "n2")
+    return Claim("Fig. 6", statement, measured, "agrees" if ok else "differs", rule)
 
 
 def rubbish_large(m: Measurements) -> Claim:
@@ -217,10 +223,10 @@ def rubbish_large(m: Measurements) -> Claim:
         "agrees if every model gives the n30 set at least 80% mean confidence at beta_sm = 3.2 and no model "
         "is more than 5 points below n30's own confidence"
     )
-    if not (_in(m.rubbish, "n30") and _have(m, "n30")):
+    if not (_in(m.rubbish, *SMALL, *LARGE) and _have(m, *SMALL, *LARGE)):  # "every model": all four judge
         return _missing("Fig. 6", statement, rule)
     conf = {j: _cell(m.rubbish, "mean_confidence", "n30", j) for j in m.rubbish["models"]}
-    measured = "confidence on the n30 set: " + _per_model(conf, _pct)
+    measured = "confidence on the n30 set: " + _per_model(conf, _pct) + _searches(m, "n30")
     if _in(m.rubbish_calibrated, *m.rubbish["models"]):
         calibrated = {j: _cell(m.rubbish_calibrated, "mean_confidence", "n30", j) for j in m.rubbish["models"]}
         measured += "; at each model's calibrated beta_sm: " + _per_model(calibrated, _pct)
@@ -249,11 +255,12 @@ def confidence_bins(m: Measurements) -> Claim:
     statement = "Test images binned by confidence: the error rate falls as the confidence rises."
     rule = (
         "agrees if, for every model, the most confident bin has a lower error than the least confident one "
-        "(bins of the calibrated confidence holding at least 10 images)"
+        "(bins of the calibrated confidence holding at least 10 images; not measured where a model has fewer "
+        "than two such bins)"
     )
     if not all(n in m.calibration for n in SMALL + LARGE):
         return _missing("Fig. 7", statement, rule)
-    parts, ok = [], True
+    parts, ok, few = [], True, []
     for name, cal in m.calibration.items():
         if cal.get("beta_sm") is None:
             ok = False
@@ -261,20 +268,15 @@ def confidence_bins(m: Measurements) -> Claim:
             continue
         binned = cal["binned_error_calibrated"]
         bins = [(e, c) for e, c in zip(binned["error"], binned["count"], strict=True) if c >= 10]
-        if len(bins) < 2:
-            ok = False
+        if len(bins) < 2:  # too few images to compare two bins: no evidence either way
+            few.append(name)
             parts.append(f"{name}: fewer than two bins with 10 images")
             continue
         lo, hi = bins[0][0], bins[-1][0]
         ok = ok and hi < lo
         parts.append(f"{name} {_pct(lo)} -> {_pct(hi)}")
-    return Claim(
-        "Fig. 7",
-        statement,
-        "error, least -> most confident bin: " + ", ".join(parts),
-        "agrees" if ok else "differs",
-        rule,
-    )
+    verdict = "differs" if not ok else "not measured" if few else "agrees"
+    return Claim("Fig. 7", statement, "error, least -> most confident bin: " + ", ".join(parts), verdict, rule)
 
 
 CHECKS: tuple[Callable[[Measurements], Claim], ...] = (
