@@ -210,3 +210,12 @@ def test_compiled_kernel_serves_every_batch_size_an_attack_shrinks_to(monkeypatc
         assert not dam.model._COMPILE_FAILED, "torch.compile failed; the fast path is not being tested"
         torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_weights_are_named_not_blamed_on_the_images() -> None:
+    """A model whose memories an overflowing training step left NaN says so; its images are not at fault."""
+    model = DenseAssociativeMemory(3, 20)
+    with torch.no_grad():
+        model.memories[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="memories hold NaN or infinity"):
+        model(torch.rand(2, 784))

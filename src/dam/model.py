@@ -403,6 +403,11 @@ class DenseAssociativeMemory(nn.Module):
         lo, hi = check_pixels(flat, *ACCEPTED_PIXELS, note=ACCEPTED_NOTE)
         s = self._scores(self.to_spins(flat), max(abs(2.0 * lo - 1.0), abs(2.0 * hi - 1.0)))
         if not bool(torch.isfinite(s.detach()).all()):
+            if not bool(torch.isfinite(self.memories.detach()).all()):  # not the images' fault: say whose it is
+                raise FloatingPointError(
+                    f"the model's memories hold NaN or infinity (n = {self.config.n}, T = "
+                    f"{self.config.temperature:g}): a training step overflowed; raise T or lower the lr"
+                )
             raise InputError(
                 f"scores overflow to NaN or infinity for pixels in [{lo:.4g}, {hi:.4g}] "
                 f"(n = {self.config.n}, T = {self.config.temperature:g})"
