@@ -28,6 +28,7 @@ from dam.model import (
     WEIGHTS_FILE,
     CheckpointError,
     InputError,
+    check_batch,
     check_pixel_range,
     check_pixels,
     flatten_images,
@@ -94,6 +95,7 @@ class MLPClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
+        check_batch(batch_size)
         parts = [self(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 

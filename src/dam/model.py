@@ -119,6 +119,12 @@ def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: flo
         raise InputError(f"pixels must lie in [{low:g}, {high:g}]{note}; got values in [{lo:.4g}, {hi:.4g}]")
 
 
+def check_batch(batch_size: Any) -> None:
+    """A batch size for predict(): an integer of at least 1 (a bad one is an InputError, not range()'s)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+
+
 def ipow(x: Tensor, n: int) -> Tensor:
     """x**n (n >= 1) by repeated squaring: a few multiplies that fuse, instead of a call to pow()."""
     result: Tensor | None = None
@@ -430,6 +436,7 @@ class DenseAssociativeMemory(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
         """Predicted class indices (B,), computed in batches."""
+        check_batch(batch_size)
         out = [self.scores(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=self.memories.device)
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.data import load_dataset
+from dam.environment import resolve_device
 from dam.io import read_jsonl
 from dam.model import DenseAssociativeMemory
 from dam.runs import METRICS_FILE, load_model, read_run_config
@@ -44,7 +45,7 @@ def evaluate_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Load a run folder's model and evaluate it on a split of its data set."""
-    model = load_model(run, device=device)
+    model = load_model(run, device=resolve_device(device))
     config = read_run_config(run)
     dataset = (config.get("train") or {}).get("dataset", "mnist")
     if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
