@@ -169,7 +169,7 @@ def test_planted_markup_is_only_text(planted: tuple[Path, str]):
     shown = str(escape(payload))
     assert page.count(shown) >= 50, page.count(shown)
     sections = re.split(r'<section id="', page)
-    assert len(sections) == 10  # before the first, then setup, summary, fig2 to fig7, beyond
+    assert len(sections) == 11  # before the first, then summary, setup, fig2 to fig7, beyond, record
     assert shown in sections[0] and all(shown in s or str(escape(MODEL)) in s for s in sections[1:])
     assert f'alt="memories of {escape(MODEL)}"' in page
     for table in ("robust linf", "masking", "detector", "adversarial training"):

@@ -8,6 +8,7 @@ Each part is shown when its outputs exist and says plainly when they do not (for
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,28 @@ def _attacks(folder: Path) -> dict[str, Any] | None:
         return None
     with reading(path):
         return _attacks_context(folder, summary)
+
+
+def _model_order(name: str) -> tuple[int, int, str]:
+    """The DAMs by n, then their fine-tuned versions, then the baselines (a name's own order otherwise)."""
+    match = re.fullmatch(r"n(\d+)(-adv)?", name)
+    return (1 if match.group(2) else 0, int(match.group(1)), name) if match else (2, 0, name)
+
+
+GLANCE_BUDGETS = {"linf": 0.1, "l2": 2.0}  # the budgets the report's first lines quote, where the suite has them
+
+
+def _at_a_glance(summary: dict[str, Any], norm: str) -> str:
+    """Every attacked model's worst-case robust accuracy at one budget of ``norm`` (the usual MNIST one where the
+    suite ran it, else its middle budget), for the report's first lines."""
+    budgets = [number(e) for e in summary["suite"][norm]]
+    if not budgets:
+        return ""
+    eps = GLANCE_BUDGETS[norm] if GLANCE_BUDGETS[norm] in budgets else budgets[len(budgets) // 2]
+    i = budgets.index(eps)
+    cells = [f"{name} {pct(m['tables'][norm]['worst_case'][i])}" for name, m in sorted(summary["models"].items(),
+             key=lambda item: _model_order(item[0])) if norm in m["tables"]]  # fmt: skip
+    return f"at {'L-inf' if norm == 'linf' else 'L2'} {fmt(eps, 'g')}, " + ", ".join(cells) if cells else ""
 
 
 def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -98,10 +121,12 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     width = max(len(suite["linf"]), len(suite["l2"]))
     effort = table(["model", "norm", *(f"budget {i + 1}" for i in range(width)), "under 1 point", "seconds"],
                    effort_rows, "effort check", 2) if effort_rows else None  # fmt: skip
+    glance = "; ".join(filter(None, (_at_a_glance(summary, norm) for norm in ("linf", "l2"))))
     hsj_norms = suite["hsj_norms"] if suite["hsj_steps"] else []  # hsj_steps 0: HopSkipJump did not run
     autoattack = suite.get("autoattack", "none") != "none"
     return {
         "checklist": _checklist(summary, tables, verdicts),
+        "glance": glance,
         "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),
