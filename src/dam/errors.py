@@ -44,6 +44,10 @@ class ReportCheckError(DamError):
     """The rendered report failed its browser check (or no browser could render it)."""
 
 
+class DivergedError(DamError, FloatingPointError):
+    """Training (or a model it left) went non-finite: settings such as the learning rate or T must change."""
+
+
 class DetectorError(InputError):
     """Detector settings or files that cannot be used."""
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dam.errors import CheckpointError, InputError
+from dam.errors import CheckpointError, DivergedError, InputError
 from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 
 NUM_PIXELS = 784
@@ -401,7 +401,8 @@ class DenseAssociativeMemory(nn.Module):
         infinite pixels raise InputError ("NaN or infinite pixels"), finite pixels outside [-10, 10] raise
         InputError naming their min and max.  Scores are never NaN: within the accepted range the model
         computes in float64 where its dtype could overflow, and scores that are still not finite (extreme n
-        or T) raise InputError naming the pixel range.  Costs two device syncs (range, finiteness).
+        or T) raise InputError naming the pixel range, or DivergedError where the memories themselves are not
+        finite (a training step overflowed).  Costs two device syncs (range, finiteness).
         """
         flat = flatten_images(images, self.config.num_pixels, None)
         if not flat.numel():
@@ -410,7 +411,7 @@ class DenseAssociativeMemory(nn.Module):
         s = self._scores(self.to_spins(flat), max(abs(2.0 * lo - 1.0), abs(2.0 * hi - 1.0)))
         if not bool(torch.isfinite(s.detach()).all()):
             if not bool(torch.isfinite(self.memories.detach()).all()):  # not the images' fault: say whose it is
-                raise FloatingPointError(
+                raise DivergedError(
                     f"the model's memories hold NaN or infinity (n = {self.config.n}, T = "
                     f"{self.config.temperature:g}): a training step overflowed; raise T or lower the lr"
                 )

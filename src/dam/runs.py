@@ -244,13 +244,13 @@ class OutputFolder:
         return any((self.path / name).exists() for name in RUN_FILES)
 
     def unstarted_run(self) -> bool:
-        """A training run killed in its first epoch: its record (config.json of a dam run) and no epoch saved (no
-        weights, no state, no metrics line), and nothing else.  Starting it again loses nothing."""
+        """A training run killed before its first epoch was saved: its record (config.json of a dam run), perhaps
+        metrics, and no weights and no training state, so nothing to continue from, and nothing else.  Starting it
+        again loses nothing."""
+        if not self.path.is_dir():
+            return False
         names = {p.name for p in self.path.iterdir()} - {LOCK_FILE, LOCK_OWNER_FILE}
         if CONFIG_FILE not in names or not names <= {CONFIG_FILE, METRICS_FILE}:
-            return False
-        metrics = self.path / METRICS_FILE
-        if metrics.exists() and metrics.read_text().strip():
             return False
         try:
             record = json.loads((self.path / CONFIG_FILE).read_text())
@@ -303,8 +303,8 @@ class OutputFolder:
                 "--force to move it aside, or another --out"
             )
         if self.unstarted_run():
-            logger.warning("%s: a run stopped in its first epoch (nothing trained was saved): starting it again",
-                           self.path)  # fmt: skip
+            logger.warning("%s: a run stopped before its first epoch was saved (nothing to continue from): starting "
+                           "it again", self.path)  # fmt: skip
             return False
         if self.holds_run():
             raise RunFolderError(

@@ -183,3 +183,5 @@ def test_reproduce_seed_reaches_the_preset(monkeypatch, tmp_path, capsys) -> Non
     assert "--workers sets the attack stage, which --paper-only leaves out" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main(["reproduce", "--seed", "-1"]) == 2 and "seed" in capsys.readouterr().err
+    assert main(["reproduce", "--seed", str(2**63 - 1)]) == 2  # its substitutes would train from 2**63
+    assert "substitutes train from seed + 1" in capsys.readouterr().err

@@ -290,3 +290,15 @@ def test_a_browser_check_asked_for_is_refused_before_any_work(tmp_path) -> None:
     line = one_line_error(run("report", str(folder), "--check", "--screenshot", str(tmp_path / "afile" / "s.png"),
                               chromium=shutil.which("true") or "/bin/true"))  # fmt: skip
     assert "afile: is a file, not a folder" in line and not (folder / "report").exists()
+
+
+def test_a_run_killed_before_its_first_epoch_was_saved_resumes_by_starting_again(tmp_path, finished, data) -> None:
+    """What a kill in the first epoch leaves (the run's record, no weights, no state): `dam train --resume`
+    starts it again with its record's settings, instead of refusing a folder that only --force could clear."""
+    out = tmp_path / "cut"
+    out.mkdir()
+    (out / "config.json").write_text((finished / "config.json").read_text())
+    (out / "metrics.jsonl").write_text("")
+    result = dam("train", "--out", str(out), "--resume", "--data-dir", str(data), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert model_md5(out) == model_md5(finished)  # the same settings, the same seed: the same run

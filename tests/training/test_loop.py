@@ -129,6 +129,14 @@ def test_a_run_stopped_in_its_first_epoch_starts_again(tmp_path, tiny_data) -> N
         (cut / "metrics.jsonl").write_text("")
         again = train(tiny_config(epochs=1), cut, data_dir=tiny_data, resume=resume)
         assert torch.equal(again.memories, full.memories)
+    # killed between its first metrics line and its first state: nothing to continue from either; resumed without
+    # settings, it starts again with those of its record
+    cut = tmp_path / "cut-after-metrics"
+    cut.mkdir()
+    (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    (cut / "metrics.jsonl").write_text((tmp_path / "full" / "metrics.jsonl").read_text())
+    again = train(None, cut, data_dir=tiny_data, resume=True)
+    assert torch.equal(again.memories, full.memories)
     foreign = tmp_path / "foreign"  # a config.json that is not a dam run's record: still refused
     foreign.mkdir()
     (foreign / "config.json").write_text("{}")
@@ -139,13 +147,16 @@ def test_a_run_stopped_in_its_first_epoch_starts_again(tmp_path, tiny_data) -> N
 def test_the_record_names_the_data_and_every_session(tmp_path, tiny_data) -> None:
     train(tiny_config(epochs=2), tmp_path / "run", data_dir=tiny_data, stop_after=1)
     first = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert set(first["data_md5"]) == {"train", "test"} and "compiled_kernels" in first["environment"]
+    assert set(first["data_md5"]) == {"train_images", "train_labels", "test_images", "test_labels"}
+    assert "compiled_kernels" in first["environment"]
     assert "earlier_sessions" not in first
     train(None, tmp_path / "run", data_dir=tiny_data, resume=True)
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     (session,) = record["earlier_sessions"]  # the first session, kept beside the second's record
     assert session["resumed_at_epoch"] == 1 and session["environment"] == first["environment"]
     assert session["data_md5"] == record["data_md5"]
+    train(None, tmp_path / "run", data_dir=tiny_data, resume=True)  # a finished run: this session trains nothing
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == record  # and leaves the record as it was
 
 
 def test_any_seed_the_cli_accepts_orders_the_epochs() -> None:

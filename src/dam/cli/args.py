@@ -40,6 +40,15 @@ def seed(text: str) -> int:
     return value
 
 
+def reproduction_seed(text: str) -> int:
+    """A reproduction's seed: its substitute models train from seed + 1, which must be a seed too."""
+    value = seed(text)
+    if value == MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a reproduction's seed must be below 2**63 - 1 (its substitutes train "
+                                         f"from seed + 1), got {value}")  # fmt: skip
+    return value
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dam.cli.args import device, positive_int, seed
+from dam.cli.args import device, positive_int, reproduction_seed
 from dam.errors import InputError
 
 
@@ -86,7 +86,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: runs/PRESET, or runs/PRESET-seedS with --seed)")
     p.add_argument(
         "--seed",
-        type=seed,
+        type=reproduction_seed,
         help="seed of every model, search and subset (default 0): run it again with another seed to see which "
         "verdicts hold across seeds",
     )

@@ -157,9 +157,10 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
 def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -> Any:
     """The TrainConfig for run folder ``out`` (with ``seed``, when given): None to resume a run with its saved
     settings, which only --epochs may extend; the flags' settings otherwise."""
-    from dam.runs import STATE_FILE
+    from dam.runs import STATE_FILE, OutputFolder
 
-    if args.resume and (out / STATE_FILE).exists():
+    # a run to continue, or one killed before its first epoch was saved (it starts again, as its record says)
+    if args.resume and ((out / STATE_FILE).exists() or OutputFolder(out).unstarted_run()):
         from dam.runs import read_run_config
         from dam.training import TrainConfig
 

@@ -186,6 +186,7 @@ class SweepPlan:
     def config(self, n: int, seed: int) -> Any:
         """The TrainConfig of point (n, seed)."""
         from dam.training import TrainConfig
+        from dam.training.loop import check_temperatures
         from dam.training.presets import preset, schedule_names
 
         if self.schedule not in schedule_names():
@@ -196,6 +197,7 @@ class SweepPlan:
             values["ramp_epochs"] = 0
         config = TrainConfig(**values)
         check_float32_range(config)
+        check_temperatures(config)  # (train() checks it too, but only when the point starts: hours later)
         return config
 
     def suite(self) -> Any:
@@ -373,9 +375,10 @@ def run_point(task: PointTask, *, on_epoch: Callable[[dict[str, Any]], None] | N
     trained_now = 0
     if not _training_complete(folder, config):
         status = finished_epochs(folder)
-        # A kill during the first epoch leaves config.json without a training state: no run to resume,
-        # and train() refuses such a folder; with force it moves it aside (never deletes it) and starts anew.
-        fresh = status is None and any(p.name not in (".dam.lock", ".dam.lock.json") for p in folder.iterdir())
+        # A kill before the first epoch was saved leaves the run's record without a training state: train() starts
+        # it again.  Anything else there without a state (not a run's record) is moved aside, never deleted.
+        fresh = (status is None and not OutputFolder(folder).unstarted_run()
+                 and any(p.name not in (".dam.lock", ".dam.lock.json") for p in folder.iterdir()))  # fmt: skip
         note("train", from_epoch=status[0] if status else 0, epochs=config.epochs, fresh_start=fresh)
 
         def epoch_done(line: str) -> None:

@@ -48,6 +48,8 @@ from dam.training.loop import (
     epoch_permutation,
     error_rate,
     fit,
+    is_finite_number,
+    is_whole,
     prepare_data,
     resolved_data_dir,
     restore_trainer,
@@ -76,8 +78,22 @@ class AdversarialTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        whole = ("epochs", "max_steps", "seed")  # (types first: 2.5 epochs would fail inside the locked folder)
+        maybe_whole = ("batch_size", "train_subset")
+        types = {
+            **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
+            **{f"{k} is an integer or None": getattr(self, k) is None or is_whole(getattr(self, k))
+               for k in maybe_whole},
+            **{f"{k} is a finite number": is_finite_number(getattr(self, k)) for k in ("fraction", "eps", "lr_decay")},
+            **{f"{k} is a finite number or None": getattr(self, k) is None or is_finite_number(getattr(self, k))
+               for k in ("lr", "momentum")},
+        }  # fmt: skip
+        bad = [k for k, ok in types.items() if not ok]
+        if bad:
+            raise ConfigError(violated("adversarial training settings", bad, self))
         checks = {
             "epochs >= 1": self.epochs >= 1,
+            "0 <= seed < 2**63": 0 <= self.seed < 2**63,
             "0 < fraction <= 1": 0 < self.fraction <= 1,
             "eps > 0": self.eps > 0,
             "max_steps >= 1": self.max_steps >= 1,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dam.data import VALIDATION_SIZE, load_dataset, seeded_subset, train_val_split
 from dam.environment import denormals_flushed_in_training, environment_info, flush_denormals
-from dam.errors import CheckpointError, ConfigError, InputError
+from dam.errors import CheckpointError, ConfigError, DivergedError, InputError
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, json_ready, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
 from dam.progress import progress_bar
@@ -113,8 +113,14 @@ def check_new_run(config: Any, folder: Path, *, resume: bool, force: bool) -> No
     if config is None or (resume and not force and (folder / STATE_FILE).exists()):
         return
     check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
+    check_temperatures(config)
+
+
+def check_temperatures(config: Any) -> None:
+    """A DAM schedule that uses every temperature it names: T_i without a ramp would be ignored (T is T_f from
+    the first epoch).  Checked where a run starts (a run saved so still resumes) and where a sweep plans one."""
     start, end = getattr(config, "temperature_start", None), getattr(config, "temperature_end", None)
-    if getattr(config, "ramp_epochs", None) == 0 and start != end:  # (a DAM's; a run saved so still resumes)
+    if getattr(config, "ramp_epochs", None) == 0 and start != end:
         raise ConfigError(
             f"T_i = {start:g} and T_f = {end:g} with no ramp (ramp_epochs 0): the run would train at T_f throughout; "
             "give a ramp (--ramp-epochs N) or one temperature (--temperature T)"
@@ -324,15 +330,15 @@ def fit_runs(
     writes one.  Runs may start and end at different epochs (a multi-model run killed between two folders'
     writes resumes them one epoch apart).  The caller holds every folder's lock.
 
-    A run whose statistics are not finite stops the loop with FloatingPointError, after the other runs'
-    epoch has been written.
+    A run whose statistics are not finite stops the loop with DivergedError (a FloatingPointError), after the
+    other runs' epoch has been written.
     """
     if stop_after is not None and (not is_whole(stop_after) or stop_after < 1):
         raise InputError(f"stop_after must be an integer of at least 1 epoch, got {stop_after!r}")
     ends = [run.plan.epochs if stop_after is None else min(run.plan.epochs, stop_after) for run in runs]
-    for run in runs:
+    for run, end in zip(runs, ends, strict=True):
         keep_metrics_until(run.plan.folder, run.start_epoch)
-        run.run_info = _with_earlier_sessions(run.plan.folder, run.run_info, run.start_epoch)
+        run.run_info = _with_earlier_sessions(run.plan.folder, run.run_info, run.start_epoch, end)
         atomic_write_json(run.plan.folder / CONFIG_FILE, run.run_info)
     first = min(run.start_epoch for run in runs)
     bar = progress_bar(max(run.plan.epochs for run in runs), first, desc, progress)
@@ -369,7 +375,7 @@ def fit_runs(
                 for run in good:  # the finite runs' epoch is kept
                     if saves.saved[id(run)] < epoch + 1:
                         saves.write(run, epoch)
-                raise FloatingPointError("; ".join(bad) + "; lower the lr")
+                raise DivergedError("; ".join(bad) + "; lower the lr")
             saves.settle()
             bar.update(1)
             bar.set_postfix(_postfix(due, records))
@@ -465,23 +471,26 @@ def run_record(kind: str, model_settings: dict[str, Any], train_settings: Any, d
             "compiled_kernels": fused_kernels_enabled(),
         },
     }
-    if data is not None:
+    if data is not None:  # (images and labels each, as trained on: the subset, the validation split)
         record["data_md5"] = {
-            "train": tensor_md5(torch.cat([data.train_images.flatten().float(), data.train_labels.float()])),
-            data.eval_name: tensor_md5(torch.cat([data.eval_images.flatten().float(), data.eval_labels.float()])),
-        }
+            "train_images": tensor_md5(data.train_images), "train_labels": tensor_md5(data.train_labels),
+            f"{data.eval_name}_images": tensor_md5(data.eval_images),
+            f"{data.eval_name}_labels": tensor_md5(data.eval_labels),
+        }  # fmt: skip
     return record
 
 
-def _with_earlier_sessions(folder: Path, record: dict[str, Any], start_epoch: int) -> dict[str, Any]:
+def _with_earlier_sessions(folder: Path, record: dict[str, Any], start_epoch: int, end: int) -> dict[str, Any]:
     """A resumed run's record keeps where and with what each earlier session ran (device, versions, data),
-    so that a run trained across machines says so."""
+    so that a run trained across machines says so; a session that trains nothing leaves the record as it was."""
     if start_epoch == 0:
         return record
     try:
         old = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return record
+    if start_epoch >= end and isinstance(old, dict) and old.get("train") == record.get("train"):
+        return old
     keep = ("device", "data_dir", "data_md5", "environment")
     before = {**{k: old.get(k) for k in keep if k in old}, "resumed_at_epoch": start_epoch}
     return {**record, "earlier_sessions": [*old.get("earlier_sessions", []), before]}

@@ -239,6 +239,19 @@ def new_model(config: TrainConfig, device: torch.device) -> DenseAssociativeMemo
     return model.to(device)
 
 
+def restart_settings(folder: Path, config: TrainConfig | None, resume: bool) -> TrainConfig | None:
+    """``config``, or, to resume a run killed before its first epoch was saved (no state to resume: it starts
+    again, :meth:`dam.runs.OutputFolder.unstarted_run`) with no settings given, the ones its record names."""
+    from dam.runs import OutputFolder
+
+    if config is not None or not resume or not OutputFolder(folder).unstarted_run():
+        return config
+    saved = read_run_config(folder)
+    if saved.get("kind", "dam") != "dam" or "adversarial" in saved:
+        return config
+    return settings_from(TrainConfig, saved.get("train"), str(folder / CONFIG_FILE))
+
+
 def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> TrainConfig:
     """The settings a DAM run folder trains with: ``config`` for a new run; for a resumed one the saved
     settings, which ``config`` (or None) may change only in ``epochs``."""

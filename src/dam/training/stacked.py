@@ -53,6 +53,7 @@ from dam.training.rule import (
     dam_loss,
     dam_loss_terms,
     dam_run,
+    restart_settings,
     run_settings,
     start_trainer,
     update_memories,
@@ -456,6 +457,7 @@ def train(
         return train_many([config], [out], data_dir=data_dir, device=device, resume=resume, force=force,
                           progress=progress, stop_after=stop_after, log=log)[0]  # fmt: skip
     folder = Path(out)
+    config = restart_settings(folder, config, resume)
     check_new_run(config, folder, resume=resume, force=force)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         config = run_settings(folder, config, resuming)
@@ -504,6 +506,7 @@ def train_many(
             raise ConfigError(f"run folder {folder} given twice")
         seen[folder.resolve()] = folder
     device = resolve_device(device)
+    configs = [restart_settings(folder, config, resume) for config, folder in zip(configs, folders, strict=True)]
     for config, folder in zip(configs, folders, strict=True):  # every new run's settings before any folder is touched
         check_new_run(config, folder, resume=resume, force=force)
     with ExitStack() as held:
