@@ -9,7 +9,15 @@ from torch import Tensor, nn
 
 from dam.cli import main
 from dam.errors import CheckpointError
-from dam.robustness.detector import JUNK, Detector, detector_figure, evaluate_detector, noise_images, threshold_for
+from dam.robustness.detector import (
+    JUNK,
+    Detector,
+    detector_figure,
+    evaluate_detector,
+    noise_images,
+    score_roc,
+    threshold_for,
+)
 from fakes import prototype_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -181,6 +189,17 @@ def test_evaluate_separated_and_identical_sets(tmp_path: Path) -> None:
         assert sum(r["histogram"]) == r["count"]
         assert "roc" not in r or len(r["roc"]["fpr"]) <= 200
     assert len(report["histogram_edges"]) == len(s["clean"]["histogram"]) + 1
+    # an attack set's ROC is of its images that fool the classifier, what the guard must catch: half of this
+    # set is labelled right (not fooling, scored like clean images), half wrong (scored as junk)
+    right = images_with(0.5 + 0.5 * torch.rand(100, generator=g, dtype=torch.float64), labels[:100])
+    mixed_images = torch.cat([right, junk[:100]])
+    mixed_labels = torch.cat([labels[:100], (labels[100:200] + 1) % 10])
+    mixed = evaluate_detector(detector, {"clean": (clean, labels), "mixed": (mixed_images, mixed_labels)})["sets"]
+    classifier_says = detector.decide(mixed_images)[2]
+    fooled = classifier_says != mixed_labels
+    assert mixed["mixed"]["fooling"] == int(fooled.sum()) and 0 < mixed["mixed"]["fooling"] < 200
+    scores = detector.decide(mixed_images)[0][fooled]
+    assert mixed["mixed"]["roc"]["auc"] == pytest.approx(score_roc(detector.decide(clean)[0], scores)["auc"])
     nothing = evaluate_detector(Detector(detector.classifier, detector.guard, 2.0), {"clean": (clean, labels)})
     assert nothing["sets"]["clean"]["accuracy_on_accepted"] is None
     path = detector_figure(report, tmp_path / "figure.png")

@@ -57,6 +57,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         args.attack_images = min(ATTACK_IMAGES, evaluation)
     folder = OutputFolder(args.out, "detector output folder")
     folder.check_results()
+    if (Path(args.out) / "detector.json").exists() and not args.force:  # a finished result is never replaced silently
+        raise InputError(f"{args.out}: holds a detector's results (detector.json); use another --out, or --force to "
+                         "replace them")  # fmt: skip
     with folder.lock():
         report = run_detection(
         args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,
@@ -67,6 +70,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         adaptive_targets=args.adaptive_targets,
         )  # fmt: skip
     out = Path(args.out)
+    for skipped in report.get("probes", {}).get("skipped", []):  # said here, not only in the JSON
+        print(f"probe set not used: {skipped['file']}: {skipped['reason']}")
+    if str(report.get("data", {}).get("attacks", "")).startswith("not run"):
+        print(f"PGD sets {report['data']['attacks']}")
     _print_table(report)
     print(f"written {out / 'detector.json'} and {out / 'detector.png'}")
     return 0
@@ -159,4 +166,6 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for detector.json and detector.png")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=seed, default=0, help="seed of the calibration split and the noise")
+    p.add_argument("--force", action="store_true",
+                   help="replace the detector results already in --out (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_detect)

@@ -115,13 +115,18 @@ def run_beyond(
         if name not in by_name:
             log(f"[adversarial {name}] skipped: {name} is not among this reproduction's models")
             continue
-        from dam.robustness.adversarial_training import AdversarialTrainConfig, adversarial_finetune, robustness_report
+        from dam.robustness.adversarial_training import (
+            ROBUSTNESS_RULE,
+            AdversarialTrainConfig,
+            adversarial_finetune,
+            robustness_report,
+        )
         from dam.runs import training_m
 
         config = AdversarialTrainConfig.from_dict({"seed": plan.seed, **settings})
         base, tuned = by_name[name], beyond / "adversarial" / f"{name}-adv"
         key = {"base": model_md5(base), "config": settings, "eval_images": eval_images,
-               "search_options": plan.search_options}  # fmt: skip
+               "search_options": plan.search_options, "robustness_rule": ROBUSTNESS_RULE}  # fmt: skip
 
         def finetune(base: Path = base, tuned: Path = tuned, config: Any = config, key: dict = key) -> None:
             adversarial_finetune(base, tuned, config, data_dir=data_dir, device=device, resume=True,

@@ -228,14 +228,15 @@ def evaluate_detector(
     rejected; labelled sets other than ``clean`` are attacks (adversarial images with their TRUE labels), for
     which both a rejection and a correct label are safe outcomes.  Every set gets its acceptance rate and a
     histogram of guard scores; every set but ``clean`` gets the ROC (and AUC) of telling it from ``clean`` by
-    the guard score, with the detector's operating point on it.
+    the guard score, with the detector's operating point on it; for an attack set, of its images that fool the
+    classifier (``fooling`` of them; no ROC where none does): those are what the guard must catch.
     """
     if clean not in sets:
         raise InputError(f"no clean set named {clean!r} among {sorted(sets)}")
     empty = [name for name, (images, _) in sets.items() if len(images) == 0]
     if empty:
         raise InputError(f"no images in set(s) {', '.join(empty)}")
-    scores, results = {}, {}
+    scores, results, positives = {}, {}, {}
     for name, (images, labels) in sets.items():
         score, decided, own = detector.decide(images)
         accepted = decided != JUNK
@@ -249,12 +250,21 @@ def evaluate_detector(
             r["accuracy_on_accepted"] = _rate(correct[accepted]) if bool(accepted.any()) else None
             if kind == "attack":
                 r["safe_rate"] = _rate(~accepted | correct)
+                # what the guard must catch are the images that fool the classifier: the ROC is of those
+                positives[name] = ~correct
+                r["fooling"] = int((~correct).sum())
         scores[name], results[name] = score, r
     for name, r in results.items():
-        if name != clean:
-            r["roc"] = score_roc(scores[clean], scores[name])
-            rejected = r[REJECTION_KEYS[r["kind"]]]
-            r["roc"]["operating_point"] = {"fpr": results[clean]["false_rejection_rate"], "tpr": rejected}
+        if name == clean:
+            continue
+        fooled = positives.get(name)
+        if fooled is not None and not bool(fooled.any()):  # nothing to catch: no ROC
+            continue
+        caught = scores[name] if fooled is None else scores[name][fooled.to(scores[name].device)]
+        r["roc"] = score_roc(scores[clean], caught)
+        rejected = (r[REJECTION_KEYS[r["kind"]]] if fooled is None
+                    else float((caught < detector.threshold).double().mean()))  # fmt: skip
+        r["roc"]["operating_point"] = {"fpr": results[clean]["false_rejection_rate"], "tpr": rejected}
     every = torch.cat([*scores.values(), torch.tensor([detector.threshold], dtype=torch.float64)])
     lo, hi = float(every.min()), float(every.max())
     edges = torch.linspace(lo, hi if hi > lo else lo + 1e-6, HISTOGRAM_BINS + 1, dtype=torch.float64)

@@ -122,6 +122,11 @@ def check_adaptive(linf: tuple[float, ...], l2: tuple[float, ...], images: int, 
     from dam.model import NUM_CLASSES
     from dam.robustness.attacks.standard import check_budgets
 
+    if linf or l2:  # the reference attacks it runs, before calibration and the PGD sets
+        from dam.robustness.attacks.autoattack import require_autoattack
+
+        require_autoattack()
+
     for norm, budgets in (("linf", linf), ("l2", l2)):
         if budgets:
             check_budgets(norm, budgets, positive=True)
