@@ -16,6 +16,7 @@ elementwise map-reduce over (B, 10, K) that we fuse with ``torch.compile`` where
 from __future__ import annotations
 
 import math
+import operator
 import os
 import warnings
 from collections.abc import Callable
@@ -121,7 +122,11 @@ def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: flo
 
 def check_batch(batch_size: Any) -> None:
     """A batch size for predict(): an integer of at least 1 (a bad one is an InputError, not range()'s)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:
+        size = operator.index(batch_size)  # an int, or a numpy or torch integer
+    except TypeError:
+        size = 0
+    if isinstance(batch_size, bool) or size < 1:
         raise InputError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
 
 

@@ -51,6 +51,14 @@ def read_run_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json_object(Path(folder) / CONFIG_FILE, f"{folder} is not a dam run folder")
 
 
+def resume_flags(record: dict[str, Any]) -> str:
+    """The flags that resume the run a config.json ``record`` describes, for a message: a baseline's --model."""
+    if record.get("kind", "dam") == "dam":
+        return ""
+    degree = (record.get("model") or {}).get("degree")
+    return "--model mlp-relu" if degree == 1 else f"--model mlp-repu --degree {degree}" if degree else "--model"
+
+
 def run_kind(folder: str | os.PathLike[str]) -> str:
     """ "dam" or "mlp"; folders written before kinds existed are DAMs."""
     if not Path(folder).is_dir():

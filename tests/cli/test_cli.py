@@ -107,6 +107,16 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
     capsys.readouterr()
     assert main([*common, "--resume", "--epochs", "1"]) == 2  # a run is extended, never shortened
     assert "fewer than the 2 already done" in capsys.readouterr().err
+    # killed before its first epoch was saved: a baseline's record starts again as that baseline, never a DAM
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_text((out / "config.json").read_text())
+    assert main(["train", "--out", str(cut), "--resume", "--data-dir", str(tiny_data), "--no-progress"]) == 2
+    assert "holds a 'mlp' run; resume it with --model mlp-relu" in capsys.readouterr().err
+    assert main(["train", "--model", "mlp-relu", "--out", str(cut), "--resume", "--data-dir", str(tiny_data),
+                 "--no-progress"]) == 0  # fmt: skip
+    restarted = json.loads((cut / "config.json").read_text())
+    assert restarted["kind"] == "mlp" and restarted["model"]["hidden"] == 8 and restarted["train"] == saved["train"]
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,10 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
     keys = ("epochs", "batch_size", "lr", "seed", "train_subset", "validation", "eval_every", "dataset")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     train_settings: Any = MLPTrainConfig(**overrides)
-    if args.resume and (out / "train_state.safetensors").exists():
+    from dam.runs import OutputFolder
+
+    # a run to continue, or one killed before its first epoch was saved (it starts again, as its record says)
+    if args.resume and ((out / "train_state.safetensors").exists() or OutputFolder(out).unstarted_run()):
         from dam.runs import read_run_config
 
         saved = read_run_config(out)  # the saved settings rule a resumed run; only --epochs may extend it
@@ -161,9 +164,12 @@ def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -
 
     # a run to continue, or one killed before its first epoch was saved (it starts again, as its record says)
     if args.resume and ((out / STATE_FILE).exists() or OutputFolder(out).unstarted_run()):
-        from dam.runs import read_run_config
+        from dam.runs import read_run_config, resume_flags
         from dam.training import TrainConfig
 
+        record = read_run_config(out)
+        if record.get("kind", "dam") != "dam":  # a baseline's settings never become a DAM's
+            raise ConfigError(f"{out}: holds a {record.get('kind')!r} run; resume it with {resume_flags(record)}")
         if args.preset:  # the command that started the run, again: its settings must be the saved ones
             config = train_config(args)
             return config if seed is None else replace(config, seed=seed)

@@ -167,7 +167,7 @@ def run_beyond(
 
     if plan.detector is not None and {DETECTOR_CLASSIFIER, DETECTOR_GUARD} <= set(by_name):
         from dam.robustness.adaptive import ADAPTIVE_RULE
-        from dam.robustness.detector import DetectorError
+        from dam.robustness.detector import ROC_RULE, DetectorError
         from dam.robustness.detector_sets import run_detection
 
         classifier, guard = by_name[DETECTOR_CLASSIFIER], by_name[DETECTOR_GUARD]
@@ -181,7 +181,7 @@ def run_beyond(
             folder = beyond / stem
             key = {"classifier": model_md5(classifier), "guard": model_md5(guard), "settings": detector_settings,
                    "probes": [model_md5(r) for r in runs], "agreement": agreement,
-                   "foolbox": foolbox_available()}  # fmt: skip
+                   "foolbox": foolbox_available(), "roc_rule": ROC_RULE}  # fmt: skip
             if adaptive:
                 key["adaptive_rule"] = ADAPTIVE_RULE
 

@@ -215,6 +215,10 @@ def score_roc(clean_scores: Tensor, set_scores: Tensor) -> dict[str, Any]:
             "tpr": tpr[keep.numpy()].tolist()}  # fmt: skip
 
 
+# What an attack set's ROC is of, in the reproduction's reuse key: a result made otherwise is made again.
+ROC_RULE = "an attack set's ROC is of its images that fool the classifier (dam 0.10)"
+
+
 def _rate(mask: Tensor) -> float:
     return float(mask.double().mean())
 

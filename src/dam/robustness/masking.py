@@ -235,12 +235,12 @@ def masking_verdict(
         # gradient attacks (counted in the worst case), only too few for this check to call them masking
         beyond = max((a for t in tables for shares in t.beyond_gradients.values() for a in shares), default=0.0)
         how = ("do no better at the same budgets" if legacy else
-               f"broke at most {100 * beyond:.1f} points of robust accuracy among the images every gradient attack "
-               f"left, under this check's threshold for masking (two standard errors, at least {100 * floor:.0f} "
-               "points); the worst case counts them")  # fmt: skip
+               f"broke, each kind on its own, at most {100 * beyond:.1f} points of robust accuracy among the images "
+               f"every gradient attack left, under this check's threshold for masking (two standard errors, at "
+               f"least {100 * floor:.0f} points); the worst case counts them")  # fmt: skip
         parts.append(
             f"no sign that the gradient attacks together overstate its robustness in {' and '.join(checked)}: "
-            f"attacks that need no gradients {how} (within their query budgets)"
+            f"attacks that need no gradients (within their query budgets) {how}"
         )
     if legacy:
         parts.append(

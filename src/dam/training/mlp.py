@@ -132,6 +132,10 @@ def train_mlp(
     differ only in ``epochs`` (or be None)."""
     device = resolve_device(device)
     folder = Path(out)
+    if train_config is None and resume and OutputFolder(folder).unstarted_run():  # started again, as recorded
+        saved = read_run_config(folder)
+        if saved.get("kind") == KIND:
+            train_config = settings_from(MLPTrainConfig, saved.get("train"), str(folder / CONFIG_FILE))
     check_new_run(train_config, folder, resume=resume, force=force)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         if resuming:

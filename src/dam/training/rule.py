@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dam.errors import CheckpointError, ConfigError, violated
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
-from dam.runs import read_run_config
+from dam.runs import read_run_config, resume_flags
 from dam.training.loop import (
     Run,
     RunPlan,
@@ -244,10 +244,12 @@ def restart_settings(folder: Path, config: TrainConfig | None, resume: bool) -> 
     again, :meth:`dam.runs.OutputFolder.unstarted_run`) with no settings given, the ones its record names."""
     from dam.runs import OutputFolder
 
-    if config is not None or not resume or not OutputFolder(folder).unstarted_run():
+    if not resume or not OutputFolder(folder).unstarted_run():
         return config
     saved = read_run_config(folder)
-    if saved.get("kind", "dam") != "dam" or "adversarial" in saved:
+    if saved.get("kind", "dam") != "dam":  # never a baseline's record started again as a DAM
+        raise CheckpointError(f"{folder}: holds a {saved.get('kind')!r} run; resume it with {resume_flags(saved)}")
+    if config is not None or "adversarial" in saved:
         return config
     return settings_from(TrainConfig, saved.get("train"), str(folder / CONFIG_FILE))
 
@@ -263,11 +265,9 @@ def run_settings(folder: Path, config: TrainConfig | None, resuming: bool) -> Tr
                 f"{saved_run.get('base_run', 'BASE_RUN')} --out {folder} --resume"
             )
         if saved_run.get("kind", "dam") != "dam":
-            degree = (saved_run.get("model") or {}).get("degree")
-            flags = (
-                "--model mlp-relu" if degree == 1 else f"--model mlp-repu --degree {degree}" if degree else "--model"
+            raise CheckpointError(
+                f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with {resume_flags(saved_run)}"
             )
-            raise CheckpointError(f"{folder}: holds a {saved_run.get('kind')!r} run; resume it with {flags}")
         saved = settings_from(TrainConfig, saved_run.get("train"), str(folder / CONFIG_FILE))
         config = resumed_settings(saved, config, folder)
     if config is None:

@@ -8,6 +8,7 @@ Each part is shown when its outputs exist and says plainly when they do not (for
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "checklist": _checklist(summary, tables, verdicts),
         "glance": glance,
+        "margin": f"{100 / math.sqrt(max(number(images['count']), 1)):.0f}",  # two standard errors at 50%
         "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),

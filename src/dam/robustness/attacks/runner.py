@@ -146,7 +146,9 @@ class AttackSuite:
                 max_gradient_eval_steps=self.hsj_max_evals, seed=self.seed)]  # fmt: skip
 
     # What the source attacks are, beyond their names, in the reuse keys: results made otherwise are redone.
-    SOURCE_RULE = "apgd-t attacks every budget in full and hands on its highest-loss iterate where it fails (dam 0.10)"
+    SOURCE_RULE = "apgd-t attacks every budget in full (dam 0.3)"
+    # ... and, where there are transfers, what a failed source attack hands on (results made before are redone)
+    HAND_ON_RULE = "apgd-t hands on its highest-loss iterate where it fails (dam 0.10)"
     # The same for HopSkipJump, in a model's key when it runs: before dam 0.5 its gradient estimate followed
     # Foolbox's, scaled over the batch, and was weaker the larger the batch (dam.robustness.attacks.standard).
     DECISION_RULE = "hopskipjump estimates its gradient per image and starts from any attacked image (dam 0.5)"
@@ -174,7 +176,7 @@ class AttackSuite:
                 # every budget attacked in full: a larger budget's own (larger) perturbation transfers better than
                 # the smallest one that fooled the source (measured: DAM_2 kept 79% against the carried-up
                 # adversarials of the degree-2 network at L-inf 0.2-0.4)
-                # and where it fails, its highest-loss iterate is handed on, not the clean image (dam 0.10)
+                # and where it fails, its highest-loss iterate is handed on, not the clean image (HAND_ON_RULE)
                 attacks[f" ({name})"] = APGDT(model, self.budgets(norm), norm=norm, steps=self.aa_steps,
                                               seed=self.seed, every_budget=True, hand_on=True)  # fmt: skip
         return attacks
@@ -189,10 +191,12 @@ def attack_images(
 
 
 def _made_with(suite: AttackSuite, images: Tensor, transfers: bool = True) -> dict[str, Any]:
-    """The parts of every attack key that are the suite's and the images' (a model's and a source's); what the
-    source attacks are only where there are transfers (a model attacked without sources: ``transfers=False``)."""
-    made = {"suite": asdict(suite), "images_md5": tensor_md5(images)}
-    return {**made, "transfers": suite.transferred(), "source_rule": suite.SOURCE_RULE} if transfers else made
+    """The parts of every attack key that are the suite's and the images' (a model's and a source's); what a
+    failed source attack hands on only where there are transfers (``transfers=False``: a model attacked without
+    sources, whose result of an older dam stays valid)."""
+    made = {"suite": asdict(suite), "images_md5": tensor_md5(images), "transfers": suite.transferred(),
+            "source_rule": suite.SOURCE_RULE}  # fmt: skip
+    return {**made, "hand_on_rule": suite.HAND_ON_RULE} if transfers else made
 
 
 def _key(run: str, sources: dict[str, str], suite: AttackSuite, images: Tensor) -> dict[str, Any]:
