@@ -238,6 +238,13 @@ def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path
     stronger = replace(plan.suite(), pgd_steps=5)
     with pytest.raises(InputError, match=r"other settings \(suite differ\)"):
         run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir, suite=stronger)
+    # ... or other data (here: the record of the data it was made with, changed)
+    record = json.loads((tmp_path / "plan.json").read_text())
+    assert len(record["data_md5"]) == 4  # the four IDX files
+    record["data_md5"] = {name: "0" * 32 for name in record["data_md5"]}
+    (tmp_path / "plan.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"other settings \(data_md5 differ\)"):
+        run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir)
 
 
 def test_a_mean_says_how_many_seeds_are_behind_it():

@@ -607,21 +607,25 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
             ray.shutdown()
 
 
-def _check_plan(out: Path, plan: SweepPlan, suite: Any) -> None:
-    """The folder's plan and attack suite are this sweep's (a plan.json of dam 0.9 or older names no suite: it was
-    the plan's own), so that no finished point is redone with other settings in silence; then records them."""
+def _check_plan(out: Path, plan: SweepPlan, suite: Any, data_md5: dict[str, str]) -> None:
+    """The folder's plan, attack suite and data are this sweep's (a plan.json of dam 0.9 or older names no suite,
+    which was the plan's own, and no data), so that no finished point is reused or redone with other settings or
+    data in silence; then records them."""
     saved = read_json(out / "plan.json")
-    now = {**plan.comparable(), "suite": suite_record(suite)}
+    now = {**plan.comparable(), "suite": suite_record(suite), "data_md5": data_md5}
     if isinstance(saved, dict):
         before = {k: saved.get(k) for k in now}
         if "suite" not in saved:
             before["suite"] = suite_record(plan.suite())
+        if "data_md5" not in saved:
+            before["data_md5"] = data_md5
         if before != now:
             diff = sorted(k for k in now if before[k] != now[k])
             raise InputError(
                 f"{out} holds a sweep made with other settings ({', '.join(diff)} differ); use another --out"
             )
-    atomic_write_json(out / "plan.json", {**json.loads(json.dumps(asdict(plan))), "suite": now["suite"]})
+    atomic_write_json(out / "plan.json", {**json.loads(json.dumps(asdict(plan))), "suite": now["suite"],
+                                          "data_md5": data_md5})  # fmt: skip
 
 
 def run_sweep(
@@ -654,6 +658,7 @@ def run_sweep(
     """
     from dam.data.datasets import locate_dataset
     from dam.environment import environment_info
+    from dam.experiments.reproduce import data_checksums
     from dam.runs import OutputFolder
 
     plan = sweep_plan(plan)
@@ -666,11 +671,12 @@ def run_sweep(
         plan.config(n, seed)
     suite = plan.suite() if suite is None else suite
     data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
+    data_md5 = data_checksums(data)["md5"]
     out = Path(out)
     folder = OutputFolder(out, "sweep folder")
     folder.check_kind(("plan.json",), "sweep")
     with folder.lock():
-        _check_plan(out, plan, suite)
+        _check_plan(out, plan, suite, data_md5)
         tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
                  for n, seed in plan.points()]  # fmt: skip
         log(f"sweep {plan.name}: {len(tasks)} points (n in {list(plan.ns)}, seeds {list(plan.seeds)}) into {out}")
