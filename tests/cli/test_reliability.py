@@ -180,6 +180,7 @@ def test_failed_data_load_leaves_no_config(tmp_path) -> None:
         (["train", "--n", "3", "--out", "X", "--batch-size", "600", "--train-subset", "500"], "train_subset of 500"),
         (["attack", "R", "--out", "X", "--linf", "0.1,2"], "2: above 1 (the whole pixel range)"),
         (["attack", "R", "--out", "X", "--l2", "30"], "30: above 28"),
+        (["attack", "R", "--out", "X", "--linf", "0.1,0.1"], "linf budget 0.1 given more than once"),
         (["detect", "--classifier", "A", "--guard", "B", "--out", "X", "--adaptive", "1.5"], "1.5: above 1"),
         (["train", "--out", "no-such-run", "--resume"], "no-such-run: no run to resume there"),
         (["report", "no-such-folder"], "no-such-folder: no such folder"),

@@ -97,6 +97,9 @@ def check_budgets(norm: str, epsilons: Sequence[float], *, positive: bool = Fals
     if over:
         raise InputError(f"{norm} budget {', '.join(over)}: above {LARGEST_BUDGET[norm]:g} ({WHY_LARGEST[norm]}), "
                          "a budget that limits nothing")  # fmt: skip
+    repeated = sorted({f"{e:g}" for e in epsilons if list(epsilons).count(e) > 1})
+    if repeated:  # attacked twice and merged in silence otherwise
+        raise InputError(f"{norm} budget {', '.join(repeated)} given more than once")
     return [float(e) for e in epsilons]
 
 
