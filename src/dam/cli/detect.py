@@ -122,8 +122,10 @@ def add_detect_command(sub: argparse._SubParsersAction) -> None:
         "detect",
         help="junk detector: a classifier's label where a large-n guard is confident, junk otherwise",
         description="Choose the guard's confidence threshold on half of the first --images MNIST test images "
-        "for the given false-rejection rate, then measure the detector on the other half, on noise, and on the "
-        "adversarial and rubbish images found in --probes folders. Writes OUT/detector.json and OUT/detector.png.",
+        "for the given false-rejection rate, then measure the detector on the other half, on noise, on the "
+        "adversarial and rubbish images found in --probes folders, on PGD adversarials of the classifier "
+        "(--attack-eps) and, with --adaptive / --adaptive-l2, under an attack that knows the guard. Writes "
+        "OUT/detector.json and OUT/detector.png.",
     )  # fmt: skip
     p.add_argument("--classifier", required=True, help="run folder of the classifier whose labels are used")
     p.add_argument("--guard", required=True, help="run folder of the guard (a large-n DAM)")

@@ -2,8 +2,8 @@
 
 The guard's threshold is chosen on one half of the first ``images`` MNIST test images; the detector is then
 measured on the other half, on Gaussian and uniform noise, on the adversarial and rubbish images that the
-paper's probes saved, and on the outputs of standard attacks (Foolbox PGD and HopSkipJump... see
-:func:`attack_sets`) against the classifier.  Those attacks do not know the guard; asked for, the adaptive
+paper's probes saved, and on the successful adversarials of Foolbox's L-inf PGD (:func:`attack_sets`)
+against the classifier.  Those attacks do not know the guard; asked for, the adaptive
 attack of :mod:`dam.robustness.adaptive`, which does, is measured too (:func:`adaptive_sets`).
 """
 

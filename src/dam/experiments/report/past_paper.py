@@ -324,12 +324,11 @@ def _adversarial(folder: Path) -> dict[str, Any] | None:
             t = attacked.get(name, {}).get("tables", {}).get(norm)
             return " / ".join(pct(a) for a in t["worst_case"]) if t else "-"
 
-    rows = []
-    n: Any = "?"
+    rows, counts = [], []
     for path in runs:
         r = read_json(path)
         with reading(path):
-            n = r.get("eval_images", n)
+            counts.append(str(r.get("eval_images", "?")))
             tuned = path.parent.name
             for when, label, name in (("base", "before", tuned.removesuffix("-adv")), ("finetuned", "after", tuned)):
                 m = r[when]
@@ -337,10 +336,11 @@ def _adversarial(folder: Path) -> dict[str, Any] | None:
                              pct(m.get("success_rate")), fmt_or(m.get("l2_median"), ".3f"),
                              fmt_or(m.get("l2_median_all"), ".3f"), fmt_or(m.get("linf_median"), ".3f"),
                              worst(name, "linf"), worst(name, "l2")])  # fmt: skip
-    header = ["model", "", "test error", "boundary found", "median L2 (found)", "median L2 (all; not found = far)",
+    header = ["model", "", "test error", "boundary found", "median L2 (found)",
+              "median L2 (all; not found = far, misclassified = 0)",
               "median L-inf (found)", f"worst-case robust acc., L-inf {budgets['linf']}",
               f"L2 {budgets['l2']}"]  # fmt: skip
-    return {"images": text(n), "table": table(header, rows, "adversarial training", 2)}
+    return {"images": text(" / ".join(dict.fromkeys(counts))), "table": table(header, rows, "adversarial training", 2)}
 
 
 def past_paper_context(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
