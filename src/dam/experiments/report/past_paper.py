@@ -45,6 +45,13 @@ def _model_order(name: str) -> tuple[int, int, str]:
     return (1 if match.group(2) else 0, int(match.group(1)), name) if match else (2, 0, name)
 
 
+def _margin(count: Any) -> str:
+    """Two standard errors of a share at 50%, in points, on ``count`` images ("?" where it is not a count)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return "?"
+    return f"{100 / math.sqrt(count):.0f}"
+
+
 GLANCE_BUDGETS = {"linf": 0.1, "l2": 2.0}  # the budgets the report's first lines quote, where the suite has them
 
 
@@ -128,7 +135,7 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "checklist": _checklist(summary, tables, verdicts),
         "glance": glance,
-        "margin": f"{100 / math.sqrt(max(number(images['count']), 1)):.0f}",  # two standard errors at 50%
+        "margin": _margin(images["count"]),
         "effort": effort,
         "count": text(images["count"]),
         "how": text(images["how"]),
