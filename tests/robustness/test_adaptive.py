@@ -276,6 +276,14 @@ def test_attack_report_is_json(tmp_path: Path) -> None:
     assert entry["non_adaptive"]["classifier_fooled_count"] == 20
     assert roc["auc"] > 0.9 and roc["operating_point"]["tpr"] >= 0.9 and len(roc["fpr"]) == len(roc["tpr"])
     assert result.settings["junk_scale"] == result.junk_scale > 0
+    # the ROC is of the attacker's best try per image (its highest guard score among the candidates that fool the
+    # classifier), never below the candidate kept for the detector's worst outcome
+    outcome = result.adaptive
+    assert outcome.attacker_scores is not None and outcome.attacker_fooled is not None
+    for e in range(2):
+        kept = outcome.classifier_fooled[e]
+        assert bool((outcome.attacker_fooled[e] | ~kept).all())  # a kept candidate that fools is one of them
+        assert bool((outcome.attacker_scores[e][kept] >= outcome.scores[e][kept].double()).all())
 
 
 # (c) the command

@@ -58,7 +58,10 @@ logger = logging.getLogger(__name__)
 JUNK_CLASS = NUM_CLASSES  # the system model's extra class: the detector rejects
 # What the attack is, beyond its settings, for reuse keys: results made otherwise (before dam 0.6, without the
 # gradient-free move) are redone.
-ADAPTIVE_RULE = "apgd on the system and the view, and the move toward accepted images of other classes (dam 0.6)"
+ADAPTIVE_RULE = (
+    "apgd on the system and the view, and the move toward accepted images of other classes (dam 0.6); "
+    "the ROC of each image's highest-scoring candidate that fools the classifier (dam 0.10)"
+)
 SYSTEM_NOTE = (
     "the detector as an 11-class model (Carlini & Wagner 2017): logits 0-9 the classifier's (as_logits), "
     "logit 10 = max_j l_j + junk_scale * margin, margin > 0 exactly where the detector rejects; attacked per "
@@ -177,6 +180,10 @@ class DetectorOutcome:
     queries_per_image: list[float] = field(default_factory=list)  # system (or classifier) evaluations
     # per kind of candidate (an attack run, "blend", "smaller budget"), per budget: images it made unsafe alone
     unsafe_by: dict[str, list[int]] = field(default_factory=dict)
+    # (E, B): per image the guard's highest score among the candidates that fool the classifier alone (the
+    # attacker's best try at passing the guard), and whether any does: what the ROC is of
+    attacker_scores: Tensor | None = None
+    attacker_fooled: Tensor | None = None
 
     def safe_rate(self) -> list[float]:
         """Per budget: the fraction of images whose outcome is safe (the right label, or junk)."""
@@ -189,7 +196,10 @@ class DetectorOutcome:
     def record(self, e: int, clean_scores: Tensor, threshold: float) -> dict[str, Any]:
         """Budget ``e`` as JSON: rates, cost, and the ROC of the guard score on the kept candidates the classifier
         alone gets wrong vs ``clean_scores`` (None when there are none), with the detector's operating point."""
-        fooled = self.scores[e][self.classifier_fooled[e]]
+        if self.attacker_scores is not None and self.attacker_fooled is not None:
+            fooled = self.attacker_scores[e][self.attacker_fooled[e]]
+        else:  # (an outcome built without them: the kept candidates, the detector's worst)
+            fooled = self.scores[e][self.classifier_fooled[e]]
         roc = None
         if len(fooled) and len(clean_scores):
             roc = score_roc(clean_scores, fooled)
@@ -381,7 +391,10 @@ class AdaptiveDetectorAttack:
         index = torch.arange(num)
         unsafe = unsafe_c.any(dim=0)
         alone = {name: int((unsafe_c[c] & (unsafe_c.sum(dim=0) == 1)).sum()) for c, name in enumerate(candidates)}
-        return {"adversarials": cand[pick, index], "unsafe_by": alone,
+        # for the ROC, the attacker's best: the highest guard score among the candidates that fool the classifier
+        attacker = torch.where(fooled_c, scores.double(), -torch.inf).amax(dim=0)
+        return {"adversarials": cand[pick, index], "unsafe_by": alone, "attacker_scores": attacker,
+                "attacker_fooled": fooled_c.any(dim=0),
                 "labels": predicted[pick, index], "scores": scores[pick, index],
                 "unsafe": unsafe, "rejected": ~unsafe & rejected_c.any(dim=0), "fooled": fooled_c[pick, index],
                 "seconds": seconds, "queries": rows / num, "safe": 1.0 - float(unsafe.double().mean())}  # fmt: skip
@@ -397,7 +410,8 @@ class AdaptiveDetectorAttack:
                                stack("scores"), stack("unsafe"), stack("rejected"), stack("fooled"),
                                [b["seconds"] for b in per_budget], [b["queries"] for b in per_budget],
                                {k: [b["unsafe_by"].get(k, 0) for b in per_budget]
-                                for k in dict.fromkeys(k for b in per_budget for k in b["unsafe_by"])})  # fmt: skip
+                                for k in dict.fromkeys(k for b in per_budget for k in b["unsafe_by"])},
+                               stack("attacker_scores"), stack("attacker_fooled"))  # fmt: skip
 
 
 def unsafe_only_through(unsafe_by: dict[str, int] | None) -> str:
