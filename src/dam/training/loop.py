@@ -107,9 +107,10 @@ def is_finite_number(value: Any) -> bool:
 
 
 def check_new_run(config: Any, folder: Path, *, resume: bool, force: bool) -> None:
-    """Before a run folder is touched (locked, or moved aside by ``force``): the minibatch of a run that will
-    start, unless the folder holds a run that ``resume`` continues with its saved settings.  ``config``: a
-    TrainConfig or MLPTrainConfig, or None (resume with the saved settings)."""
+    """Before a run folder is touched (locked, or moved aside by ``force``): the minibatch and the temperatures
+    of a run that will start, unless the folder holds a run that ``resume`` continues with its saved settings
+    (saved by an older dam, they still resume).  ``config``: a TrainConfig or MLPTrainConfig, or None (resume
+    with the saved settings)."""
     if config is None or (resume and not force and (folder / STATE_FILE).exists()):
         return
     check_batch_size(config.dataset, config.train_subset, config.validation, config.batch_size)
