@@ -167,7 +167,7 @@ PRESETS: dict[str, ReproducePreset] = {
             "DAM_30's digits against real ones: the gap is Fig. 7's, DAM_20's outputs stay further inside (-1, 1)",
             "calibrated_beta": "beta_sm falls as the models train (DAM_30: 94 at epoch 26, 49 at 201, 35 at 400; "
             "DAM_20: 60 at 32, 19 at 202, 10.6 at 400); on the paper's 3000-epoch schedule at the same K, measured "
-            "here (studies/calibration_trend.py), DAM_30 ends at 19.1 and DAM_20 is at 4.5 by epoch 2000 (the paper: "
+            "here (studies/calibration_trend.py), DAM_30 ends at 19.1 and DAM_20 at 4.2 (the paper: "
             "26 and 4): this schedule's 400 epochs are what keeps beta_sm high",
         },
         # Measured on n20: lr 0.004 and fraction 0.2 raise the median boundary distance by 13%; the base
