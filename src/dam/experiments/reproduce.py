@@ -7,8 +7,9 @@ Layout of the output folder::
     OUT/stages.json         wall time of every stage that ran (kept when a later invocation reuses it)
     OUT/runs/n2 ... n30     run folders (``dam train``)
     OUT/probes/             per-model probe outputs, transfer tables, figures (``dam transfer|figures``)
-    OUT/beyond/             past the paper: baselines/ (MLP run folders), attacks/ (``dam attack``),
-                            detector/ (``dam detect``), adversarial/ (``dam adversarial-train``)
+    OUT/beyond/             past the paper: baselines/ (MLP run folders), substitutes/ (the same presets from
+                            another seed), attacks/ (``dam attack``), detector/ and detector-agreement/
+                            (``dam detect``), adversarial/ (``dam adversarial-train``); see dam.experiments.past_paper
     OUT/report/index.html   the report, self-contained, with its tables and figures beside it
 
 Each stage is skipped when its outputs exist and are valid: training resumes from its last finished epoch,
@@ -124,7 +125,8 @@ PRESETS: dict[str, ReproducePreset] = {
         # 2-core machine of the README); the verdicts themselves are never changed.
         limits={
             "clean_error": "K = 400 memories trained for 30 epochs (half a minute per model on 2 idle cores) reach "
-            "2.4-3.7%; other uses of the same minutes did no better for DAM_30 (3.4-8.3%, dam.training.presets); the "
+            "2.4-3.7%; other uses of the same minutes gave DAM_30 3.2-8.3% (dam.training.presets; 3.2% at T = 500, "
+            "which then fell for 12.8% of DAM_2's adversarial set instead of 5.4%); the "
             "paper's 1.5% needs K = 2000 and hundreds of epochs (the cpu preset: 1.6-2.0%)",
             "boundary_pictures": "the K = 400 DAM_2 and DAM_3 have few features, so their own boundary "
             "deformations already follow the class-mean difference (correlation 0.56 and 0.50, against 0.39 and "
@@ -133,7 +135,7 @@ PRESETS: dict[str, ReproducePreset] = {
             "images, 3.6% here against the paper's 1.5%; what the adversarial sets add, 1.8-2.3 points, is "
             "the paper's 1.5 points (97% correct)",
             "adversarial_large_to_small": "the K = 400 DAM_30's boundary images lie closer to the clean images "
-            "(mean L2 1.60, the cpu model's 1.73) and fool DAM_2 and DAM_3 on 21-23% (the cpu models: 32-41%)",
+            "(mean L2 1.60, the cpu model's 1.73) and fool DAM_2 and DAM_3 on 21-23% (the cpu models: 32-42%)",
             "rubbish_large": "the K = 400 DAM_20 gives even real test digits only 28% mean confidence at "
             "beta_sm = 3.2 (its outputs stay near 0, see Fig. 7), so it cannot accept DAM_30's digits there",
             "calibrated_beta": "the K = 400 large-n models' outputs on test digits stay near 0 (mean top output "

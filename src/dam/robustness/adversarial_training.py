@@ -1,6 +1,6 @@
 """Adversarial fine-tuning of a trained DAM_n: the extension the paper's discussion proposes.
 
-A trained run folder is trained on with the authors' own rule (``dam.training.loop.minibatch_step``), at its
+A trained run folder is trained on with the authors' own rule (``dam.training.rule.minibatch_step``), at its
 final temperature and loss power m, on minibatches that hold the clean images plus, for a fraction of
 them, their decision-boundary adversarials: the image one step past the boundary that
 :class:`~dam.probes.boundary.BoundarySearch` finds on the *current* weights, labelled with the clean
@@ -13,7 +13,7 @@ measurement of ``dam adversarial-train`` took 3 minutes.
 
 The output folder is an ordinary DAM run folder (``DenseAssociativeMemory.load``, ``dam evaluate``,
 ``dam info``, the probes all read it): its ``train`` section holds the effective settings of the
-fine-tuning as a :class:`~dam.training.loop.TrainConfig`, and ``adversarial`` / ``base_run`` /
+fine-tuning as a :class:`~dam.training.rule.TrainConfig`, and ``adversarial`` / ``base_run`` /
 ``base_model_md5`` say what it was fine-tuned from and how.  It resumes after a kill from the last
 finished epoch with the same weights as an uninterrupted run: the searches are deterministic functions
 of the weights and the images, and shuffling comes from (seed, epoch).

@@ -40,7 +40,7 @@ from dam.training.loop import (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run.  Presets in :mod:`dam.presets` fill these in."""
+    """Every setting of a training run.  Presets in :mod:`dam.training.presets` fill these in."""
 
     n: int = 3
     m: int = 3
