@@ -40,7 +40,7 @@ class Claim:
     verdict: str  # "agrees", "partly", "differs", "not measured"
     rule: str  # how the verdict was decided
     key: str = ""  # the check's name (clean_error, rubbish_large, ...): what a preset's ``limits`` refer to
-    limit: str = ""  # why the run's preset cannot show the statement (set only when it does not agree)
+    limit: str = ""  # why the run's preset does not show the statement, measured (set only when it does not agree)
 
 
 def _pct(v: float) -> str:
@@ -300,7 +300,7 @@ def claim_keys() -> list[str]:
 
 
 def evaluate_claims(m: Measurements, limits: dict[str, str] | None = None) -> list[Claim]:
-    """Every check's claim.  ``limits`` (claim key -> one line) says why a preset's models are too small to
+    """Every check's claim.  ``limits`` (claim key -> one line) says, measured, why a preset's models do not
     show a statement; it is attached to that claim when it does not agree, and never changes a verdict."""
     claims = [replace(check(m), key=check.__name__) for check in CHECKS]
     limits = limits or {}

@@ -248,7 +248,7 @@ def _fig7(out: Path, m: Measurements, figs: Path) -> dict[str, Any]:
     }
 
 
-SUMMARY_HEADER = ["figure", "verdict", "paper", "measured", "why not at this size"]
+SUMMARY_HEADER = ["figure", "verdict", "paper", "measured", "why it differs here"]
 
 
 def report_context(out: Path, m: Measurements, claims: list[Claim]) -> dict[str, Any]:
