@@ -208,8 +208,8 @@ PRESETS: dict[str, ReproducePreset] = {
         detector={"adaptive_eps": [0.1, 0.3], "adaptive_l2": [1.0, 2.0], "adaptive_images": 1000},
         substitutes=MODELS,
         adversarial={"models": ["n2", "n3", "n20", "n30"], "epochs": 10, "train_subset": None, "eval_images": 1000},
-        # Measured on this preset's models (seed 0, trained on the 2-core machine of the README, one thread each)
-        # with studies/calibration_trend.py; the verdicts themselves are never changed.
+        # Measured on this preset's models (seed 0, trained with studies/calibration_trend.py on the 2-core machine
+        # of the README, one thread each, DAM_3's last 817 epochs with two); the verdicts themselves never change.
         limits={
             "calibrated_beta": "DAM_30's calibrated beta_sm falls all through this schedule (29.5 at epoch 800, "
             "24.9 at 1000, 20.2 at 2000, 19.1 at 3000): it passes the paper's 26 before epoch 1000 and ends 26% "

@@ -4,7 +4,7 @@ Two schedules per model:
 
 * ``paper``: the published procedure (NIPS 2016 Appendix A and the robustness paper): K = 2000,
   minibatch 1000, 3000 epochs, eps = eps0 * 0.998^epoch.  Meant for a GPU; on one core of a 2-core VM
-  about four hours a model (4.3-5 s per epoch beside another such run, 2.3 s alone with two threads; measured
+  about four hours a model (4-7 s per epoch beside another such run, 2.3 s alone with two threads; measured
   with studies/calibration_trend.py, whose four runs gave the report's verdicts: 10 of 11 agree, 1 partly).
 * ``cpu``: the same algorithm compressed to fit about an hour on a 2-core machine.  The learning rate
   decays faster (f = 0.99 instead of 0.998) and the temperature ramp of small n is shortened in
