@@ -93,9 +93,7 @@ PRESETS: dict[str, ReproducePreset] = {
         images=1000,
         per_class=10,
         description="K = 400 models trained for 30 epochs (2.4-3.7% test error here); probes on the first 1,000 "
-        "test images and 10 rubbish images per class and model. Minutes on a laptop CPU. Models this small cannot "
-        "show some of the paper's statements (the report gives the measured reason beside each); at the paper's "
-        "size and schedule (preset paper, seed 0, measured on a 2-core CPU) 10 of the 11 agree and 1 partly.",
+        "test images and 10 rubbish images per class and model. Minutes on a laptop CPU.",
         baselines={
             "mlp-relu": {"degree": 1, "hidden": 400, "epochs": 5},
             "mlp-repu2": {"degree": 2, "hidden": 400, "epochs": 5},
