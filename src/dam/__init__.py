@@ -8,6 +8,7 @@ The layers, each depending only on those before it: ``dam.data`` -> ``dam.model`
 import importlib.abc
 import sys
 
+from dam.baselines import MLPClassifier, MLPConfig
 from dam.data import load_dataset, seeded_subset, train_val_split
 from dam.errors import CheckpointError, DamError, DatasetError, InputError
 from dam.model import DAMConfig, DenseAssociativeMemory, as_logits
@@ -23,6 +24,8 @@ __all__ = [
     "DatasetError",
     "DenseAssociativeMemory",
     "InputError",
+    "MLPClassifier",
+    "MLPConfig",
     "MLPTrainConfig",
     "TrainConfig",
     "__version__",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dam.errors import CheckpointError, InputError, is_whole, plain_fields
 from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 from dam.model import (
     ACCEPTED_NOTE,
@@ -26,8 +27,6 @@ from dam.model import (
     CONFIG_FILE,
     FORMAT_VERSION,
     WEIGHTS_FILE,
-    CheckpointError,
-    InputError,
     check_batch,
     check_pixel_range,
     check_pixels,
@@ -47,6 +46,10 @@ class MLPConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        names = ("degree", "hidden", "num_pixels", "num_classes")
+        plain_fields(self, names)
+        if not all(is_whole(getattr(self, k)) for k in names):
+            raise InputError(f"invalid MLPConfig {self}: degree, hidden, num_pixels and num_classes are integers")
         if self.degree < 1 or self.hidden < 1 or self.num_pixels < 1 or self.num_classes < 2:
             raise InputError(f"invalid MLPConfig {self}: need degree >= 1, hidden >= 1, num_classes >= 2")
 
@@ -117,7 +120,13 @@ class MLPClassifier(nn.Module):
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, device: torch.device | str | None = None) -> MLPClassifier:
+        """Rebuild a baseline from its run folder, in eval mode on ``device`` (as
+        :meth:`dam.model.DenseAssociativeMemory.load`)."""
         from safetensors import SafetensorError
+
+        from dam.environment import resolve_device
+
+        target = resolve_device(device) if device is not None else None
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -146,7 +155,8 @@ class MLPClassifier(nn.Module):
         if not all(torch.isfinite(v).all() for v in tensors.values()):
             raise CheckpointError(f"{weights_path}: weights contain NaN or infinite values")
         model.load_state_dict(tensors)
-        return model.to(device) if device is not None else model
+        model.eval()
+        return model.to(target) if target is not None else model
 
     def extra_repr(self) -> str:
         return f"degree={self.config.degree}, hidden={self.config.hidden}"

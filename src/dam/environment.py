@@ -67,7 +67,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 _FLUSH_DEPTH = 0
+_FLUSHED_BEFORE = False
 _FLUSH_LOCK = threading.Lock()
+
+
+def denormals_flushed_now() -> bool:
+    """Whether the calling thread flushes denormals now (torch has no getter: a denormal times one is zero)."""
+    return float(torch.tensor(1e-39, dtype=torch.float32) * 1.0) == 0.0
 
 
 def _set_flush_denormal_everywhere(on: bool) -> bool:
@@ -106,15 +112,19 @@ def flush_denormals() -> Iterator[None]:
     not run in it: it bought APGD-CE on that model no time (41 s against 45 s flushed, 200 images), and a
     sign-gradient attack keeps a direction where every score is denormal.
 
-    Nested blocks are one block.  At the end denormals are computed again (torch's default).
+    Nested blocks are one block.  At the end the setting is what it was before (computed on, torch's default,
+    unless the caller had flushed them).
     ``DAM_FLUSH_DENORMALS=0`` makes the block do nothing (training then reproduces dam 0.3's weights).
     """
     global _FLUSH_DEPTH
     if not denormals_flushed_in_training():
         yield
         return
+    global _FLUSHED_BEFORE
     with _FLUSH_LOCK:
         _FLUSH_DEPTH += 1
+        if _FLUSH_DEPTH == 1:
+            _FLUSHED_BEFORE = denormals_flushed_now()
         if _FLUSH_DEPTH == 1 and not _set_flush_denormal_everywhere(True):
             logger.debug("no GNU OpenMP runtime in torch: denormals flushed in the calling thread only")
     try:
@@ -123,4 +133,4 @@ def flush_denormals() -> Iterator[None]:
         with _FLUSH_LOCK:
             _FLUSH_DEPTH -= 1
             if _FLUSH_DEPTH == 0:
-                _set_flush_denormal_everywhere(False)
+                _set_flush_denormal_everywhere(_FLUSHED_BEFORE)

@@ -7,6 +7,10 @@ keeps its traceback.  ``dam --debug`` (or ``DAM_DEBUG=1``) shows the traceback o
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 
 class DamError(Exception):
     """Base of every error the user can fix; its message is one line that names the problem."""
@@ -60,3 +64,50 @@ def violated(what: str, rules: list[str], settings: object) -> str:
     names = [f.name for f in dataclasses.fields(settings) if any(re.search(rf"\b{f.name}\b", r) for r in rules)]  # type: ignore[arg-type]
     given = f" (given {', '.join(f'{n}={getattr(settings, n)!r}' for n in names)})" if names else ""
     return f"invalid {what}: {', '.join(rules)} violated{given}"
+
+
+# -- checks of settings, shared by every config and constructor ------------------------------------
+
+
+def is_whole(value: Any) -> bool:
+    """An integer setting (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real-valued setting: a finite int or float (not a bool, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plain_number(value: Any) -> Any:
+    """A NumPy (or other) integer or real scalar as Python's int or float, so that settings from ``np.arange``
+    pass the checks and are written to JSON; anything else unchanged (and judged by the checks)."""
+    if isinstance(value, (int, float)):  # bool too: is_whole and is_finite_number refuse it
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def plain_fields(settings: object, names: tuple[str, ...] | list[str]) -> None:
+    """Replace NumPy scalars among the named fields of a (frozen) dataclass by Python numbers, in place."""
+    for name in names:
+        object.__setattr__(settings, name, plain_number(getattr(settings, name)))
+
+
+def check_whole(what: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; InputError naming ``what`` otherwise."""
+    value = plain_number(value)
+    if not is_whole(value) or value < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(what: str, value: Any) -> float:
+    """``value`` as a finite float > 0; InputError naming ``what`` otherwise."""
+    value = plain_number(value)
+    if not is_finite_number(value) or value <= 0:
+        raise InputError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)

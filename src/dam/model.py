@@ -27,7 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dam.errors import CheckpointError, DivergedError, InputError
+from dam.errors import (
+    CheckpointError,
+    DivergedError,
+    InputError,
+    is_finite_number,
+    is_whole,
+    plain_fields,
+    plain_number,
+)
 from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 
 NUM_PIXELS = 784
@@ -39,7 +47,11 @@ CONFIG_FILE = "config.json"
 
 @dataclass(frozen=True)
 class DAMConfig:
-    """Everything needed to rebuild a model's architecture; saved as ``config.json`` beside the weights."""
+    """Everything needed to rebuild a model's architecture; saved as ``config.json`` beside the weights.
+
+    ``n``: power of the rectified polynomial F_n; ``num_memories``: K; ``temperature``: T, in units of the
+    energy gap (beta = 1 / T^n); ``num_pixels``, ``num_classes``: 784 and 10 for MNIST.
+    """
 
     n: int
     num_memories: int = 2000
@@ -48,13 +60,20 @@ class DAMConfig:
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self) -> None:
+        plain_fields(self, ("n", "num_memories", "temperature", "num_pixels", "num_classes"))
         # n = 1 would make F_n' a step function that the kernel's x^(n-1) does not represent.
-        if not (isinstance(self.n, int) and self.n >= 2):
+        if not (is_whole(self.n) and self.n >= 2):
             raise InputError(f"n must be an integer >= 2, got {self.n!r}")
-        if not (isinstance(self.num_memories, int) and self.num_memories >= 1):
+        if not (is_whole(self.num_memories) and self.num_memories >= 1):
             raise InputError(f"num_memories must be a positive integer, got {self.num_memories!r}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+        if not (is_finite_number(self.temperature) and self.temperature > 0):
             raise InputError(f"temperature must be positive and finite, got {self.temperature!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        pixels = self.num_pixels
+        if not (is_whole(pixels) and pixels >= 1 and math.isqrt(pixels) ** 2 == pixels):
+            raise InputError(f"num_pixels must be a square number of pixels (784 for 28 x 28), got {pixels!r}")
+        if not (is_whole(self.num_classes) and self.num_classes >= 2):
+            raise InputError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,8 +320,14 @@ class DenseAssociativeMemory(nn.Module):
     """DAM_n classifier: images in [0, 1] shaped (B, 784) or (B, 1, 28, 28) -> Y in [-1, 1], (B, 10).
 
     ``memories`` is the K x 794 weight matrix xi: columns 0-783 are the visible part, 784-793 the label
-    part.  ``temperature`` is T in pixel units (the paper's beta = 1 / T^n).  ``scores`` returns the
-    pre-tanh energy gaps, the natural logits for attacks and softmax confidences.
+    part.  ``temperature`` is T in pixel units (the paper's beta = 1 / T^n).  ``scores`` (= ``logits``) returns
+    the pre-tanh energy gaps, which softmax confidences use; attack libraries get them through
+    :func:`as_logits`, the one documented way.
+
+    Constructor: ``n``, ``num_memories`` (K), ``temperature`` (T), ``num_pixels`` and ``num_classes`` as in
+    :class:`DAMConfig`; the memories start N(``init_mean``, ``init_std``) drawn from ``generator`` (the global
+    one when None), in ``dtype`` (float32 or float64) on ``device``.  A trained model comes from
+    :func:`dam.train` or :meth:`load`.
     """
 
     def __init__(
@@ -323,11 +348,18 @@ class DenseAssociativeMemory(nn.Module):
         self.config = DAMConfig(
             n=n,
             num_memories=num_memories,
-            temperature=float(temperature),
+            temperature=temperature,
             num_pixels=num_pixels,
             num_classes=num_classes,
         )
-        weights = torch.empty(num_memories, num_pixels + num_classes, dtype=dtype)
+        init_mean, init_std = plain_number(init_mean), plain_number(init_std)
+        if not (is_finite_number(init_mean) and is_finite_number(init_std) and init_std >= 0):
+            raise InputError(f"init_mean must be finite and init_std finite and >= 0, got {init_mean!r}, {init_std!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        weights = torch.empty(self.config.num_memories, self.config.num_pixels + self.config.num_classes, dtype=dtype)
         weights.normal_(init_mean, init_std, generator=generator)
         self.memories = nn.Parameter(weights.to(device))
         # The loss power m the model was trained with (eq. 3), when known: the probes' searches minimise
@@ -468,7 +500,11 @@ class DenseAssociativeMemory(nn.Module):
     def load(
         cls, folder: str | os.PathLike[str], *, device: torch.device | str | None = None
     ) -> DenseAssociativeMemory:
-        """Rebuild a model from a run folder written by :meth:`save`; clear errors for bad folders."""
+        """Rebuild a model from a run folder written by :meth:`save`, on ``device`` ("auto", "cpu", "cuda",
+        "cuda:N"; None: the CPU), in eval mode; CheckpointError names what is wrong with a bad folder."""
+        from dam.environment import resolve_device
+
+        target = resolve_device(device) if device is not None else None
         config, weights, raw = _read_checkpoint(folder)
         model = cls(
             config.n,
@@ -481,7 +517,8 @@ class DenseAssociativeMemory(nn.Module):
         with torch.no_grad():
             model.memories.copy_(weights)
         model.loss_power = _loss_power(raw)
-        return model.to(device) if device is not None else model
+        model.eval()  # no layer behaves differently in training; a loaded model is for use, as users expect
+        return model.to(target) if target is not None else model
 
     def extra_repr(self) -> str:
         c = self.config
@@ -542,10 +579,10 @@ def _read_checkpoint(folder: str | os.PathLike[str]) -> tuple[DAMConfig, Tensor,
         raise CheckpointError(f"{weights_path}: expected one tensor 'memories', found {sorted(tensors)}")
     weights = tensors["memories"]
     expected = (config.num_memories, config.num_pixels + config.num_classes)
-    if tuple(weights.shape) != expected or not weights.is_floating_point():
+    if tuple(weights.shape) != expected or weights.dtype not in (torch.float32, torch.float64):
         raise CheckpointError(
             f"{weights_path}: memories have shape {tuple(weights.shape)} and dtype {weights.dtype}, "
-            f"config.json expects a floating tensor of shape {expected}"
+            f"config.json expects a float32 or float64 tensor of shape {expected}"
         )
     if not torch.isfinite(weights).all():
         raise CheckpointError(f"{weights_path}: memories contain NaN or infinite values")

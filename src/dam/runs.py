@@ -68,7 +68,8 @@ def run_kind(folder: str | os.PathLike[str]) -> str:
 
 
 def load_model(folder: str | os.PathLike[str], *, device: torch.device | str | None = None) -> nn.Module:
-    """A DenseAssociativeMemory or an MLPClassifier, whichever the run folder holds.
+    """A DenseAssociativeMemory or an MLPClassifier, whichever the run folder holds, in eval mode on ``device``
+    ("auto": a GPU when there is one; "cpu", "cuda", "cuda:N"; None: the CPU).
 
     A DAM loaded from a run also carries the loss power m it was trained with (``model.loss_power``), which
     the probes' searches use as their objective's m.
@@ -307,8 +308,8 @@ class OutputFolder:
             done = finished_epochs(self.path)
             state = f"{done[0]} of {done[1]} epochs done" if done else "a training state"
             raise RunFolderError(
-                f"{self.path}: already holds a training run ({state}); pass --resume to continue it, "
-                "--force to move it aside, or another --out"
+                f"{self.path}: already holds a training run ({state}); pass --resume (resume=True) to "
+                "continue it, --force (force=True) to move it aside, or another --out"
             )
         if self.unstarted_run():
             logger.warning("%s: a run stopped before its first epoch was saved (nothing to continue from): starting "
@@ -317,11 +318,12 @@ class OutputFolder:
         if self.holds_run():
             raise RunFolderError(
                 f"{self.path}: holds a run without a training state (finished elsewhere or foreign); it is not "
-                "overwritten: use another --out, or --force to move it aside"
+                "overwritten: use another --out, or --force (force=True) to move it aside"
             )
         if any(p.name not in (LOCK_FILE, LOCK_OWNER_FILE) for p in self.path.iterdir()):
             raise RunFolderError(
-                f"{self.path}: not empty and not a dam run; use an empty or new --out, or --force to move it aside"
+                f"{self.path}: not empty and not a dam run; use an empty or new --out, or --force (force=True) "
+                "to move it aside"
             )
         return False
 

@@ -20,5 +20,7 @@ def subset_indices(total: int, count: int, seed: int) -> Tensor:
 
 def seeded_subset(images: Tensor, labels: Tensor, count: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """``count`` images and labels chosen by :func:`subset_indices`, with the indices."""
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images and {len(labels)} labels: give one label per image")
     index = subset_indices(len(images), count, seed)
     return images[index], labels[index], index

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError
+from dam.errors import InputError, check_positive, check_whole
 from dam.probes.gradient import (
     NoProgress,
     as_probe_model,
@@ -89,7 +89,9 @@ class BoundarySearch:
         clip: keep pixels in [-1, 1] after each step (default True: results are valid images).
         dtype: search dtype; float64 keeps gradients alive where float32 underflows (n = m = 30).
         batch_size: images searched at once; each stops on its own.
+        bisection_steps: at most this many halvings of the crossing step to find the boundary image.
         patience: stop an image whose C^second has not improved by a relative 1e-4 for this many steps.
+        progress: a progress bar (None: on a terminal or in Jupyter).
     """
 
     def __init__(
@@ -111,10 +113,11 @@ class BoundarySearch:
         if until not in ("crossing", "converged"):
             raise InputError(f"until must be 'crossing' or 'converged', got {until!r}")
         m = objective_power(model, m)
-        if not (eps > 0 and max_steps >= 1 and 0 < output_tol < 1 and boundary_tol > 0 and batch_size >= 1):
-            raise InputError(
-                "BoundarySearch needs eps > 0, max_steps >= 1, batch_size >= 1, 0 < output_tol < 1 and boundary_tol > 0"
-            )
+        eps, boundary_tol = check_positive("eps", eps), check_positive("boundary_tol", boundary_tol)
+        max_steps, batch_size = check_whole("max_steps", max_steps), check_whole("batch_size", batch_size)
+        bisection_steps, patience = check_whole("bisection_steps", bisection_steps), check_whole("patience", patience)
+        if not check_positive("output_tol", output_tol) < 1:
+            raise InputError(f"output_tol must lie in (0, 1), got {output_tol!r}")
         self.model = model
         self.eps, self.max_steps, self.m, self.until, self.output_tol = eps, max_steps, m, until, output_tol
         self.boundary_tol, self.clip, self.dtype, self.batch_size = boundary_tol, clip, dtype, batch_size

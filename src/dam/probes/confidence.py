@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError
+from dam.errors import InputError, is_finite_number, plain_number
 
 PAPER_BETA_SM = 3.2  # e^b / (e^b + 9 e^-b) = 0.985 at b ~ 3.2: the single value of the rubbish table
 
@@ -20,7 +20,9 @@ def model_outputs(model: nn.Module, images: Tensor, batch_size: int = 2000) -> T
 
 
 def confidence(outputs: Tensor, beta_sm: float = PAPER_BETA_SM) -> Tensor:
-    """Z = max_alpha softmax(beta_sm * Y)_alpha, per example."""
+    """Z = max_alpha softmax(beta_sm * Y)_alpha, per example; ``beta_sm`` a finite number > 0."""
+    if not (is_finite_number(plain_number(beta_sm)) and beta_sm > 0):
+        raise InputError(f"beta_sm must be a finite number > 0, got {beta_sm!r}")
     return torch.softmax(beta_sm * outputs.double(), dim=1).amax(dim=1)
 
 
@@ -43,6 +45,8 @@ def calibrate_beta_sm(
         if model is None or images is None:
             raise InputError("give a model and images, or outputs")
         outputs = model_outputs(model, images)
+    if labels.shape != outputs.shape[:1]:
+        raise InputError(f"{len(outputs)} images (or outputs) and {len(labels)} labels: give one label per image")
     labels = labels.to(outputs.device)
     accuracy = float((outputs.argmax(dim=1) == labels).double().mean())
     num_classes = outputs.shape[1]

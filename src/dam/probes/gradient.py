@@ -56,10 +56,15 @@ def unit_step(v: Tensor, grad: Tensor, eps: float, clip: bool) -> tuple[Tensor, 
 def objective_power(model: nn.Module, m: int | None) -> int:
     """The m of a search's objective C = sum (Y - t)^(2m): the one given, else the loss power the model was
     trained with (``model.loss_power``, set by training and by loading a run folder); never a default."""
+    if m is None and not hasattr(model, "loss_power"):
+        raise InputError(
+            f"the searches need a DAM (outputs Y in [-1, 1] and a training m); got a {type(model).__name__}"
+        )
     if m is None:
-        m = getattr(model, "loss_power", None)
+        m = model.loss_power
     if m is None:
-        raise InputError("this model does not record its training loss power m (not loaded from a run folder): give m=")
+        raise InputError("this DAM does not record its training loss power m (neither trained nor loaded from a run "
+                         "folder): give m=")  # fmt: skip
     if not isinstance(m, int) or m < 1:
         raise InputError(f"m must be an integer >= 1, got {m!r}")
     return m

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError
+from dam.errors import InputError, check_positive, check_whole, is_finite_number, plain_number
+from dam.model import NUM_CLASSES
 from dam.probes.gradient import (
     NoProgress,
     as_probe_model,
@@ -89,10 +90,17 @@ class RubbishSearch:
         progress: bool | None = None,
     ) -> None:
         m = objective_power(model, m)
-        if not (eps > 0 and max_steps >= 0 and 0 < output_tol < 1 and noise_std >= 0 and batch_size >= 1):
-            raise InputError(
-                "RubbishSearch needs eps > 0, max_steps >= 0, 0 < output_tol < 1, noise_std >= 0, batch_size >= 1"
-            )
+        eps, batch_size, patience = (
+            check_positive("eps", eps),
+            check_whole("batch_size", batch_size),
+            check_whole("patience", patience),
+        )
+        max_steps = check_whole("max_steps", max_steps, 0)
+        if not check_positive("output_tol", output_tol) < 1:
+            raise InputError(f"output_tol must lie in (0, 1), got {output_tol!r}")
+        noise_std = plain_number(noise_std)
+        if not (is_finite_number(noise_std) and noise_std >= 0):
+            raise InputError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         self.model = model
         self.eps, self.max_steps, self.output_tol, self.m = eps, max_steps, output_tol, m
         self.noise_std, self.clip, self.dtype, self.batch_size = noise_std, clip, dtype, batch_size
@@ -103,9 +111,18 @@ class RubbishSearch:
         return search_settings(self)
 
     def __call__(self, targets: Tensor, generator: torch.Generator | None = None) -> RubbishResult:
-        """Search one rubbish image per entry of ``targets`` (class indices)."""
+        """Search one rubbish image per entry of ``targets`` (class indices 0-9, a tensor or a list), each from
+        Gaussian noise drawn from ``generator`` (None: torch's global generator, which the draw advances; pass
+        one for reproducible images)."""
         probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
+        targets = torch.as_tensor(targets)
+        if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise InputError(f"targets must be class indices, one per image (a 1-d integer tensor), got {targets!r}")
+        if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= NUM_CLASSES):
+            raise InputError(
+                f"targets must lie in 0..{NUM_CLASSES - 1}, got {int(targets.min())}..{int(targets.max())}"
+            )
         targets = targets.to(param.device, torch.long)
         start = torch.randn(len(targets), 784, generator=generator, dtype=torch.float64) * self.noise_std
         v0 = start.to(param.device, param.dtype)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from dam.data import load_dataset, seeded_subset
 from dam.environment import environment_info, resolve_device
-from dam.errors import CheckpointError, ConfigError, violated
+from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole, plain_fields, violated
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
@@ -45,11 +45,10 @@ from dam.training.loop import (
     RunPlan,
     TrainData,
     as_unit_float,
+    check_settings_type,
     epoch_permutation,
     error_rate,
     fit,
-    is_finite_number,
-    is_whole,
     prepare_data,
     resolved_data_dir,
     restore_trainer,
@@ -80,6 +79,7 @@ class AdversarialTrainConfig:
     def __post_init__(self) -> None:
         whole = ("epochs", "max_steps", "seed")  # (types first: 2.5 epochs would fail inside the locked folder)
         maybe_whole = ("batch_size", "train_subset")
+        plain_fields(self, (*whole, *maybe_whole, "fraction", "eps", "lr_decay", "lr", "momentum"))
         types = {
             **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
             **{f"{k} is an integer or None": getattr(self, k) is None or is_whole(getattr(self, k))
@@ -264,6 +264,7 @@ def adversarial_finetune(
     then be None, or differ only in ``epochs``).  ``stop_after`` ends after that many epochs in total,
     as a kill would.  ``progress=None`` shows a bar only on a terminal.
     """
+    check_settings_type(config, AdversarialTrainConfig, "fine-tuning settings")
     device = resolve_device(device)
     folder = Path(out)
     if folder.resolve() == Path(base_run).resolve():

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dam.errors import DetectorError, InputError
+from dam.errors import DetectorError, InputError, is_finite_number, plain_number
 from dam.io import atomic_write_json, read_json_object
 from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
 
@@ -35,8 +35,10 @@ class Detector:
     Args:
         classifier: any module mapping images (B, 784) or (B, 1, 28, 28) in [0, 1] to (B, 10) class scores;
             only its argmax is used, so DAM outputs and MLP logits both work.
-        guard: a model with outputs Y in [-1, 1] (a DAM; preferably large n, which the paper found robust).
-        threshold: inputs whose guard score is below it are rejected.
+        guard: a model with outputs Y in [-1, 1] (a DAM; preferably large n, which the paper found robust).  Its
+            outputs are not checked: another module (an MLP's logits) makes a detector on softmax(beta_sm *
+            logits) instead, which the paper did not study.
+        threshold: inputs whose guard score is below it are rejected (a finite number; above 1 rejects all).
         beta_sm: the softmax inverse temperature of the confidence; 3.2 is the paper's single value.
         false_rejection: the target the threshold was calibrated for, if any (kept for the record only).
         agreement: also reject inputs on which the guard's label differs from the classifier's.  The guard
@@ -56,8 +58,14 @@ class Detector:
         false_rejection: float | None = None,
         agreement: bool = False,
     ) -> None:
-        if not beta_sm > 0 or not math.isfinite(beta_sm):
-            raise InputError(f"beta_sm must be a positive number, got {beta_sm}")
+        if not (is_finite_number(plain_number(beta_sm)) and beta_sm > 0):
+            raise InputError(f"beta_sm must be a positive number, got {beta_sm!r}")
+        if not is_finite_number(plain_number(threshold)):
+            raise InputError(f"threshold must be a finite number, got {threshold!r}")
+        if false_rejection is not None and not (
+            is_finite_number(plain_number(false_rejection)) and 0 <= false_rejection <= 1
+        ):
+            raise InputError(f"false_rejection must lie in [0, 1], got {false_rejection!r}")
         self.classifier = classifier
         self.guard = guard
         self.threshold = float(threshold)

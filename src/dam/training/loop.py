@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dam.data import VALIDATION_SIZE, load_dataset, seeded_subset, train_val_split
 from dam.environment import denormals_flushed_in_training, environment_info, flush_denormals
-from dam.errors import CheckpointError, ConfigError, DivergedError, InputError
+from dam.errors import CheckpointError, ConfigError, DivergedError, InputError, is_whole
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json, json_ready, read_jsonl
 from dam.model import CONFIG_FILE, FORMAT_VERSION
 from dam.progress import progress_bar
@@ -96,14 +96,13 @@ def check_batch_size(dataset: str, train_subset: int | None, validation: bool, b
         raise ConfigError(f"batch_size {batch_size} is larger than {known[1]}")
 
 
-def is_whole(value: Any) -> bool:
-    """An integer setting (not a bool, which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    """A real-valued setting: a finite int or float (not a bool, not NaN or infinite)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def check_settings_type(settings: Any, cls: type, what: str, *, optional: bool = True) -> None:
+    """Refuse settings of another class (a DAM's TrainConfig for a baseline, a dict): they would train with
+    fields silently ignored, or fail deep inside with an AttributeError."""
+    if (settings is None and optional) or isinstance(settings, cls):
+        return
+    hint = f" (or None{' to resume with the saved ones' if what.endswith('settings') else ''})" if optional else ""
+    raise ConfigError(f"{what} must be a {cls.__module__}.{cls.__name__}{hint}, got {type(settings).__name__}")
 
 
 def check_new_run(config: Any, folder: Path, *, resume: bool, force: bool) -> None:

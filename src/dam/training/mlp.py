@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dam.baselines import KIND, MLPClassifier, MLPConfig
 from dam.environment import resolve_device
-from dam.errors import CheckpointError, ConfigError
+from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole, plain_fields
 from dam.model import CONFIG_FILE
 from dam.runs import OutputFolder, read_run_config
 from dam.training.loop import (
@@ -24,11 +24,10 @@ from dam.training.loop import (
     TrainData,
     as_unit_float,
     check_new_run,
+    check_settings_type,
     check_train_subset,
     epoch_permutation,
     fit,
-    is_finite_number,
-    is_whole,
     prepare_data,
     resolved_data_dir,
     restore_trainer,
@@ -40,7 +39,9 @@ from dam.training.loop import (
 
 @dataclass(frozen=True)
 class MLPTrainConfig:
-    """Conventional training: cross-entropy, Adam, seeded minibatches."""
+    """Conventional training of the MLP baselines: cross-entropy, Adam at learning rate ``lr``, seeded minibatches
+    of ``batch_size``; ``train_subset``, ``validation``, ``eval_every``, ``seed`` and ``dataset`` as in
+    :class:`dam.training.TrainConfig`.  NumPy scalars are taken as Python numbers."""
 
     epochs: int = 20
     batch_size: int = 100
@@ -52,6 +53,7 @@ class MLPTrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        plain_fields(self, ("epochs", "batch_size", "seed", "eval_every", "train_subset", "lr"))
         whole = [k for k in ("epochs", "batch_size", "seed", "eval_every") if not is_whole(getattr(self, k))]
         if whole or not (self.train_subset is None or is_whole(self.train_subset)):
             raise ConfigError(f"MLP training settings {', '.join(whole) or 'train_subset'} must be integers")
@@ -130,6 +132,8 @@ def train_mlp(
 
     On resume the saved settings rule: ``model_config`` must equal the saved one and ``train_config`` may
     differ only in ``epochs`` (or be None)."""
+    check_settings_type(model_config, MLPConfig, "model_config", optional=False)
+    check_settings_type(train_config, MLPTrainConfig, "training settings")
     device = resolve_device(device)
     folder = Path(out)
     if train_config is None and resume and OutputFolder(folder).unstarted_run():  # started again, as recorded

@@ -33,7 +33,7 @@ T_f in [30, 100]; init N(-0.3, 0.3).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from dam.errors import InputError
@@ -64,15 +64,18 @@ _CONSTANT_T = {"n20", "n30"}
 
 
 def preset_names() -> list[str]:
+    """The model presets: n2, n3, n20, n30."""
     return sorted(_MODELS, key=lambda k: int(k[1:]))
 
 
 def schedule_names() -> list[str]:
+    """The schedules: paper, cpu, quick."""
     return list(_SCHEDULES)
 
 
 def preset(name: str, schedule: str = "cpu", **overrides: Any) -> TrainConfig:
-    """The TrainConfig of preset ``name`` (n2, n3, n20, n30) under ``schedule`` (paper, cpu, quick)."""
+    """The TrainConfig of preset ``name`` (n2, n3, n20, n30) under ``schedule`` (paper, cpu, quick), with any
+    field of :class:`~dam.training.rule.TrainConfig` overridden by keyword (``preset("n30", "quick", seed=1)``)."""
     if name not in _MODELS:
         raise InputError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
     if schedule not in _SCHEDULES:
@@ -80,5 +83,9 @@ def preset(name: str, schedule: str = "cpu", **overrides: Any) -> TrainConfig:
     values = {**_SCHEDULES[schedule], **_MODELS[name]}
     if name in _CONSTANT_T:
         values["ramp_epochs"] = 0
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        known = ", ".join(f.name for f in fields(TrainConfig))
+        raise InputError(f"unknown training settings {unknown}; TrainConfig has {known}")
     config = TrainConfig(**values)
     return replace(config, **overrides) if overrides else config

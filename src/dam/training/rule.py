@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dam.errors import CheckpointError, ConfigError, violated
+from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole, plain_fields, violated
 from dam.model import CONFIG_FILE, DenseAssociativeMemory, FusedKernel
 from dam.runs import read_run_config, resume_flags
 from dam.training.loop import (
@@ -29,8 +29,6 @@ from dam.training.loop import (
     as_unit_float,
     check_train_subset,
     epoch_permutation,
-    is_finite_number,
-    is_whole,
     restore_trainer,
     resumed_settings,
     run_record,
@@ -40,7 +38,23 @@ from dam.training.loop import (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run.  Presets in :mod:`dam.training.presets` fill these in."""
+    """Every setting of a training run of the authors' algorithm (docs/training.md); :func:`dam.training.preset`
+    fills them in by name.  NumPy scalars are taken as Python numbers.
+
+    - ``n``: power of the rectified polynomial F_n (the model's interaction order); ``m``: power of the loss
+      sum (Y - t)^(2m) (eq. 3); ``num_memories``: K, the number of memories.
+    - ``temperature_start``, ``temperature_end``: T_i and T_f, in units of the energy gap (the argument of F_n is
+      h / T, with h up to 794 in size); T goes linearly from T_i to T_f over ``ramp_epochs`` epochs, then holds.
+    - ``epochs``, ``batch_size``: passes over the training images, and images per update.
+    - ``lr``: eps0, the exact distance the largest entry of each memory's update moves per minibatch (the rule
+      normalises each memory's update by its largest entry; not an optimiser's step size); ``lr_decay``: f, with
+      eps = eps0 * f^epoch; ``momentum``: p in V <- p V - dC/dxi.
+    - ``init_mean``, ``init_std``: the memories start N(init_mean, init_std) (clipped to [-1, 1] by training).
+    - ``seed``: initialisation, minibatch order and any subset; ``dataset``: "mnist" or "fashion-mnist";
+      ``train_subset``: train on the first N of a seeded permutation (None: all); ``validation``: hold out 10k
+      of the 60k training images and report error on them; ``eval_every``: test every this many epochs;
+      ``dtype``: "float32" or "float64".
+    """
 
     n: int = 3
     m: int = 3
@@ -66,6 +80,7 @@ class TrainConfig:
         # types first: an integer setting given as 1.5, or a NaN, would train (or fail after the folder is written)
         whole = ("n", "m", "num_memories", "ramp_epochs", "epochs", "batch_size", "seed", "eval_every")
         real = ("temperature_start", "temperature_end", "lr", "lr_decay", "momentum", "init_mean", "init_std")
+        plain_fields(self, (*whole, *real, "train_subset"))
         types = {
             **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
             "train_subset is an integer or None": self.train_subset is None or is_whole(self.train_subset),
@@ -106,10 +121,12 @@ class TrainConfig:
         return self.temperature_start + (self.temperature_end - self.temperature_start) * frac
 
     def lr_at(self, epoch: int) -> float:
+        """eps for a 0-based epoch: eps0 * f^epoch."""
         return self.lr * self.lr_decay**epoch
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The settings a run folder's config.json records; ConfigError for unknown or invalid ones."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

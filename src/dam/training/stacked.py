@@ -41,6 +41,7 @@ from dam.training.loop import (
     TrainData,
     as_unit_float,
     check_new_run,
+    check_settings_type,
     epoch_permutation,
     fit,
     fit_runs,
@@ -449,7 +450,12 @@ def train(
     unless ``force``, which moves it aside.  ``stop_after`` ends after that many epochs in total, as a kill
     would.  ``progress=None`` shows a bar on a terminal or in Jupyter.  :func:`dam.training.train_many`
     trains several runs in one process; on a GPU a single run goes through it too (its epochs are CUDA graphs).
+
+    ``device``: "cpu" (default), "auto" (a GPU when there is one), "cuda" or "cuda:N".  ``data_dir``: the
+    data set's folder (None: ``$DAM_DATA_DIR``, the cache, or a download; a resumed run keeps its own).
+    ``log``: called with each epoch's metrics as one JSON line.
     """
+    check_settings_type(config, TrainConfig, "training settings")
     device = resolve_device(device)
     if device.type == "cuda":
         # On a GPU one model alone is host-bound (13-14x its matrix products per epoch, measured on an H100):
@@ -495,6 +501,11 @@ def train_many(
     while later groups train.  Interleaving groups per epoch would fill the device no better, since the
     groups' steps run one after the other either way.
     """
+    if isinstance(configs, TrainConfig) or isinstance(outs, (str, os.PathLike)):
+        raise ConfigError("train_many takes a list of training settings and a list of run folders; "
+                          "dam.training.train trains one")  # fmt: skip
+    for config in configs:
+        check_settings_type(config, TrainConfig, "training settings")
     if len(configs) != len(outs):
         raise ConfigError(f"{len(configs)} training settings for {len(outs)} run folders; give one for each")
     if not outs:

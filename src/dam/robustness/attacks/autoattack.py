@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError, MissingExtraError
+from dam.errors import InputError, MissingExtraError, check_whole
 from dam.model import as_logits
 from dam.robustness.attacks.standard import (
     AttackResult,
@@ -90,8 +90,8 @@ class ReferenceAttack:
         hand_on: bool = False,
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons, positive=True)
-        if restarts < 1 or batch_size < 1:
-            raise InputError("restarts and batch_size must be at least 1")
+        restarts, batch_size = check_whole("restarts", restarts), check_whole("batch_size", batch_size)
+        seed = check_whole("seed", seed, 0)
         if hand_on and not self.hands_on:
             raise InputError(f"{self.name} has no iterates to hand on (hand_on is for the APGD attacks)")
         self.restarts, self.batch_size, self.seed = restarts, batch_size, seed
@@ -198,6 +198,14 @@ class _HighestLoss:
         attack.attack_single_run = recorded
 
 
+def check_targets(targets: Any) -> int:
+    """The number of target classes of a targeted attack: the 1 to 9 runner-up classes."""
+    targets = check_whole("targets", targets)
+    if targets > 9:
+        raise InputError(f"targets must be between 1 and 9 (the runner-up classes), got {targets}")
+    return targets
+
+
 class APGDCE(ReferenceAttack):
     """APGD on the cross-entropy loss: step-size-free PGD with momentum, 100 iterations."""
 
@@ -206,7 +214,7 @@ class APGDCE(ReferenceAttack):
 
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, **kwargs: Any) -> None:
         super().__init__(model, epsilons, **kwargs)
-        self.steps = steps
+        self.steps = check_whole("steps", steps)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "steps": self.steps, "loss": self.loss}
@@ -237,9 +245,7 @@ class APGDT(ReferenceAttack):
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, targets: int = 9,
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(model, epsilons, **kwargs)
-        if not 1 <= targets <= 9:
-            raise InputError(f"targets must be between 1 and 9, got {targets}")
-        self.steps, self.targets = steps, targets
+        self.steps, self.targets = check_whole("steps", steps), check_targets(targets)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "steps": self.steps, "target_classes": self.targets, "loss": "dlr-targeted"}
@@ -260,7 +266,7 @@ class FABT(ReferenceAttack):
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, steps: int = 100, targets: int = 9,
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(model, epsilons, **kwargs)
-        self.steps, self.targets = steps, targets
+        self.steps, self.targets = check_whole("steps", steps), check_targets(targets)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "steps": self.steps, "target_classes": self.targets if self.targeted else None}
@@ -288,9 +294,7 @@ class Square(ReferenceAttack):
 
     def __init__(self, model: nn.Module, epsilons: Sequence[float], *, queries: int = 5000, **kwargs: Any) -> None:
         super().__init__(model, epsilons, **kwargs)
-        if queries < 1:
-            raise InputError(f"queries must be at least 1, got {queries}")
-        self.queries = queries
+        self.queries = check_whole("queries", queries)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "queries": self.queries, "p_init": 0.8}
@@ -324,7 +328,7 @@ class AutoAttackResult:
 
     def robust_accuracy(self) -> list[float]:
         """Worst case per image over every attack, per budget."""
-        return [1.0 - float(b.float().mean()) for b in self.broken()]
+        return [1.0 - float(b.double().mean()) for b in self.broken()]
 
 
 class AutoAttack:
@@ -353,10 +357,11 @@ class AutoAttack:
     ) -> None:
         if version not in ("standard", "plus"):
             raise InputError(f"version must be 'standard' or 'plus', got {version!r}")
-        self.model, self.norm, self.epsilons, self.version = model, norm, [float(e) for e in epsilons], version
         common = {"norm": norm, "batch_size": batch_size, "seed": seed}
         self.first = [APGDCE(model, epsilons, steps=steps, **common),
                       APGDT(model, epsilons, steps=steps, targets=targets, **common)]  # fmt: skip
+        epsilons = self.first[0].epsilons  # checked: floats, one budget as a list of one
+        self.model, self.norm, self.epsilons, self.version = model, norm, epsilons, version
         self.cascade: list[ReferenceAttack] = []
         if fab:
             self.cascade.append(FABT(model, epsilons, steps=steps, targets=targets, **common))

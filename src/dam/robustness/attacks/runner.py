@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dam.data import load_dataset
 from dam.data.sources import DATASETS
 from dam.environment import environment_info
-from dam.errors import InputError, violated
+from dam.errors import InputError, is_finite_number, is_whole, plain_fields, plain_number, violated
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
@@ -47,7 +47,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AttackSuite:
-    """Which attacks, budgets and images.  Budgets are in [0, 1] pixel units."""
+    """Which attacks, budgets and images.  Budgets are in [0, 1] pixel units.
+
+    ``images``: how many seeded test images (``seed`` picks them and seeds every attack); ``linf``, ``l2``: the
+    budgets of each norm; ``pgd_steps``: Foolbox PGD's iterations; ``hsj_steps``, ``hsj_max_evals``,
+    ``hsj_norms``: HopSkipJump's iterations, gradient-estimate queries and norms (0 steps: not run); the
+    AutoAttack and convergence-check settings below.
+    """
 
     images: int = 500
     seed: int = 0
@@ -108,12 +114,29 @@ class AttackSuite:
     def __post_init__(self) -> None:
         # budgets in increasing order, once each: the tables, the curves and the checklist's "largest budget"
         # read them so, and an adversarial within a budget counts within every larger one
+        whole = ("images", "seed", "pgd_steps", "hsj_steps", "hsj_max_evals", "aa_steps", "square_queries")
+        plain_fields(self, whole)
+        types = {
+            **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
+            "aa_fab is True or False": isinstance(self.aa_fab, bool),
+            "effort_check is True or False": isinstance(self.effort_check, bool),
+        }
+        bad = [rule for rule, ok in types.items() if not ok]
+        if bad:
+            raise InputError(violated("attack settings", bad, self))
         for norm in ("linf", "l2"):
-            object.__setattr__(self, norm, tuple(sorted({float(e) for e in getattr(self, norm)})))
+            values = getattr(self, norm)
+            values = [values] if is_finite_number(plain_number(values)) else values  # one budget
+            try:
+                object.__setattr__(self, norm, tuple(sorted({float(e) for e in values})))
+            except (TypeError, ValueError):
+                raise InputError(f"{norm} budgets must be numbers, got {values!r}") from None
+        object.__setattr__(self, "hsj_norms", (self.hsj_norms,) if isinstance(self.hsj_norms, str) else self.hsj_norms)
         rules = {
             "autoattack in standard, plus, none": self.autoattack in ("standard", "plus", "none"),
             "aa_steps >= 1": self.aa_steps >= 1,
             "square_queries >= 0": self.square_queries >= 0,
+            "0 <= seed < 2**63": 0 <= self.seed < 2**63,
             "images >= 1": self.images >= 1,
             "linf budgets given": bool(self.linf),
             "l2 budgets given": bool(self.l2),

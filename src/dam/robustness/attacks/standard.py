@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dam.errors import MissingExtraError
-from dam.model import InputError, as_logits, flatten_images
+from dam.errors import InputError, MissingExtraError, check_whole, is_finite_number, plain_number
+from dam.model import NUM_CLASSES, as_logits, flatten_images
 
 NORMS = ("linf", "l2")
 
@@ -58,7 +58,8 @@ class AttackResult:
     seconds: float = 0.0  # wall time the attack took (what it cost, beside the queries)
 
     def robust_accuracy(self) -> list[float]:
-        return [1.0 - float(s.float().mean()) for s in self.success] if self.success.shape[1] else []
+        """Share of the images no budget's attack broke, per budget."""
+        return [1.0 - float(s.double().mean()) for s in self.success] if self.success.shape[1] else []
 
 
 class QueryCounter(nn.Module):
@@ -80,8 +81,11 @@ def check_attack_inputs(images: Tensor, labels: Tensor, device: torch.device) ->
         raise InputError("no images to attack: the batch is empty")
     if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
         raise InputError("attack images must be finite and lie in [0, 1]")
-    if labels.dtype != torch.long or labels.shape != (x.shape[0],):
-        raise InputError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    if not isinstance(labels, Tensor) or labels.dtype != torch.long or labels.shape != (x.shape[0],):
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise InputError(f"labels must be an int64 tensor of shape ({x.shape[0]},), got {got}")
+    if int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES:
+        raise InputError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {int(labels.min())}..{int(labels.max())}")
     return x.to(device), labels.to(device)
 
 
@@ -89,7 +93,13 @@ def check_budgets(norm: str, epsilons: Sequence[float], *, positive: bool = Fals
     """The norm and budgets of an attack, checked (one InputError naming the problem), as floats."""
     if norm not in NORMS:
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-    bad = [e for e in epsilons if not (e > 0 if positive else e >= 0)]
+    if is_finite_number(plain_number(epsilons)):  # one budget: as a list of one
+        epsilons = [epsilons]
+    try:
+        epsilons = [plain_number(e) for e in epsilons]
+    except TypeError:
+        raise InputError(f"epsilons must be a budget or a list of budgets, got {epsilons!r}") from None
+    bad = [e for e in epsilons if not (is_finite_number(e) and (e > 0 if positive else e >= 0))]
     if not epsilons or bad:
         kind = "positive budgets" if positive else "budgets >= 0"
         raise InputError(f"epsilons must be a non-empty list of {kind}, got {list(epsilons)}")
@@ -158,7 +168,7 @@ class Attack:
         self, model: nn.Module, epsilons: Sequence[float], *, norm: str = "linf", batch_size: int = 250, seed: int = 0
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed = check_whole("batch_size", batch_size), check_whole("seed", seed, 0)
 
     def _foolbox_attack(self, fb: Any) -> Any:
         raise NotImplementedError
@@ -241,9 +251,10 @@ class PGD(Attack):
     ) -> None:
         super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
         # Madry et al.'s step: 2.5 eps / steps, so that the steps together can cross the ball from any start.
-        rel_stepsize = 2.5 / steps if rel_stepsize is None and steps >= 1 else rel_stepsize
-        if steps < 1 or rel_stepsize is None or rel_stepsize <= 0:
-            raise InputError("PGD needs steps >= 1 and rel_stepsize > 0")
+        steps = check_whole("steps", steps)
+        rel_stepsize = 2.5 / steps if rel_stepsize is None else plain_number(rel_stepsize)
+        if not (is_finite_number(rel_stepsize) and rel_stepsize > 0):
+            raise InputError(f"PGD needs a finite rel_stepsize > 0, got {rel_stepsize!r}")
         self.steps, self.rel_stepsize, self.random_start = steps, rel_stepsize, random_start
 
     def describe(self) -> dict[str, Any]:
@@ -278,7 +289,10 @@ class HopSkipJump(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
-        if steps < 1 or initial_gradient_eval_steps < 1 or max_gradient_eval_steps < initial_gradient_eval_steps:
+        steps = check_whole("steps", steps)
+        initial_gradient_eval_steps = check_whole("initial_gradient_eval_steps", initial_gradient_eval_steps)
+        max_gradient_eval_steps = check_whole("max_gradient_eval_steps", max_gradient_eval_steps)
+        if max_gradient_eval_steps < initial_gradient_eval_steps:
             raise InputError("HopSkipJump needs steps >= 1 and 1 <= initial <= max gradient-estimation steps")
         self.steps = steps
         self.initial_gradient_eval_steps, self.max_gradient_eval_steps = (
