@@ -74,7 +74,7 @@ def test_second_writer_is_refused_and_first_run_intact(tmp_path, data) -> None:
     finally:
         first.send_signal(signal.SIGINT)  # Ctrl-C: the saved epochs are kept, the metrics end with them
         _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 130 and "interrupted" in stderr, stderr
+    assert first.returncode == 130 and "interrupted" in stderr and "add --resume" in stderr, stderr
     info = json.loads(dam("info", str(out), "--format", "json").stdout)
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     done = [int(line.split('"epoch": ')[1].split(",")[0]) for line in metrics]

@@ -244,6 +244,20 @@ def test_cli_reproduce_reports_a_damaged_record_in_one_line(tmp_path: Path, caps
     assert "reproduce.json: not valid JSON" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_folder_of_other_files_is_refused_before_its_md5s_are_recorded(tmp_path: Path, mnist_dir: Path, capsys):
+    junk = tmp_path / "junk" / "mnist"
+    junk.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (junk / name).write_bytes(b"not an IDX file")
+    out = tmp_path / "r"
+    argv = ["reproduce", "--preset", "quick", "--out", str(out), "--no-check", "--no-progress"]
+    assert main([*argv, "--data-dir", str(junk.parent)]) == 2
+    assert "magic" in capsys.readouterr().err
+    record = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").exists() else {}
+    assert "md5" not in json.dumps(record)  # the junk's MD5s were never recorded: the folder is still usable
+
+
 def test_running_again_reads_the_data_it_started_with(reproduction: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("DAM_DATA_DIR", raising=False)  # no data anywhere but where the run started
     reproduce(TINY, reproduction, check=False, log=lambda line: None)

@@ -280,6 +280,9 @@ def test_flags_are_validated_where_parsed(tmp_path: Path, capsys):
     out = tmp_path / "s1"
     assert main(["sweep", "--out", str(out), "--backend", "local", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert not out.exists()  # the data are looked for before the folder is made
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(out), "--device", "cpu", "--gpus-per-trial", "1"]) == 2
+    assert "would not use them" in capsys.readouterr().err and not out.exists()  # before Ray or plan.json
 
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch, mnist_dir: Path, tmp_path: Path):

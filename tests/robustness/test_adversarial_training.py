@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,24 @@ def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
     # the same report from the function: same images, same numbers
     again = robustness_report(base_run, out, eval_images=30)
     assert again["finetuned"]["l2_mean"] == report["finetuned"]["l2_mean"]
+    # resuming the finished run: the measurement is reused, one made otherwise is never replaced in silence
+    resume = ["adversarial-train", str(base_run), "--out", str(out), "--resume", "--no-progress"]
+    capsys.readouterr()
+    assert main([*resume, "--eval-images", "30"]) == 0
+    assert "reused" in capsys.readouterr().err
+    written = (out / "robustness.json").read_text()
+    assert main(resume) == 2  # --eval-images 500 by default
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval_images (30, 500)" in err[0] and "--remeasure" in err[0]
+    assert (out / "robustness.json").read_text() == written
+    other = tmp_path / "other-base"
+    shutil.copytree(base_run, other)
+    with torch.no_grad():
+        moved = DenseAssociativeMemory.load(other)
+        moved.memories.mul_(0.5)
+    moved.save(other, json.loads((other / "config.json").read_text()))
+    assert main(["adversarial-train", str(other), "--out", str(out), "--resume", "--eval-images", "30"]) == 2
+    assert "was fine-tuned from" in capsys.readouterr().err
 
 
 def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:

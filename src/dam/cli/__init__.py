@@ -88,8 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dam evaluate RUN | head -1`: the reader left; no traceback, and none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:
-        how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
+        # training resumes with --resume; every other command reuses what it finished when run again
+        resumable = args.command in ("train", "adversarial-train")
+        how = "add --resume to the same command" if resumable else "run the same command again"
         print(f"dam {args.command}: interrupted; saved epochs and finished results are kept ({how})", file=sys.stderr)
         return 130
 

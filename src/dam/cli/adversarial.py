@@ -39,7 +39,13 @@ def _row(name: str, before: float | None, after: float | None, fmt: str) -> str:
 
 
 def cmd_adversarial_train(args: argparse.Namespace) -> int:
-    from dam.robustness.adversarial_training import ROBUSTNESS_FILE, adversarial_finetune, robustness_report
+    from dam.results import read_json
+    from dam.robustness.adversarial_training import (
+        ROBUSTNESS_FILE,
+        adversarial_finetune,
+        robustness_differs,
+        robustness_report,
+    )
     from dam.runs import run_dataset, run_kind
 
     if run_kind(args.base_run) != "dam":
@@ -49,13 +55,28 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
         raise InputError(f"--data-dir {args.data_dir}: no such folder")
     config = _config(args)
     out = Path(args.out)
+    measure = {"eval_images": args.eval_images, "eval_seed": args.eval_seed}
+    if args.resume and not args.remeasure:  # a finished measurement is never replaced in silence
+        # (the weights are compared after the fine-tuning, which refuses a base run other than its own first)
+        differs = robustness_differs(out, args.base_run, **measure, weights=False)
+        if differs:
+            raise InputError(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(differs)}; give "
+                             "the same settings, or --remeasure to measure again and replace it")  # fmt: skip
     print(f"adversarial fine-tuning of {args.base_run} into {out}: {json.dumps(asdict(config))}", file=sys.stderr)
     progress = False if args.no_progress else None
     adversarial_finetune(args.base_run, out, config, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip
-    print(f"measuring robustness on {args.eval_images} test images (seed {args.eval_seed})", file=sys.stderr)
-    report = robustness_report(args.base_run, out, eval_images=args.eval_images, eval_seed=args.eval_seed,
-                               data_dir=args.data_dir, device=args.device)  # fmt: skip
+    saved = read_json(out / ROBUSTNESS_FILE)
+    saved = saved if isinstance(saved, dict) else None  # unreadable: measured again
+    if saved is not None and not args.remeasure and not robustness_differs(out, args.base_run, **measure):
+        print(f"{out / ROBUSTNESS_FILE}: already measured with these settings and weights; reused", file=sys.stderr)
+        report = saved
+    else:
+        if saved is not None and not args.remeasure:
+            print(f"{out / ROBUSTNESS_FILE}: the fine-tuned weights changed since it was measured; measuring again",
+                  file=sys.stderr)  # fmt: skip
+        print(f"measuring robustness on {args.eval_images} test images (seed {args.eval_seed})", file=sys.stderr)
+        report = robustness_report(args.base_run, out, **measure, data_dir=args.data_dir, device=args.device)
     b, a = report["base"], report["finetuned"]
     print(f"{'':<24s}{'base':>12s}{'fine-tuned':>12s}")
     print(_row("test error (all)", b["test_error"], a["test_error"], ".2%"))
@@ -101,5 +122,8 @@ def add_adversarial_commands(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
     g.add_argument("--force", action="store_true", help="move a run already in --out aside (never deleted)")
+    p.add_argument(
+        "--remeasure", action="store_true", help="measure robustness again, replacing a robustness.json made otherwise"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_adversarial_train)

@@ -74,7 +74,8 @@ def cmd_rubbish(args: argparse.Namespace) -> int:
             result = run_rubbish(run, out, _search_kwargs(args), args.per_class, args.seed, replace=args.force)
             rate = result.success.float().mean()
             print(f"{model_name(run)}: {len(result.targets)} rubbish images, success {rate:.1%}, "
-              f"stalled {result.stalled.float().mean():.1%} -> {out / model_name(run)}/rubbish.*")  # fmt: skip
+                  f"stalled {result.stalled.float().mean():.1%}, stuck {result.stuck.float().mean():.1%} "
+                  f"-> {out / model_name(run)}/rubbish.*")  # fmt: skip
     return 0
 
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 from dam.cli.args import device, finite_float, fraction, positive_float, positive_int, seed
 from dam.errors import ConfigError
-
-logger = logging.getLogger("dam.cli")
 
 DAM_ONLY = ["preset", "n", "m", "temperature", "temperature_start", "temperature_end", "ramp_epochs",
             "num_memories", "lr_decay", "momentum", "dtype", "schedule"]  # fmt: skip
@@ -151,7 +148,6 @@ def _train_mlp(args: argparse.Namespace, out: Path) -> Any:
         model_config = MLPConfig(**{**saved["model"], **{k: v for k, v in asdict(model_config).items()
                                                          if getattr(args, k, None) is not None}})  # fmt: skip
         train_settings = replace(MLPTrainConfig(**saved["train"]), **overrides) if overrides else None
-    logger.info("training %s into %s", model_config.name, out)
     train_mlp(model_config, train_settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
               force=args.force, progress=False if args.no_progress else None)  # fmt: skip
     return asdict(model_config)
@@ -182,6 +178,11 @@ def dam_settings(args: argparse.Namespace, out: Path, seed: int | None = None) -
         # a flag that differs from the saved run is refused (by train's resume rule), never ignored
         return None if not given else replace(saved, **given)
     if args.resume and not args.preset and args.n is None:
+        seeds = sorted(
+            int(p.name[1:]) for p in out.glob("s[0-9]*") if p.name[1:].isdigit() and (p / "config.json").exists()
+        )
+        if seeds:  # a folder of --seeds runs
+            raise ConfigError(f"{out}: holds one run per seed; resume them with --seeds {' '.join(map(str, seeds))}")
         raise ConfigError(f"{out}: no run to resume there; to start one, give --preset (n2, n3, n20, n30) or --n")
     config = train_config(args)
     return config if seed is None else replace(config, seed=seed)
@@ -209,7 +210,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.degree is not None or args.hidden is not None:
             raise ConfigError("--degree and --hidden are settings of --model mlp-relu / mlp-repu")
         settings = dam_settings(args, out)
-        logger.info("training into %s", out)
         model = train(settings, out, data_dir=args.data_dir, device=args.device, resume=args.resume,
                       force=args.force, progress=False if args.no_progress else None)  # fmt: skip
         model_settings = asdict(model.config)
@@ -232,7 +232,6 @@ def _train_seeds(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError(f"{out}: holds a run; --seeds writes one run folder per seed inside --out, give another")
     outs = [out / f"s{seed}" for seed in args.seeds]
     settings = [dam_settings(args, folder, seed) for folder, seed in zip(outs, args.seeds, strict=True)]
-    logger.info("training %d DAMs into %s", len(outs), out)
     models = train_many(settings, outs, data_dir=args.data_dir, device=args.device, resume=args.resume,
                         force=args.force, progress=False if args.no_progress else None)  # fmt: skip
     print(json.dumps([_summary(f, asdict(m.config)) for f, m in zip(outs, models, strict=True)], indent=2))

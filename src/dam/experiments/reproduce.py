@@ -251,10 +251,15 @@ class Stages:
 
 
 def data_checksums(data_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """Where MNIST was read from and the MD5 of each file, so a report names the exact data it used."""
+    """Where MNIST was read from and the MD5 of each file, so a report names the exact data it used.  The files
+    are read (and their format checked) first: a folder of other files is refused before its MD5s are recorded,
+    which would tie the output folder to them."""
+    from dam.data import load_dataset
     from dam.data.datasets import locate_dataset
     from dam.data.sources import SPLIT_FILES, find_file, md5sum
 
+    for split in ("train", "test"):
+        load_dataset("mnist", split, data_dir=data_dir)
     folder = locate_dataset("mnist", data_dir)
     files = {}
     for stems in SPLIT_FILES.values():

@@ -560,8 +560,6 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
             raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc).strip().splitlines()[0]}") from exc
     try:
         resources = ray.cluster_resources()
-        if device == "cpu" and gpus_per_trial:  # reserved and unused, and fewer points at once
-            raise InputError(f"--gpus-per-trial {gpus_per_trial:g} with --device cpu: the points would not use them")
         if gpus_per_trial is None:
             gpus_per_trial = 0.25 if resources.get("GPU", 0) > 0 and device != "cpu" else 0
         if gpus_per_trial > resources.get("GPU", 0):
@@ -666,6 +664,8 @@ def run_sweep(
         raise InputError(f"backend must be 'ray' or 'local', got {backend!r}")
     if max_retries < 0 or cpus_per_trial < 1 or (gpus_per_trial is not None and gpus_per_trial < 0):
         raise InputError("max_retries >= 0, cpus_per_trial >= 1 and gpus_per_trial >= 0 are required")
+    if str(device) == "cpu" and gpus_per_trial:  # reserved and unused, and fewer points at once
+        raise InputError(f"--gpus-per-trial {gpus_per_trial:g} with --device cpu: the points would not use them")
     plan.check()  # a bad setting fails here, before any worker starts
     for n, seed in plan.points():
         plan.config(n, seed)

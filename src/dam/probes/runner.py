@@ -54,34 +54,38 @@ def _saved(path: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) else None
 
 
-def _done(path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any], replace: bool) -> bool:
+def _done(
+    path: Path, search: BoundarySearch | RubbishSearch, inputs: dict[str, Any], replace: bool, quiet: bool = False
+) -> bool:
     """Whether a finished result of these search settings and inputs is on disk (then it is reused).
 
     A finished result made otherwise (other search settings, or other inputs: the model's weights, the
     images, the rubbish seed or count) is never replaced silently: refused, or with ``replace`` (the CLI's
-    ``--force``, a pipeline's own folder) replaced with a warning.
+    ``--force``, a pipeline's own folder) replaced with a warning (not in the ``quiet`` look before the work:
+    the replacement itself warns).
     """
     saved = _saved(path)
     if saved is None:
         return False
     if not key_matches(saved.get("search"), search.settings()):
-        return _replaced(path.with_suffix(".json"), f"other search settings ({saved.get('search')})", replace)
-    return _same_inputs(path.with_suffix(".json"), saved, inputs, replace)
+        return _replaced(path.with_suffix(".json"), f"other search settings ({saved.get('search')})", replace, quiet)
+    return _same_inputs(path.with_suffix(".json"), saved, inputs, replace, quiet)
 
 
-def _same_inputs(file: Path, saved: dict[str, Any], inputs: dict[str, Any], replace: bool) -> bool:
+def _same_inputs(file: Path, saved: dict[str, Any], inputs: dict[str, Any], replace: bool, quiet: bool = False) -> bool:
     if key_matches({k: saved.get(k) for k in inputs}, inputs):
         return True
     now = result_key(**inputs)
     differ = ", ".join(sorted(k for k in now if saved.get(k) != now[k]))
-    return _replaced(file, f"other inputs ({differ} differ)", replace)
+    return _replaced(file, f"other inputs ({differ} differ)", replace, quiet)
 
 
-def _replaced(file: Path, how: str, replace: bool) -> bool:
+def _replaced(file: Path, how: str, replace: bool, quiet: bool = False) -> bool:
     """False (the result is made again) when ``replace``, with a warning; else the one-line refusal."""
     if not replace:
         raise InputError(f"{file} holds a finished result made with {how}; use another --out, or --force to replace it")
-    logger.warning("replacing %s, made with %s", file, how)
+    if not quiet:
+        logger.warning("replacing %s, made with %s", file, how)
     return False
 
 
@@ -138,7 +142,7 @@ def run_rubbish(
     inputs = _rubbish_inputs(seed, per_class, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = RubbishSearch(model, **options)
-    if _done(path, search, inputs, replace):
+    if _done(path, search, inputs, replace, check_only):
         return None if check_only else load_result(RubbishResult, path)
     if check_only:
         return None
@@ -169,7 +173,7 @@ def run_boundary(
     inputs = _boundary_inputs(images, model_md5(run))
     model = DenseAssociativeMemory.load(run, device=device)
     search = BoundarySearch(model, **options)
-    if _done(path, search, inputs, replace):
+    if _done(path, search, inputs, replace, check_only):
         return None if check_only else load_result(BoundaryResult, path)
     if check_only:
         return None
@@ -202,7 +206,7 @@ def run_calibration(
     path = out / model_name(run) / "calibration.json"
     saved = read_json(path)  # None when missing or unreadable: then it is made again
     inputs = {"images_md5": tensor_md5(images), "model_md5": model_md5(run)}
-    if isinstance(saved, dict) and _same_inputs(path, saved, inputs, replace):
+    if isinstance(saved, dict) and _same_inputs(path, saved, inputs, replace, check_only):
         return None if check_only else saved
     if check_only:
         return None

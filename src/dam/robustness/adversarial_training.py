@@ -39,7 +39,7 @@ from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole,
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
-from dam.results import tensor_md5
+from dam.results import read_json, tensor_md5
 from dam.runs import OutputFolder, finished_epochs, model_md5, read_run_config, run_data_dir
 from dam.training.loop import (
     RunPlan,
@@ -234,13 +234,19 @@ class AdversarialTrainer(DAMTrainer):
         }
 
 
-def _resumed_config(folder: Path, config: AdversarialTrainConfig | None, base_md5: str) -> AdversarialTrainConfig:
+def _resumed_config(
+    folder: Path, config: AdversarialTrainConfig | None, base_run: str | os.PathLike[str], base_md5: str
+) -> AdversarialTrainConfig:
     saved_run = read_run_config(folder)
     if "adversarial" not in saved_run:
         raise CheckpointError(f"{folder}: holds a plain training run, not an adversarial fine-tuning; resume it "
                               "with dam train --resume")  # fmt: skip
     saved = settings_from(AdversarialTrainConfig, saved_run["adversarial"], str(folder / CONFIG_FILE))
     if saved_run.get("base_model_md5") != base_md5:
+        saved_base = saved_run.get("base_run")
+        if saved_base and Path(saved_base) != Path(base_run).resolve():
+            raise CheckpointError(f"{folder}: was fine-tuned from {saved_base}, not {Path(base_run).resolve()}; "
+                                  "give that base run, or another --out")  # fmt: skip
         raise CheckpointError(f"{folder}: the base run's weights changed since this fine-tuning started")
     return resumed_settings(saved, config, folder)
 
@@ -262,7 +268,7 @@ def adversarial_finetune(
 
     ``resume=True`` continues ``out`` from its last finished epoch with its saved settings (``config`` may
     then be None, or differ only in ``epochs``).  ``stop_after`` ends after that many epochs in total,
-    as a kill would.  ``progress=None`` shows a bar only on a terminal.
+    as a kill would.  ``progress=None`` shows a bar on a terminal or in Jupyter.
     """
     check_settings_type(config, AdversarialTrainConfig, "fine-tuning settings")
     device = resolve_device(device)
@@ -273,7 +279,7 @@ def adversarial_finetune(
     base, base_md5 = base_settings(base_run), model_md5(base_run)
     with OutputFolder(folder, "run folder").writing(resume=resume, force=force) as resuming:
         if resuming:
-            config = _resumed_config(folder, config, base_md5)
+            config = _resumed_config(folder, config, base_run, base_md5)
         config = config or AdversarialTrainConfig()
         if data_dir is None and not resuming:
             data_dir = run_data_dir(base_run)
@@ -343,6 +349,24 @@ def seeded_test_subset(
     return x.reshape(count, -1), y
 
 
+def robustness_differs(tuned_run: str | os.PathLike[str], base_run: str | os.PathLike[str], *, eval_images: int,
+                       eval_seed: int, weights: bool = True) -> list[str]:  # fmt: skip
+    """What differs between ``tuned_run``'s robustness.json and a measurement of ``base_run`` with these settings
+    (``weights``: both models' weights too), as "name (saved, given)" items; [] when it would be the same, or
+    when there is no such file (the measurement is new: nothing is replaced)."""
+    saved = read_json(Path(tuned_run) / ROBUSTNESS_FILE)
+    if not isinstance(saved, dict):
+        return []
+    base = saved.get("base") if isinstance(saved.get("base"), dict) else {}
+    given = {"eval_images": eval_images, "eval_seed": eval_seed, "rule": ROBUSTNESS_RULE}
+    have = {"eval_images": saved.get("eval_images"), "eval_seed": saved.get("eval_seed"), "rule": saved.get("rule")}
+    if weights:
+        tuned = saved.get("finetuned") if isinstance(saved.get("finetuned"), dict) else {}
+        given["base weights"], have["base weights"] = model_md5(base_run), base.get("model_md5")
+        given["fine-tuned weights"], have["fine-tuned weights"] = model_md5(tuned_run), tuned.get("model_md5")
+    return [f"{k} ({have[k]!r}, {given[k]!r})" for k in given if have[k] != given[k]]
+
+
 def robustness_report(
     base_run: str | os.PathLike[str],
     tuned_run: str | os.PathLike[str],
@@ -361,7 +385,7 @@ def robustness_report(
     x, y = seeded_test_subset(eval_images, eval_seed, base.dataset, data_dir)
     x_all, y_all = load_dataset(base.dataset, "test", data_dir=data_dir)
     report: dict[str, Any] = {
-        "eval_images": eval_images, "eval_seed": eval_seed, "images_md5": tensor_md5(x),
+        "eval_images": eval_images, "eval_seed": eval_seed, "images_md5": tensor_md5(x), "rule": ROBUSTNESS_RULE,
     }  # fmt: skip
     for key, run in (("base", base_run), ("finetuned", tuned_run)):
         t0 = time.perf_counter()

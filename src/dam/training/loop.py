@@ -337,6 +337,13 @@ def fit_runs(
         raise InputError(f"stop_after must be an integer of at least 1 epoch, got {stop_after!r}")
     ends = [run.plan.epochs if stop_after is None else min(run.plan.epochs, stop_after) for run in runs]
     for run, end in zip(runs, ends, strict=True):
+        # said here, once every check has passed, never before a refusal
+        if run.start_epoch >= end:
+            logger.info("%s: %d of %d epochs already done; nothing to train", run.plan.folder, run.start_epoch,
+                        run.plan.epochs)  # fmt: skip
+        else:
+            how = f"resuming at epoch {run.start_epoch + 1}" if run.start_epoch else "training"
+            logger.info("%s: %s, to epoch %d of %d", run.plan.folder, how, end, run.plan.epochs)
         keep_metrics_until(run.plan.folder, run.start_epoch)
         run.run_info = _with_earlier_sessions(run.plan.folder, run.run_info, run.start_epoch, end)
         atomic_write_json(run.plan.folder / CONFIG_FILE, run.run_info)

@@ -97,7 +97,7 @@ def robust_accuracy(
     device = next(model.parameters()).device
     with torch.no_grad():
         wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
-    table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.float().mean()))
+    table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.double().mean()))
     results: dict[str, AttackResult] = {}
     # the clean errors and the per-image worst cases, for checks that continue from them
     # (dam.robustness.attacks.autoattack.effort_check, added by add_to_worst_case)
@@ -153,12 +153,12 @@ def _add_column(
     table.settings[column] = {**settings, "seconds": round(result.seconds, 2)}
     worst = results[WORST]
     if on_survivors:
-        table.extra_broken[column] = [float((s & ~b).float().mean())
+        table.extra_broken[column] = [float((s & ~b).double().mean())
                                       for s, b in zip(result.success, worst.success, strict=True)]  # fmt: skip
     for kept in (worst, results[GRADIENT_WORST]) if settings["gradients"] else (worst,):
         kept.success = kept.success | result.success
-    table.worst_case = [1.0 - float(b.float().mean()) for b in worst.success]
-    table.gradient_worst_case = [1.0 - float(b.float().mean()) for b in results[GRADIENT_WORST].success]
+    table.worst_case = [1.0 - float(b.double().mean()) for b in worst.success]
+    table.gradient_worst_case = [1.0 - float(b.double().mean()) for b in results[GRADIENT_WORST].success]
     # (redone after every column: a gradient attack run later, AutoAttack's after HopSkipJump and the transfers,
     # may break the same images)
     gradient = results[GRADIENT_WORST].success
@@ -167,7 +167,7 @@ def _add_column(
         if free:
             kind = gradient_free_kind(name)
             by_kind[kind] = by_kind.get(kind, torch.zeros_like(gradient)) | results[name].success
-    table.beyond_gradients = {kind: [float(s.float().mean()) for s in broken & ~gradient]
+    table.beyond_gradients = {kind: [float(s.double().mean()) for s in broken & ~gradient]
                               for kind, broken in sorted(by_kind.items())}  # fmt: skip
     _log_attack(table, column, result)
 
