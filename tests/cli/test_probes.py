@@ -110,6 +110,14 @@ def test_probes_refuse_before_making_their_folder(setup, tmp_path, capsys) -> No
     ):
         assert main([*argv, "--out", str(out), *(["--data-dir", str(data)] if argv[0] == "boundary" else [])]) == 2
         assert message in capsys.readouterr().err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (junk / name).write_bytes(b"not an IDX file")
+    for command in ("boundary", "calibrate"):  # the data are read before the output folder is made
+        assert main([command, runs[0], "--out", str(out), "--data-dir", str(junk)]) == 2
+        assert "magic" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -30,6 +30,12 @@ def test_explicit_dir_without_files_is_an_error(tmp_path) -> None:
         load_dataset("mnist", "train", data_dir=tmp_path)
 
 
+def test_a_file_given_as_the_data_folder_is_named_so(tmp_path) -> None:
+    (tmp_path / "mnist.tar").write_bytes(b"")
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
+        locate_dataset("mnist", tmp_path / "mnist.tar")
+
+
 def test_search_order_env_then_cache(tmp_path, monkeypatch) -> None:
     env_root, cache = tmp_path / "env", tmp_path / "cache"
     fake_mnist(cache / "mnist", seed=1)

@@ -104,6 +104,16 @@ def test_calibrate_needs_images() -> None:
         Detector.calibrate(PixelClassifier(), ScoreGuard(), torch.rand(0, 784))
 
 
+def test_fit_is_calibrate_in_scikit_learn_style() -> None:
+    x = torch.rand(200, 784, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    calibrated = Detector.calibrate(PixelClassifier().double(), ScoreGuard().double(), x, 0.1)
+    fitted = Detector(PixelClassifier().double(), ScoreGuard().double(), false_rejection=0.1)
+    assert fitted.fit(x) is fitted and fitted.threshold == calibrated.threshold > 0
+    assert torch.equal(fitted.predict(x), calibrated.predict(x)) and int((fitted.predict(x) == -1).sum()) <= 20
+    with pytest.raises(ValueError, match="false-rejection rate"):
+        Detector(PixelClassifier(), ScoreGuard()).fit(x)
+
+
 # (c) predict
 
 

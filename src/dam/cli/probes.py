@@ -41,7 +41,22 @@ def _search_kwargs(args: argparse.Namespace) -> dict:
 
 def _prepare(args: argparse.Namespace) -> Path:
     """Check every run folder, the flags and the output folder before any compute; return the output folder."""
-    from dam.runs import OutputFolder, distinct_names, run_kind
+    _check_runs(args)
+    return _output(args)
+
+
+def _output(args: argparse.Namespace) -> Path:
+    """The output folder, checked writable (and made): after the data are read, so a failed read leaves none."""
+    from dam.runs import OutputFolder
+
+    out = OutputFolder(args.out, "probe output folder")
+    out.check_results()
+    return out.path
+
+
+def _check_runs(args: argparse.Namespace) -> None:
+    """Every run folder and the flags."""
+    from dam.runs import distinct_names, run_kind
 
     for run in args.runs:
         if (kind := run_kind(run)) != "dam":
@@ -50,9 +65,6 @@ def _prepare(args: argparse.Namespace) -> Path:
     note_unfinished(args.runs)
     if getattr(args, "images", None) is not None:
         check_test_images("--images", args.images, _dataset(args))
-    out = OutputFolder(args.out, "probe output folder")
-    out.check_results()
-    return out.path
 
 
 def _dataset(args: argparse.Namespace) -> str:
@@ -90,8 +102,9 @@ def cmd_boundary(args: argparse.Namespace) -> int:
     from dam.probes.runner import crossed_mean, run_boundary
     from dam.runs import OutputFolder, model_name
 
-    out = _prepare(args)
+    _check_runs(args)
     x, y = _test_images(args)
+    out = _output(args)
     options = {"until": args.until, **_search_kwargs(args)}
     with OutputFolder(out, "probe output folder").lock():
         for run in args.runs:  # refuse before any run's result is made
@@ -113,8 +126,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dam.probes.runner import run_calibration
     from dam.runs import OutputFolder
 
-    out = _prepare(args)
+    _check_runs(args)
     x, y = _test_images(args)
+    out = _output(args)
     results = {}
     with OutputFolder(out, "probe output folder").lock():
         for run in args.runs:  # refuse before any run's result is made

@@ -33,6 +33,8 @@ def locate_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *,
     spec = get_spec(name)
     if data_dir is not None:
         base = Path(data_dir)
+        if base.is_file():
+            raise DatasetError(f"{base}: is a file, not a folder; give the folder that holds the {name} IDX files")
         for folder in (base, base / name):
             if _has_split_files(folder):
                 return folder

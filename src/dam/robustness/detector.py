@@ -38,9 +38,10 @@ class Detector:
         guard: a model with outputs Y in [-1, 1] (a DAM; preferably large n, which the paper found robust).  Its
             outputs are not checked: another module (an MLP's logits) makes a detector on softmax(beta_sm *
             logits) instead, which the paper did not study.
-        threshold: inputs whose guard score is below it are rejected (a finite number; above 1 rejects all).
+        threshold: inputs whose guard score is below it are rejected (a finite number; above 1 rejects all;
+            the default 0 accepts every input until :meth:`fit` sets it).
         beta_sm: the softmax inverse temperature of the confidence; 3.2 is the paper's single value.
-        false_rejection: the target the threshold was calibrated for, if any (kept for the record only).
+        false_rejection: the share of clean images :meth:`fit` may reject (kept in the record).
         agreement: also reject inputs on which the guard's label differs from the classifier's.  The guard
             alone passes images one small step past the classifier's decision boundary (they still look
             like the true digit, so the guard is confident, and right) while the classifier gets them
@@ -52,7 +53,7 @@ class Detector:
         self,
         classifier: nn.Module,
         guard: nn.Module,
-        threshold: float,
+        threshold: float = 0.0,
         beta_sm: float = PAPER_BETA_SM,
         *,
         false_rejection: float | None = None,
@@ -62,10 +63,8 @@ class Detector:
             raise InputError(f"beta_sm must be a positive number, got {beta_sm!r}")
         if not is_finite_number(plain_number(threshold)):
             raise InputError(f"threshold must be a finite number, got {threshold!r}")
-        if false_rejection is not None and not (
-            is_finite_number(plain_number(false_rejection)) and 0 <= false_rejection <= 1
-        ):
-            raise InputError(f"false_rejection must lie in [0, 1], got {false_rejection!r}")
+        if false_rejection is not None:
+            check_false_rejection(false_rejection)
         self.classifier = classifier
         self.guard = guard
         self.threshold = float(threshold)
@@ -84,22 +83,32 @@ class Detector:
         *,
         agreement: bool = False,
     ) -> Detector:
-        """The detector with the highest threshold that rejects at most ``false_rejection`` of ``clean_images``.
+        """The detector with the highest threshold that rejects at most ``false_rejection`` of ``clean_images``
+        (``cls(classifier, guard, false_rejection=...).fit(clean_images)``).
 
         Use images the classifier and guard were not trained on, and other images to evaluate it.
         """
         check_false_rejection(false_rejection)
+        detector = cls(classifier, guard, 0.0, beta_sm, false_rejection=false_rejection, agreement=agreement)
+        return detector.fit(clean_images)
+
+    def fit(self, clean_images: Tensor, false_rejection: float | None = None) -> Detector:
+        """scikit-learn style: set the threshold to the highest that rejects at most ``false_rejection`` (default:
+        the detector's own) of ``clean_images``; returns the detector.  :meth:`predict` then labels inputs."""
+        rate = self.false_rejection if false_rejection is None else false_rejection
+        if rate is None:
+            raise InputError("fit needs a false-rejection rate: Detector(..., false_rejection=0.05) or fit(x, 0.05)")
+        check_false_rejection(rate)
         if len(clean_images) == 0:
             raise InputError("no clean images to calibrate the detector's threshold on")
-        detector = cls(classifier, guard, 0.0, beta_sm, false_rejection=false_rejection, agreement=agreement)
-        scores = detector.decide(clean_images)[0]
-        if agreement and float((scores == 0).double().mean()) > false_rejection:
+        scores = self.decide(clean_images)[0]
+        if self.agreement and float((scores == 0).double().mean()) > rate:
             raise DetectorError(
                 f"classifier and guard disagree on {float((scores == 0).double().mean()):.1%} of the clean images, "
-                f"more than the false-rejection rate {false_rejection:.1%}: no threshold can meet it"
+                f"more than the false-rejection rate {rate:.1%}: no threshold can meet it"
             )
-        detector.threshold = threshold_for(scores, false_rejection)
-        return detector
+        self.threshold, self.false_rejection = threshold_for(scores, rate), float(rate)
+        return self
 
     def guard_scores(self, images: Tensor) -> Tensor:
         """The guard's confidence Z per image, float64 on the CPU (batched, without gradients)."""
@@ -169,8 +178,8 @@ def run_folders(
 
 
 def check_false_rejection(rate: float) -> None:
-    if not 0 <= rate < 1:  # a rate of 1 would reject everything, clean images included
-        raise InputError(f"false rejection rate must be in [0, 1), got {rate}")
+    if not (is_finite_number(plain_number(rate)) and 0 <= rate < 1):  # 1 would reject every clean image too
+        raise InputError(f"false rejection rate must be in [0, 1), got {rate!r}")
 
 
 def threshold_for(scores: Tensor, false_rejection: float) -> float:
