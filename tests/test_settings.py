@@ -33,7 +33,9 @@ BAD = {
     "DAMConfig num_classes": lambda: DAMConfig(n=2, num_classes=-3),
     "DAM init_std": lambda: DenseAssociativeMemory(2, 8, 50.0, init_std=-1.0),
     "DAM dtype": lambda: DenseAssociativeMemory(2, 8, 50.0, dtype=torch.float16),
-    "DAM positional dtype": lambda: DenseAssociativeMemory(2, True),
+    "DAM num_memories=True": lambda: DenseAssociativeMemory(2, True),
+    "DAM device": lambda: DenseAssociativeMemory(2, 8, 50.0, device="gpu0"),
+    "AttackSuite hsj_norms": lambda: AttackSuite(hsj_norms=None),
     "MLPConfig degree": lambda: MLPConfig(degree=1.5),
     "MLPConfig hidden": lambda: MLPConfig(hidden="a"),
     "preset unknown setting": lambda: preset("n2", "quick", foo=1),
@@ -79,6 +81,11 @@ def test_a_bad_setting_is_one_dam_error(make) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_search_names_a_model_that_is_not_a_dam() -> None:
+    with pytest.raises(InputError, match="need a DAM"):
+        BoundarySearch(load_model_free_mlp())
+
+
 def test_numpy_scalars_are_numbers() -> None:
     config = TrainConfig(epochs=np.int64(2), lr=np.float32(0.04), num_memories=np.int32(10))
     assert type(config.epochs) is int and type(config.lr) is float and type(config.num_memories) is int
@@ -87,6 +94,13 @@ def test_numpy_scalars_are_numbers() -> None:
     assert AttackSuite(images=np.int64(10), linf=np.float64(0.1)).linf == (0.1,)
     assert AutoAttack(model(), 0.1).epsilons == [0.1]  # one budget, as a list of one
     assert FGSM(model(), np.float32(0.25)).epsilons == [0.25]
+    assert FGSM(model(), torch.tensor([0.0, 0.5])).epsilons == [0.0, 0.5]  # 0: the clean images, allowed
+    assert AttackSuite(aa_fab=np.bool_(False)).aa_fab is False
+    assert Detector(model(), model(), torch.tensor(0.5)).threshold == 0.5  # e.g. from torch.quantile
+    assert DenseAssociativeMemory(3, 8, torch.tensor(50.0)).config.temperature == 50.0
+    assert seeded_subset(torch.rand(6, 784), torch.arange(6), np.int64(3))[0].shape == (3, 784)
+    assert BoundarySearch(model(), m=np.int64(2)).m == 2
+    assert FGSM(model(), [0.1], seed=-1).seed == -1  # torch takes negative seeds
 
 
 def test_a_settings_object_of_another_class_is_named(tmp_path) -> None:
@@ -109,11 +123,21 @@ def test_inputs_that_do_not_match_are_named() -> None:
         seeded_subset(x, y[:5], 3)
     with pytest.raises(InputError, match="one label per image"):
         calibrate_beta_sm(model(), x, y[:3])
+    with pytest.raises(InputError, match="one label per image"):
+        calibrate_beta_sm(model(), x, [0, 1, 2, 3, 4, 5])
     with pytest.raises(InputError, match=r"0\.\.9"):
         RubbishSearch(model())(torch.tensor([10]))
-    with pytest.raises(InputError, match=r"labels must lie in 0\.\.9"):
-        FGSM(model(), [0.1])(x, y + 10)
+    with pytest.raises(InputError, match="class indices"):
+        RubbishSearch(model())("ab")
+    with pytest.raises(ConfigError, match="list"):
+        train_many(None, None)
     assert RubbishSearch(model(), max_steps=1)([1, 2], torch.Generator().manual_seed(0)).images.shape == (2, 784)
+
+
+def test_attack_labels_are_checked() -> None:
+    pytest.importorskip("foolbox")
+    with pytest.raises(InputError, match=r"labels must lie in 0\.\.9"):
+        FGSM(model(), [0.1])(torch.rand(6, 784), torch.arange(6) + 10)
 
 
 def test_loaded_models_are_in_eval_mode_on_a_checked_device(tmp_path) -> None:
@@ -137,12 +161,18 @@ def test_robust_accuracy_is_not_rounded_to_float32() -> None:
 
 def test_flushing_denormals_restores_the_callers_setting() -> None:
     before = denormals_flushed_now()
+    if not torch.set_flush_denormal(True):  # a CPU without flush-to-zero
+        pytest.skip("this CPU does not flush denormals")
+    torch.set_flush_denormal(before)
+    pool = torch.full((4_000_000,), 1e-39)  # split over every thread of the pool
     try:
         for outside in (False, True):
             torch.set_flush_denormal(outside)
             with flush_denormals():
                 assert denormals_flushed_now() == (outside or denormals_flushed_in_training())
             assert denormals_flushed_now() == outside
+            torch.set_flush_denormal(False)
+            assert int((pool * 1.0 == 0).sum()) == 0  # no thread of the pool left flushing
     finally:
         torch.set_flush_denormal(before)
 

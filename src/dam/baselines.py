@@ -126,7 +126,7 @@ class MLPClassifier(nn.Module):
 
         from dam.environment import resolve_device
 
-        target = resolve_device(device) if device is not None else None
+        target = resolve_device(device, others=True) if device is not None else None
         from safetensors.torch import load_file
 
         folder = Path(folder)

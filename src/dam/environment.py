@@ -43,9 +43,10 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device, *, others: bool = False) -> torch.device:
     """A torch device from a name: "auto" (a GPU when one is there, else the CPU), "cpu", "cuda",
-    "cuda:N"; anything else, or a GPU that is not there, is an InputError naming it."""
+    "cuda:N"; anything else, or a GPU that is not there, is an InputError naming it.  ``others``: also any
+    other device torch knows ("mps", ...), for loading a model where this package's training was not tested."""
     from dam.errors import InputError
 
     name = str(device) if isinstance(device, torch.device) else str(device).strip().lower()
@@ -56,6 +57,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, ValueError):
         raise InputError(f"device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda" and others:
         return dev
     if dev.type != "cuda":
         raise InputError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
@@ -112,8 +115,8 @@ def flush_denormals() -> Iterator[None]:
     not run in it: it bought APGD-CE on that model no time (41 s against 45 s flushed, 200 images), and a
     sign-gradient attack keeps a direction where every score is denormal.
 
-    Nested blocks are one block.  At the end the setting is what it was before (computed on, torch's default,
-    unless the caller had flushed them).
+    Nested blocks are one block.  At the end the pool's threads compute on denormals again (torch's default) and
+    the calling thread has the setting it had before (``torch.set_flush_denormal`` sets the caller's only).
     ``DAM_FLUSH_DENORMALS=0`` makes the block do nothing (training then reproduces dam 0.3's weights).
     """
     global _FLUSH_DEPTH
@@ -132,5 +135,6 @@ def flush_denormals() -> Iterator[None]:
     finally:
         with _FLUSH_LOCK:
             _FLUSH_DEPTH -= 1
-            if _FLUSH_DEPTH == 0:
-                _set_flush_denormal_everywhere(_FLUSHED_BEFORE)
+            if _FLUSH_DEPTH == 0:  # the pool back to torch's default, the caller's thread to what it had
+                _set_flush_denormal_everywhere(False)
+                torch.set_flush_denormal(_FLUSHED_BEFORE)

@@ -80,15 +80,16 @@ def is_finite_number(value: Any) -> bool:
 
 
 def plain_number(value: Any) -> Any:
-    """A NumPy (or other) integer or real scalar as Python's int or float, so that settings from ``np.arange``
-    pass the checks and are written to JSON; anything else unchanged (and judged by the checks)."""
+    """A NumPy scalar or 0-d tensor (bool, integer or real) as Python's bool, int or float, so that settings from
+    ``np.arange`` or ``torch.quantile`` pass the checks and are written to JSON; anything else unchanged (and
+    judged by the checks)."""
     if isinstance(value, (int, float)):  # bool too: is_whole and is_finite_number refuse it
         return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return value
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def plain_fields(settings: object, names: tuple[str, ...] | list[str]) -> None:

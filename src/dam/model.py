@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dam.environment import resolve_device
 from dam.errors import (
     CheckpointError,
     DivergedError,
@@ -69,9 +70,8 @@ class DAMConfig:
         if not (is_finite_number(self.temperature) and self.temperature > 0):
             raise InputError(f"temperature must be positive and finite, got {self.temperature!r}")
         object.__setattr__(self, "temperature", float(self.temperature))
-        pixels = self.num_pixels
-        if not (is_whole(pixels) and pixels >= 1 and math.isqrt(pixels) ** 2 == pixels):
-            raise InputError(f"num_pixels must be a square number of pixels (784 for 28 x 28), got {pixels!r}")
+        if not (is_whole(self.num_pixels) and self.num_pixels >= 1):
+            raise InputError(f"num_pixels must be a positive integer (784 for 28 x 28), got {self.num_pixels!r}")
         if not (is_whole(self.num_classes) and self.num_classes >= 2):
             raise InputError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
 
@@ -361,7 +361,7 @@ class DenseAssociativeMemory(nn.Module):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         weights = torch.empty(self.config.num_memories, self.config.num_pixels + self.config.num_classes, dtype=dtype)
         weights.normal_(init_mean, init_std, generator=generator)
-        self.memories = nn.Parameter(weights.to(device))
+        self.memories = nn.Parameter(weights.to(resolve_device(device, others=True) if device is not None else None))
         # The loss power m the model was trained with (eq. 3), when known: the probes' searches minimise
         # the same objective.  Set by training and by load() from the run's config.json; not a weight.
         self.loss_power: int | None = None
@@ -502,9 +502,7 @@ class DenseAssociativeMemory(nn.Module):
     ) -> DenseAssociativeMemory:
         """Rebuild a model from a run folder written by :meth:`save`, on ``device`` ("auto", "cpu", "cuda",
         "cuda:N"; None: the CPU), in eval mode; CheckpointError names what is wrong with a bad folder."""
-        from dam.environment import resolve_device
-
-        target = resolve_device(device) if device is not None else None
+        target = resolve_device(device, others=True) if device is not None else None
         config, weights, raw = _read_checkpoint(folder)
         model = cls(
             config.n,

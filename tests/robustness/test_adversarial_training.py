@@ -19,6 +19,7 @@ from dam.robustness.adversarial_training import (
     AdversarialTrainConfig,
     adversarial_finetune,
     make_adversarials,
+    robustness_differs,
     robustness_report,
     robustness_summary,
 )
@@ -201,3 +202,12 @@ def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "z").exists()  # refused before the run folder was made or anything trained
+
+
+def test_a_measurement_of_dam_0_10_counts_as_made_by_the_current_rule(base_run, tmp_path) -> None:
+    record = {"eval_images": 30, "eval_seed": 0, "environment": {"dam": "0.10.0"}}  # dam 0.10 wrote no "rule"
+    (tmp_path / "robustness.json").write_text(json.dumps(record))
+    assert robustness_differs(tmp_path, base_run, eval_images=30, eval_seed=0, weights=False) == []
+    (tmp_path / "robustness.json").write_text(json.dumps({**record, "environment": {"dam": "0.9.0"}}))
+    assert [d.split(" ")[0] for d in robustness_differs(tmp_path, base_run, eval_images=30, eval_seed=0,
+                                                        weights=False)] == ["rule"]  # fmt: skip

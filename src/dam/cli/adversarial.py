@@ -68,13 +68,14 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip
     saved = read_json(out / ROBUSTNESS_FILE)
     saved = saved if isinstance(saved, dict) else None  # unreadable: measured again
-    if saved is not None and not args.remeasure and not robustness_differs(out, args.base_run, **measure):
+    differs = robustness_differs(out, args.base_run, **measure) if saved is not None else []
+    if saved is not None and not args.remeasure and not differs:
         print(f"{out / ROBUSTNESS_FILE}: already measured with these settings and weights; reused", file=sys.stderr)
         report = saved
     else:
-        if saved is not None and not args.remeasure:
-            print(f"{out / ROBUSTNESS_FILE}: the fine-tuned weights changed since it was measured; measuring again",
-                  file=sys.stderr)  # fmt: skip
+        if saved is not None and not args.remeasure:  # only the weights can differ here: the settings were checked
+            print(f"{out / ROBUSTNESS_FILE}: measured on other weights (saved, given): {'; '.join(differs)}; "
+                  "measuring again", file=sys.stderr)  # fmt: skip
         print(f"measuring robustness on {args.eval_images} test images (seed {args.eval_seed})", file=sys.stderr)
         report = robustness_report(args.base_run, out, **measure, data_dir=args.data_dir, device=args.device)
     b, a = report["base"], report["finetuned"]

@@ -8,13 +8,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dam.errors import InputError
+from dam.errors import InputError, is_whole, plain_number
 
 
 def subset_indices(total: int, count: int, seed: int) -> Tensor:
     """Indices of the seeded subset: the first ``count`` of a seeded permutation of ``range(total)``."""
-    if not isinstance(count, int) or not 1 <= count <= total:
-        raise InputError(f"subset size must be between 1 and {total}, got {count}")
+    count, seed = plain_number(count), plain_number(seed)
+    if not is_whole(count) or not 1 <= count <= total:
+        raise InputError(f"subset size must be an integer between 1 and {total}, got {count!r}")
+    if not is_whole(seed):
+        raise InputError(f"seed must be an integer, got {seed!r}")
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
 
 

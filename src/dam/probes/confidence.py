@@ -45,7 +45,7 @@ def calibrate_beta_sm(
         if model is None or images is None:
             raise InputError("give a model and images, or outputs")
         outputs = model_outputs(model, images)
-    if labels.shape != outputs.shape[:1]:
+    if not isinstance(labels, torch.Tensor) or labels.shape != outputs.shape[:1]:
         raise InputError(f"{len(outputs)} images (or outputs) and {len(labels)} labels: give one label per image")
     labels = labels.to(outputs.device)
     accuracy = float((outputs.argmax(dim=1) == labels).double().mean())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError
+from dam.errors import InputError, plain_number
 from dam.training.rule import dam_loss_terms, target_outputs
 
 
@@ -62,6 +62,7 @@ def objective_power(model: nn.Module, m: int | None) -> int:
         )
     if m is None:
         m = model.loss_power
+    m = plain_number(m)
     if m is None:
         raise InputError("this DAM does not record its training loss power m (neither trained nor loaded from a run "
                          "folder): give m=")  # fmt: skip

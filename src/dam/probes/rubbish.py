@@ -116,7 +116,10 @@ class RubbishSearch:
         one for reproducible images)."""
         probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
-        targets = torch.as_tensor(targets)
+        try:
+            targets = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"targets must be class indices, one per image, got {targets!r}") from None
         if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise InputError(f"targets must be class indices, one per image (a 1-d integer tensor), got {targets!r}")
         if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= NUM_CLASSES):

@@ -360,6 +360,9 @@ def robustness_differs(tuned_run: str | os.PathLike[str], base_run: str | os.Pat
     base = saved.get("base") if isinstance(saved.get("base"), dict) else {}
     given = {"eval_images": eval_images, "eval_seed": eval_seed, "rule": ROBUSTNESS_RULE}
     have = {"eval_images": saved.get("eval_images"), "eval_seed": saved.get("eval_seed"), "rule": saved.get("rule")}
+    if have["rule"] is None:  # dam 0.10 measured by the rule but did not record it; older dams measured otherwise
+        environment = saved.get("environment") if isinstance(saved.get("environment"), dict) else {}
+        have["rule"] = ROBUSTNESS_RULE if str(environment.get("dam", "")).startswith("0.10.") else "before dam 0.10"
     if weights:
         tuned = saved.get("finetuned") if isinstance(saved.get("finetuned"), dict) else {}
         given["base weights"], have["base weights"] = model_md5(base_run), base.get("model_md5")

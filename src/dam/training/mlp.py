@@ -147,8 +147,12 @@ def train_mlp(
             if saved.get("kind") != KIND:
                 raise CheckpointError(f"{folder}: holds a {saved.get('kind', 'dam')!r} run, not an MLP baseline")
             where = str(folder / CONFIG_FILE)
-            if settings_from(MLPConfig, saved.get("model"), where) != model_config:
-                raise CheckpointError(f"{folder}: resume with a model that differs from the saved run")
+            saved_model = settings_from(MLPConfig, saved.get("model"), where)
+            if saved_model != model_config:
+                differ = {k: (v, getattr(model_config, k)) for k, v in asdict(saved_model).items()
+                          if v != getattr(model_config, k)}  # fmt: skip
+                raise CheckpointError(f"{folder}: resume with a model that differs from the saved run (saved, given): "
+                                      f"{differ}")  # fmt: skip
             train_config = resumed_settings(settings_from(MLPTrainConfig, saved.get("train"), where), train_config,
                                             folder)  # fmt: skip
         if train_config is None:

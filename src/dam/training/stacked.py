@@ -501,7 +501,7 @@ def train_many(
     while later groups train.  Interleaving groups per epoch would fill the device no better, since the
     groups' steps run one after the other either way.
     """
-    if isinstance(configs, TrainConfig) or isinstance(outs, (str, os.PathLike)):
+    if not isinstance(configs, Sequence) or not isinstance(outs, Sequence) or isinstance(outs, str):
         raise ConfigError("train_many takes a list of training settings and a list of run folders; "
                           "dam.training.train trains one")  # fmt: skip
     for config in configs:

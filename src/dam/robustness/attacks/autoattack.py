@@ -91,7 +91,7 @@ class ReferenceAttack:
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons, positive=True)
         restarts, batch_size = check_whole("restarts", restarts), check_whole("batch_size", batch_size)
-        seed = check_whole("seed", seed, 0)
+        seed = check_whole("seed", seed, -(2**63))
         if hand_on and not self.hands_on:
             raise InputError(f"{self.name} has no iterates to hand on (hand_on is for the APGD attacks)")
         self.restarts, self.batch_size, self.seed = restarts, batch_size, seed

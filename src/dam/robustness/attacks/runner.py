@@ -115,7 +115,7 @@ class AttackSuite:
         # budgets in increasing order, once each: the tables, the curves and the checklist's "largest budget"
         # read them so, and an adversarial within a budget counts within every larger one
         whole = ("images", "seed", "pgd_steps", "hsj_steps", "hsj_max_evals", "aa_steps", "square_queries")
-        plain_fields(self, whole)
+        plain_fields(self, (*whole, "aa_fab", "effort_check"))
         types = {
             **{f"{k} is an integer": is_whole(getattr(self, k)) for k in whole},
             "aa_fab is True or False": isinstance(self.aa_fab, bool),
@@ -131,7 +131,10 @@ class AttackSuite:
                 object.__setattr__(self, norm, tuple(sorted({float(e) for e in values})))
             except (TypeError, ValueError):
                 raise InputError(f"{norm} budgets must be numbers, got {values!r}") from None
-        object.__setattr__(self, "hsj_norms", (self.hsj_norms,) if isinstance(self.hsj_norms, str) else self.hsj_norms)
+        norms = (self.hsj_norms,) if isinstance(self.hsj_norms, str) else self.hsj_norms
+        if not isinstance(norms, (tuple, list)) or not all(isinstance(n, str) for n in norms):
+            raise InputError(f"hsj_norms must be a tuple of norm names (linf, l2), got {self.hsj_norms!r}")
+        object.__setattr__(self, "hsj_norms", tuple(norms))
         rules = {
             "autoattack in standard, plus, none": self.autoattack in ("standard", "plus", "none"),
             "aa_steps >= 1": self.aa_steps >= 1,

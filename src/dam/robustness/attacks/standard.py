@@ -168,7 +168,7 @@ class Attack:
         self, model: nn.Module, epsilons: Sequence[float], *, norm: str = "linf", batch_size: int = 250, seed: int = 0
     ) -> None:
         self.model, self.norm, self.epsilons = model, norm, check_budgets(norm, epsilons)
-        self.batch_size, self.seed = check_whole("batch_size", batch_size), check_whole("seed", seed, 0)
+        self.batch_size, self.seed = check_whole("batch_size", batch_size), check_whole("seed", seed, -(2**63))
 
     def _foolbox_attack(self, fb: Any) -> Any:
         raise NotImplementedError
