@@ -32,6 +32,7 @@ from typing import Any
 from dam.errors import InputError
 
 PARENT_POLL_SECONDS = 1.0
+EXIT_GRACE_SECONDS = 30.0  # how long a worker whose jobs are all done may take to exit before it is killed
 WORKER_NAME = "dam-worker"
 
 
@@ -100,7 +101,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> l
                 error, text = payload
                 raise error from WorkerError(f"in worker:\n{text}")
     finally:
-        for proc in procs:  # on any way out (an error, Ctrl-C): no worker outlives the call
+        # Every job done: each worker has its "no more" and is exiting; let it, so that it releases what it holds
+        # (a worker killed while exiting leaves semaphores that the resource tracker reports as leaked at the
+        # end).  On any other way out (an error, Ctrl-C) no worker outlives the call.
+        grace = time.monotonic() + (EXIT_GRACE_SECONDS if len(results) == len(jobs) else 0.0)
+        for proc in procs:
+            proc.join(timeout=max(0.0, grace - time.monotonic()))
             if proc.is_alive():
                 proc.terminate()
         for proc in procs:
