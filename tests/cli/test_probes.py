@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_figures_without_probe_outputs_say_so(setup, tmp_path, capsys) -> None:
     assert "holds no probe outputs of dam2: only their memories are drawn" in capsys.readouterr().err
 
 
-def test_figures_are_written_as_png(setup, tmp_path) -> None:
+def test_figures_are_written_as_png(setup, tmp_path, caplog) -> None:
     data, runs = setup
     out = tmp_path / "out"
     argv = ["transfer", *runs, "--out", str(out), "--images", "12", "--per-class", "1", "--data-dir", str(data),
@@ -141,6 +142,12 @@ def test_figures_are_written_as_png(setup, tmp_path) -> None:
     for name in names:
         raw = (out / "figures" / name).read_bytes()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000
+    # one of the two runs: its own pictures, not the two-model transfer tables drawn again as if they were its
+    shutil.rmtree(out / "figures")
+    assert main(["figures", runs[0], "--out", str(out)]) == 0
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert "memories_dam2.png" in names and "adversarial_transfer.png" not in names
+    assert "not of the runs given: not drawn" in caplog.text
 
 
 def test_boundary_with_no_crossing_writes_null_not_nan(setup, tmp_path, capsys) -> None:

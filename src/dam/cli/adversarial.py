@@ -62,7 +62,8 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
         if differs:
             raise InputError(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(differs)}; give "
                              "the same settings, or --remeasure to measure again and replace it")  # fmt: skip
-    print(f"adversarial fine-tuning of {args.base_run} into {out}: {json.dumps(asdict(config))}", file=sys.stderr)
+    print(f"adversarial fine-tuning of {args.base_run} into {out}: {json.dumps(asdict(config))} (null: as the base run "
+          "was trained)", file=sys.stderr)  # fmt: skip
     progress = False if args.no_progress else None
     adversarial_finetune(args.base_run, out, config, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip

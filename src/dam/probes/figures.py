@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from dam.model import DenseAssociativeMemory
 from dam.plotting import new_figure, save_figure
 from dam.probes.boundary import BoundaryResult
 from dam.probes.rubbish import RubbishResult
+
+logger = logging.getLogger(__name__)
 
 
 def memories_figure(model: DenseAssociativeMemory, path: str | os.PathLike[str], count: int = 64) -> Path:
@@ -157,9 +160,14 @@ def figures_for(out: str | os.PathLike[str], runs: list[str]) -> list[Path]:
             written.append(boundary_figure(result, out / "figures" / f"boundary_{name}.png", name))
         if (folder / "calibration.json").exists():
             calibrations[name] = json.loads((folder / "calibration.json").read_text())
+    names = sorted(model_name(run) for run in runs)
     for stem in ("adversarial_transfer", "rubbish_transfer", "rubbish_calibrated_transfer"):
         if (out / f"{stem}.json").exists():
             table = json.loads((out / f"{stem}.json").read_text())
+            if sorted(table.get("models") or []) != names:  # another call's models: its figure is that call's
+                logger.warning("%s is of %s, not of the runs given: not drawn", out / f"{stem}.json",
+                               ", ".join(table.get("models") or []) or "no named models")  # fmt: skip
+                continue
             written.append(heatmap_figure(table, out / "figures" / f"{stem}.png"))
     if calibrations:
         written.append(confidence_figure(calibrations, out / "figures" / "confidence_bins.png"))
