@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dam.errors import CheckpointError, InputError, is_whole, plain_fields
+from dam.errors import CheckpointError, InputError, check_whole, is_whole, plain_fields
 from dam.io import atomic_write_bytes, atomic_write_json, read_json_object
 from dam.model import (
     ACCEPTED_NOTE,
@@ -27,7 +27,6 @@ from dam.model import (
     CONFIG_FILE,
     FORMAT_VERSION,
     WEIGHTS_FILE,
-    check_batch,
     check_pixel_range,
     check_pixels,
     flatten_images,
@@ -98,7 +97,7 @@ class MLPClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
-        check_batch(batch_size)
+        batch_size = check_whole("batch_size", batch_size)
         parts = [self(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 

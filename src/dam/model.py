@@ -16,7 +16,6 @@ elementwise map-reduce over (B, 10, K) that we fuse with ``torch.compile`` where
 from __future__ import annotations
 
 import math
-import operator
 import os
 import warnings
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from dam.errors import (
     CheckpointError,
     DivergedError,
     InputError,
+    check_whole,
     is_finite_number,
     is_whole,
     plain_fields,
@@ -139,14 +139,11 @@ def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: flo
         raise InputError(f"pixels must lie in [{low:g}, {high:g}]{note}; got values in [{lo:.4g}, {hi:.4g}]")
 
 
-def check_batch(batch_size: Any) -> None:
-    """A batch size for predict(): an integer of at least 1 (a bad one is an InputError, not range()'s)."""
-    try:
-        size = operator.index(batch_size)  # an int, or a numpy or torch integer
-    except TypeError:
-        size = 0
-    if isinstance(batch_size, bool) or size < 1:
-        raise InputError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+def check_class_indices(what: str, indices: Tensor) -> None:
+    """Class indices (labels, a search's targets) in 0 .. NUM_CLASSES - 1; InputError naming ``what`` otherwise."""
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= NUM_CLASSES):
+        low, high = int(indices.min()), int(indices.max())
+        raise InputError(f"{what} must lie in 0..{NUM_CLASSES - 1}, got {low}..{high}")
 
 
 def ipow(x: Tensor, n: int) -> Tensor:
@@ -474,7 +471,7 @@ class DenseAssociativeMemory(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 2000) -> Tensor:
         """Predicted class indices (B,), computed in batches."""
-        check_batch(batch_size)
+        batch_size = check_whole("batch_size", batch_size)  # an InputError, not range()'s
         out = [self.scores(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=self.memories.device)
 

@@ -206,8 +206,7 @@ def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:
 
 def test_a_measurement_of_dam_0_10_counts_as_made_by_the_current_rule(base_run, tmp_path) -> None:
     record = {"eval_images": 30, "eval_seed": 0, "environment": {"dam": "0.10.0"}}  # dam 0.10 wrote no "rule"
-    (tmp_path / "robustness.json").write_text(json.dumps(record))
-    assert robustness_differs(tmp_path, base_run, eval_images=30, eval_seed=0, weights=False) == []
-    (tmp_path / "robustness.json").write_text(json.dumps({**record, "environment": {"dam": "0.9.0"}}))
-    assert [d.split(" ")[0] for d in robustness_differs(tmp_path, base_run, eval_images=30, eval_seed=0,
+    assert robustness_differs(record, tmp_path, base_run, eval_images=30, eval_seed=0, weights=False) == []
+    older = {**record, "environment": {"dam": "0.9.0"}}
+    assert [d.split(" ")[0] for d in robustness_differs(older, tmp_path, base_run, eval_images=30, eval_seed=0,
                                                         weights=False)] == ["rule"]  # fmt: skip

@@ -56,9 +56,13 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out)
     measure = {"eval_images": args.eval_images, "eval_seed": args.eval_seed}
-    if args.resume and not args.remeasure:  # a finished measurement is never replaced in silence
+    # A finished measurement is never replaced in silence.  Only a resumed run can hold one (a new --out is empty,
+    # --force moves the old run aside), and the fine-tuning does not touch it; unreadable: measured again.
+    saved = read_json(out / ROBUSTNESS_FILE) if args.resume and not args.remeasure else None
+    saved = saved if isinstance(saved, dict) else None
+    if saved is not None:
         # (the weights are compared after the fine-tuning, which refuses a base run other than its own first)
-        differs = robustness_differs(out, args.base_run, **measure, weights=False)
+        differs = robustness_differs(saved, out, args.base_run, **measure, weights=False)
         if differs:
             raise InputError(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(differs)}; give "
                              "the same settings, or --remeasure to measure again and replace it")  # fmt: skip
@@ -67,14 +71,12 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     adversarial_finetune(args.base_run, out, config, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip
-    saved = read_json(out / ROBUSTNESS_FILE)
-    saved = saved if isinstance(saved, dict) else None  # unreadable: measured again
-    differs = robustness_differs(out, args.base_run, **measure) if saved is not None else []
-    if saved is not None and not args.remeasure and not differs:
+    differs = robustness_differs(saved, out, args.base_run, **measure) if saved is not None else []
+    if saved is not None and not differs:
         print(f"{out / ROBUSTNESS_FILE}: already measured with these settings and weights; reused", file=sys.stderr)
         report = saved
     else:
-        if saved is not None and not args.remeasure:  # only the weights can differ here: the settings were checked
+        if saved is not None:  # only the weights can differ here: the settings were checked
             print(f"{out / ROBUSTNESS_FILE}: measured on other weights (saved, given): {'; '.join(differs)}; "
                   "measuring again", file=sys.stderr)  # fmt: skip
         print(f"measuring robustness on {args.eval_images} test images (seed {args.eval_seed})", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError, is_finite_number, plain_number
+from dam.errors import InputError, check_positive
 
 PAPER_BETA_SM = 3.2  # e^b / (e^b + 9 e^-b) = 0.985 at b ~ 3.2: the single value of the rubbish table
 
@@ -21,8 +21,7 @@ def model_outputs(model: nn.Module, images: Tensor, batch_size: int = 2000) -> T
 
 def confidence(outputs: Tensor, beta_sm: float = PAPER_BETA_SM) -> Tensor:
     """Z = max_alpha softmax(beta_sm * Y)_alpha, per example; ``beta_sm`` a finite number > 0."""
-    if not (is_finite_number(plain_number(beta_sm)) and beta_sm > 0):
-        raise InputError(f"beta_sm must be a finite number > 0, got {beta_sm!r}")
+    check_positive("beta_sm", beta_sm)
     return torch.softmax(beta_sm * outputs.double(), dim=1).amax(dim=1)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError, check_positive, check_whole, is_finite_number, plain_number
-from dam.model import NUM_CLASSES
+from dam.model import check_class_indices
 from dam.probes.gradient import (
     NoProgress,
     as_probe_model,
@@ -122,10 +122,7 @@ class RubbishSearch:
             raise InputError(f"targets must be class indices, one per image, got {targets!r}") from None
         if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise InputError(f"targets must be class indices, one per image (a 1-d integer tensor), got {targets!r}")
-        if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= NUM_CLASSES):
-            raise InputError(
-                f"targets must lie in 0..{NUM_CLASSES - 1}, got {int(targets.min())}..{int(targets.max())}"
-            )
+        check_class_indices("targets", targets)
         targets = targets.to(param.device, torch.long)
         start = torch.randn(len(targets), 784, generator=generator, dtype=torch.float64) * self.noise_std
         v0 = start.to(param.device, param.dtype)

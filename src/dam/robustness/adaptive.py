@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from dam.errors import InputError
 from dam.model import NUM_CLASSES, as_logits
-from dam.robustness.attacks.autoattack import APGDCE, APGDT
+from dam.robustness.attacks.autoattack import APGDCE, APGDT, check_targets
 from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, within_budget
 from dam.robustness.detector import JUNK, Detector, score_roc
 
@@ -274,8 +274,7 @@ class AdaptiveDetectorAttack:
         self.detector, self.norm, self.epsilons = detector, norm, check_budgets(norm, epsilons, positive=True)
         if steps < 1 or batch_size < 1:
             raise InputError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}")
-        if not 1 <= targets <= NUM_CLASSES - 1:
-            raise InputError(f"targets must be between 1 and {NUM_CLASSES - 1}, got {targets}")
+        targets = check_targets(targets)
         if junk_scale is not None and not (junk_scale > 0 and math.isfinite(junk_scale)):
             raise InputError(f"junk_scale must be a positive finite number, got {junk_scale}")
         self.steps, self.targets, self.junk_scale = steps, targets, junk_scale

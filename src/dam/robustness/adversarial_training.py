@@ -39,7 +39,7 @@ from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole,
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
-from dam.results import read_json, tensor_md5
+from dam.results import tensor_md5
 from dam.runs import OutputFolder, finished_epochs, model_md5, read_run_config, run_data_dir
 from dam.training.loop import (
     RunPlan,
@@ -349,14 +349,11 @@ def seeded_test_subset(
     return x.reshape(count, -1), y
 
 
-def robustness_differs(tuned_run: str | os.PathLike[str], base_run: str | os.PathLike[str], *, eval_images: int,
-                       eval_seed: int, weights: bool = True) -> list[str]:  # fmt: skip
-    """What differs between ``tuned_run``'s robustness.json and a measurement of ``base_run`` with these settings
-    (``weights``: both models' weights too), as "name (saved, given)" items; [] when it would be the same, or
-    when there is no such file (the measurement is new: nothing is replaced)."""
-    saved = read_json(Path(tuned_run) / ROBUSTNESS_FILE)
-    if not isinstance(saved, dict):
-        return []
+def robustness_differs(saved: dict[str, Any], tuned_run: str | os.PathLike[str], base_run: str | os.PathLike[str],
+                       *, eval_images: int, eval_seed: int, weights: bool = True) -> list[str]:  # fmt: skip
+    """What differs between ``saved``, the robustness.json of ``tuned_run``, and a measurement of ``base_run`` with
+    these settings (``weights``: both models' weights too), as "name (saved, given)" items; [] when it would be
+    the same."""
     base = saved.get("base") if isinstance(saved.get("base"), dict) else {}
     given = {"eval_images": eval_images, "eval_seed": eval_seed, "rule": ROBUSTNESS_RULE}
     have = {"eval_images": saved.get("eval_images"), "eval_seed": saved.get("eval_seed"), "rule": saved.get("rule")}

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dam.errors import DetectorError, InputError, is_finite_number, plain_number
+from dam.errors import DetectorError, InputError, check_positive, is_finite_number, plain_number
 from dam.io import atomic_write_json, read_json_object
 from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
 
@@ -59,8 +59,7 @@ class Detector:
         false_rejection: float | None = None,
         agreement: bool = False,
     ) -> None:
-        if not (is_finite_number(plain_number(beta_sm)) and beta_sm > 0):
-            raise InputError(f"beta_sm must be a positive number, got {beta_sm!r}")
+        beta_sm = check_positive("beta_sm", beta_sm)
         if not is_finite_number(plain_number(threshold)):
             raise InputError(f"threshold must be a finite number, got {threshold!r}")
         if false_rejection is not None:

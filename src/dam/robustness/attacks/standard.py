@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dam.errors import InputError, MissingExtraError, check_whole, is_finite_number, plain_number
-from dam.model import NUM_CLASSES, as_logits, flatten_images
+from dam.errors import InputError, MissingExtraError, check_positive, check_whole, is_finite_number, plain_number
+from dam.model import as_logits, check_class_indices, flatten_images
 
 NORMS = ("linf", "l2")
 
@@ -84,8 +84,7 @@ def check_attack_inputs(images: Tensor, labels: Tensor, device: torch.device) ->
     if not isinstance(labels, Tensor) or labels.dtype != torch.long or labels.shape != (x.shape[0],):
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
         raise InputError(f"labels must be an int64 tensor of shape ({x.shape[0]},), got {got}")
-    if int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES:
-        raise InputError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {int(labels.min())}..{int(labels.max())}")
+    check_class_indices("labels", labels)
     return x.to(device), labels.to(device)
 
 
@@ -252,9 +251,7 @@ class PGD(Attack):
         super().__init__(model, epsilons, norm=norm, batch_size=batch_size, seed=seed)
         # Madry et al.'s step: 2.5 eps / steps, so that the steps together can cross the ball from any start.
         steps = check_whole("steps", steps)
-        rel_stepsize = 2.5 / steps if rel_stepsize is None else plain_number(rel_stepsize)
-        if not (is_finite_number(rel_stepsize) and rel_stepsize > 0):
-            raise InputError(f"PGD needs a finite rel_stepsize > 0, got {rel_stepsize!r}")
+        rel_stepsize = 2.5 / steps if rel_stepsize is None else check_positive("rel_stepsize", rel_stepsize)
         self.steps, self.rel_stepsize, self.random_start = steps, rel_stepsize, random_start
 
     def describe(self) -> dict[str, Any]:
