@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +59,9 @@ def ray_dir() -> Iterator[Path]:
     characters, too few under pytest's tmp_path); every Ray started by these tests lives here."""
     _require("ray", "sweep")
     folder = Path(tempfile.mkdtemp(prefix="dam-ray-", dir="/tmp"))
+    # The record `ray start` leaves of a cluster, here of one that is gone: Ray's own default address would
+    # join it and wait for ever; a sweep without --address must start its own Ray beside it.
+    (folder / "ray_current_cluster").write_text(f"127.0.0.1:{_closed_port()}")
     try:
         yield folder
     finally:
@@ -64,6 +69,13 @@ def ray_dir() -> Iterator[Path]:
 
         ray.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _ray_init(ray_dir: Path) -> dict[str, Any]:
@@ -152,7 +164,7 @@ def test_ray_sweep_writes_table_json_and_figures(ray_sweep):
     for row in saved["per_n"]:
         assert row["seeds"] == [0, 1]
         assert set(row["mean"]) >= {"clean_error", "robust_linf_0.1", "robust_l2_1", "boundary_l2_median",
-                                    "rubbish_confidence", "beta_sm"}  # fmt: skip
+                                    "rubbish_confidence", "rubbish_converged", "beta_sm"}  # fmt: skip
         assert row["std"]["clean_error"] >= 0
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert [r["row"] for r in rows] == ["point"] * 4 + ["mean", "std", "count"] * 2
@@ -310,3 +322,38 @@ def test_settings_for_every_n_follow_the_stated_rule():
         hot.config(40, 0)
     with pytest.raises(InputError):
         SweepPlan("bad", ns=(2, 2), seeds=(0,))
+
+
+def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert sweep.ray_address(None) == "local"  # never the last `ray start` cluster Ray's None would join
+    assert sweep.ray_address("auto") == "auto" and sweep.ray_address("local") == "local"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        live = f"127.0.0.1:{server.getsockname()[1]}"
+        assert sweep.ray_address(live) == live and sweep.ray_address(f"ray://{live}") == f"ray://{live}"
+        monkeypatch.setenv("RAY_ADDRESS", live)
+        assert sweep.ray_address(None) is None  # Ray reads RAY_ADDRESS itself, once it is known to answer
+    dead = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", dead)
+    with pytest.raises(InputError, match=f"cannot join RAY_ADDRESS at '{dead}': .* at {dead}"):
+        sweep.ray_address(None)
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(InputError, match=f"cannot join the Ray cluster at '{dead}'"):
+        sweep.ray_address(dead)
+    with pytest.raises(InputError, match="'headnode' is not an address: use host:port"):
+        sweep.ray_address("headnode")
+
+
+def test_an_unreachable_cluster_is_one_line_before_the_folder_is_made(tmp_path: Path):
+    out = tmp_path / "sweep"
+    dead = f"127.0.0.1:{_closed_port()}"
+    result = subprocess.run([sys.executable, "-m", "dam", "sweep", "--out", str(out), "--address", dead],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip()
+        == f"dam sweep: error: cannot join the Ray cluster at '{dead}': Connection refused at {dead}"
+    )
+    assert not out.exists()

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import socket
 import statistics
 import time
 import traceback
@@ -545,6 +546,36 @@ def _describe(record: dict[str, Any], seconds: float) -> str:
     return f"done in {seconds:.0f} s: clean error {record['clean_error']:.2%}"
 
 
+def ray_address(address: str | None, *, timeout: float = 10.0) -> str | None:
+    """The address ``ray.init`` gets for a sweep's ``address`` (the ``--address`` flag), checked first.
+
+    None: ``RAY_ADDRESS`` when it is set (Ray reads it itself), else "local", a new Ray on this machine.  Ray's
+    own None would join the cluster that ``ray start`` last recorded on this machine, even one that has since
+    died (its record outlives it in Ray's temp folder), and then wait for it without end; a sweep that was not
+    told to join a cluster starts its own.  "auto" and "local" go to Ray as they are.  A host:port (or
+    ray://host:port), given or from ``RAY_ADDRESS``, must accept a connection within ``timeout`` seconds, else
+    one line says so before any folder is made: Ray would retry it for ever."""
+    given = address
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            return "local"
+    if address in ("auto", "local"):
+        return given
+    target = address.removeprefix("ray://").rstrip("/")
+    host, _, port = target.rpartition(":")
+    where = "RAY_ADDRESS" if given is None else "the Ray cluster"
+    if not host or not port.isdigit():
+        raise InputError(f"{where} {address!r} is not an address: use host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise InputError(f"cannot join {where} at {address!r}: {why} at {host}:{port}") from None
+    return given
+
+
 def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init, device="auto"):  # type: ignore[no-untyped-def]
     try:
         import ray
@@ -647,8 +678,8 @@ def run_sweep(
     ``backend="ray"``: one Ray task per point (``num_cpus=cpus_per_trial``, ``num_gpus=gpus_per_trial``:
     0.25 when the cluster has GPUs, else 0), retried up to ``max_retries`` times when its worker dies; Ray
     starts on this machine when ``address`` is None (and no ``RAY_ADDRESS`` is set), else joins the cluster
-    at ``address`` ("auto": the one started here by ``ray start --head``).  ``ray_init``: more ray.init
-    arguments (num_cpus, _temp_dir, ...).  Every node must see ``data_dir`` and ``out`` at the same paths
+    at ``address`` ("auto": the one started here by ``ray start --head``; :func:`ray_address`).  ``ray_init``:
+    more ray.init arguments (num_cpus, _temp_dir, ...).  Every node must see ``data_dir`` and ``out`` at the same paths
     (a shared file system).  ``backend="local"``: the points one after another in this process.
     ``suite``: the attack suite (default: the plan's :class:`AttackSuite`); any suite ``run_attacks``
     accepts.  Returns the summary written to sweep.json; its ``failed`` maps point names to their error.
@@ -670,6 +701,7 @@ def run_sweep(
     for n, seed in plan.points():
         plan.config(n, seed)
     suite = plan.suite() if suite is None else suite
+    ray_at = ray_address(address) if backend == "ray" else None  # an unreachable cluster: before the folder
     data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
     data_md5 = data_checksums(data)["md5"]
     out = Path(out)
@@ -686,7 +718,7 @@ def run_sweep(
             placement: dict[str, Any] = {"gpus_per_trial": None, "cluster": None}
         else:
             done, failed, placement = _run_ray(
-                tasks, point_fn, log, address=address, gpus_per_trial=gpus_per_trial, device=device,
+                tasks, point_fn, log, address=ray_at, gpus_per_trial=gpus_per_trial, device=device,
                 cpus_per_trial=cpus_per_trial, max_retries=max_retries, ray_init=ray_init,
             )  # fmt: skip
         wall = time.perf_counter() - t0
@@ -734,6 +766,8 @@ def point_metrics(point: dict[str, Any]) -> dict[str, float | None]:
     values["boundary_l2_median"] = boundary.get("l2_median")
     values["boundary_linf_median"] = boundary.get("linf_median")
     values["rubbish_confidence"] = (point.get("rubbish") or {}).get("confidence_mean")
+    # beside it, since a search stopped at its step budget is not a minimum: its confidence is the budget's
+    values["rubbish_converged"] = (point.get("rubbish") or {}).get("converged_rate")
     values["beta_sm"] = point.get("beta_sm")
     timings = point.get("timings") or {}
     values["train_seconds"] = timings.get("train_seconds")
@@ -839,7 +873,13 @@ def sweep_figures(summary: dict[str, Any], out: Path) -> list[Path]:
     for ax, (name, label) in zip(axes, panels, strict=True):
         xs, ys, es = series(name)
         if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="mean confidence" if "rubbish" in name else None)
+            if name == "rubbish_confidence":
+                cx, cy, ce = series("rubbish_converged")
+                ax.errorbar(cx, cy, yerr=ce, marker="s", capsize=3, linestyle="--", color="grey",
+                            label="searches that converged (else: stopped at the step budget or stuck)")  # fmt: skip
+                ax.set_ylim(-0.02, 1.02)
+                ax.legend(fontsize=8)
         else:  # e.g. no beta_sm: a model at chance accuracy has none (its calibration says why)
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
         if name == "beta_sm" and ys and min(ys) > 0:
