@@ -149,7 +149,9 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
         y = model(x).argmax(1)  # every image right before the attacks
     attacks = [Scripted("pgd", list(range(40)), True), Scripted("fgsm", list(range(40, 80)), True),
                Scripted("hopskipjump", [*range(5, 40), *range(80, 90)], False)]  # fmt: skip
-    table, _ = robust_accuracy(model, "m", x, y, attacks)
+    lines: list[str] = []
+    table, _ = robust_accuracy(model, "m", x, y, attacks, log=lines.append)  # a job's log= gets every attack
+    assert [line.split(":")[0] for line in lines] == ["  m, linf pgd", "  m, linf fgsm", "  m, linf hopskipjump"]
     # 5 points of robust accuracy apart: within two standard errors on 100 images (9.8 points)
     assert table.attacks["fgsm"][0] - table.attacks["hopskipjump"][0] == pytest.approx(0.05)
     assert table.gradient_worst_case == pytest.approx([0.2]) and table.worst_case == pytest.approx([0.1])

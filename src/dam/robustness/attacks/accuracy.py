@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +78,7 @@ def robust_accuracy(
     labels: Tensor,
     attacks: Sequence[Attacker],
     protocols: Sequence[Any] = (),
+    log: Callable[[str], None] = logger.info,
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
     """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.  The
     results are keyed by attack; ``"worst case"`` holds the per-image worst case (success: broken by any),
@@ -87,7 +88,7 @@ def robust_accuracy(
     ``protocols``: attack protocols such as :class:`~dam.robustness.attacks.autoattack.AutoAttack`, whose
     attacks run in a cascade; each of their attacks gets a column (a cascade attack that saw only the
     survivors of the ones before is named "... (on survivors)").  The worst case per image is over every
-    attack and protocol."""
+    attack and protocol.  ``log`` gets a line per finished attack."""
     if not attacks and not protocols:
         raise InputError("no attacks given")
     norms = {(a.norm, tuple(a.epsilons)) for a in [*attacks, *protocols]}
@@ -105,12 +106,12 @@ def robust_accuracy(
         results[key] = AttackResult(key, norm, list(epsilons), images.new_empty(0),
                                     wrong.unsqueeze(0).repeat(len(epsilons), 1), torch.empty(0), 0.0)  # fmt: skip
     for attack in attacks:
-        _add_column(table, results, attack.name, attack(images, labels), attack.describe(), wrong, False)
+        _add_column(table, results, attack.name, attack(images, labels), attack.describe(), wrong, False, log)
     for protocol in protocols:
         outcome = protocol(images, labels)
         for key, result in outcome.results.items():
             settings = {**outcome.settings[key], "protocol": protocol.describe()["protocol"]}
-            _add_column(table, results, key, result, settings, wrong, outcome.on_survivors[key])
+            _add_column(table, results, key, result, settings, wrong, outcome.on_survivors[key], log)
     return table, results
 
 
@@ -129,16 +130,16 @@ def gradient_free_kind(column: str) -> str:
 
 def add_to_worst_case(
     table: RobustnessTable, results: dict[str, AttackResult], column: str, result: AttackResult,
-    settings: dict[str, Any],
+    settings: dict[str, Any], log: Callable[[str], None] = logger.info,
 ) -> None:  # fmt: skip
     """Add an attack run after :func:`robust_accuracy` on the survivors of its worst case (the convergence
     check, say) as a column "... (on survivors)", and what it broke to the worst case."""
-    _add_column(table, results, column, result, settings, results[CLEAN_ERRORS].success[0], True)
+    _add_column(table, results, column, result, settings, results[CLEAN_ERRORS].success[0], True, log)
 
 
 def _add_column(
     table: RobustnessTable, results: dict[str, AttackResult], key: str, result: AttackResult,
-    settings: dict[str, Any], wrong: Tensor, on_survivors: bool,
+    settings: dict[str, Any], wrong: Tensor, on_survivors: bool, log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """One attack's column, and its successes added to the worst cases.  An attack that saw only the
     survivors of those before it records what it added.  An image the model already gets wrong (``wrong``)
@@ -169,10 +170,10 @@ def _add_column(
             by_kind[kind] = by_kind.get(kind, torch.zeros_like(gradient)) | results[name].success
     table.beyond_gradients = {kind: [float(s.double().mean()) for s in broken & ~gradient]
                               for kind, broken in sorted(by_kind.items())}  # fmt: skip
-    _log_attack(table, column, result)
+    _log_attack(table, column, result, log)
 
 
-def _log_attack(table: RobustnessTable, column: str, result: AttackResult) -> None:
+def _log_attack(table: RobustnessTable, column: str, result: AttackResult, log: Callable[[str], None]) -> None:
     """One line per finished attack: an attack stage runs for hours at full size, this is its progress.  An
     attack on the survivors says what it broke and the worst case after it (its own robust accuracy would
     count the images it never saw as robust)."""
@@ -185,4 +186,4 @@ def _log_attack(table: RobustnessTable, column: str, result: AttackResult) -> No
                 f"worst case {per_budget(table.worst_case, '%')}")  # fmt: skip
     else:
         what = f"robust accuracy {per_budget(result.robust_accuracy(), '%')}"
-    logger.info("  %s, %s %s: %.0f s, %s", table.model, result.norm, column, result.seconds, what)
+    log(f"  {table.model}, {result.norm} {column}: {result.seconds:.0f} s, {what}")

@@ -336,7 +336,7 @@ def attack_model(
         attacks += [Transfer(model, made_by[suffix], src + suffix, result)
                     for src, by_attack in source_results.get(norm, {}).items() if src != name
                     for suffix, result in by_attack.items()]  # fmt: skip
-        table, results = robust_accuracy(model, name, images, labels, attacks, suite.protocols(model, norm))
+        table, results = robust_accuracy(model, name, images, labels, attacks, suite.protocols(model, norm), log)
         tables[norm] = table
         starved[norm] = starvation(model, results.get("pgd"))
         if suite.effort_check and suite.autoattack != "none":
@@ -347,7 +347,7 @@ def attack_model(
                                                seed=suite.seed)  # fmt: skip
             # what more effort broke is broken: it joins the worst case, as a column of its own
             settings = {"attack": "effort check", "gradients": True, "attacks": effort[norm]["attacks"]}
-            add_to_worst_case(table, results, "effort check", check, settings)
+            add_to_worst_case(table, results, "effort check", check, settings, log)
         if part is not None:
             atomic_write_json(part, {"key": key, "table": table.to_json(), "starved": starved[norm],
                                      "effort": effort.get(norm)})  # fmt: skip
