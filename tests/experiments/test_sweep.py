@@ -324,10 +324,11 @@ def test_settings_for_every_n_follow_the_stated_rule():
         SweepPlan("bad", ns=(2, 2), seeds=(0,))
 
 
-def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monkeypatch: pytest.MonkeyPatch):
+def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path):  # fmt: skip
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert sweep.ray_address(None) == "local"  # never the last `ray start` cluster Ray's None would join
-    assert sweep.ray_address("auto") == "auto" and sweep.ray_address("local") == "local"
+    assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto" and sweep.ray_address("local") == "local"
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -344,6 +345,25 @@ def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monke
         sweep.ray_address(dead)
     with pytest.raises(InputError, match="'headnode' is not an address: use host:port"):
         sweep.ray_address("headnode")
+
+
+def test_auto_joins_the_recorded_cluster_only_if_it_answers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert sweep.ray_record(str(tmp_path)) == tmp_path / "ray_current_cluster"
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "base"))
+    assert sweep.ray_record() == tmp_path / "base" / "ray" / "ray_current_cluster"  # Ray's own rule
+    assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto"  # no record: Ray looks for a running one
+    dead = f"127.0.0.1:{_closed_port()}"
+    (tmp_path / "ray_current_cluster").write_text(dead + "\n")
+    record = tmp_path / "ray_current_cluster"
+    with pytest.raises(InputError, match=f"cannot join the cluster `ray start` recorded in {record} at '{dead}'"):
+        sweep.ray_address("auto", temp_dir=str(tmp_path))
+    assert sweep.ray_address(None, temp_dir=str(tmp_path)) == "local"  # not told to join: its own Ray
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        record.write_text(f"127.0.0.1:{server.getsockname()[1]}")
+        assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto"
 
 
 def test_an_unreachable_cluster_is_one_line_before_the_folder_is_made(tmp_path: Path):

@@ -33,6 +33,8 @@ import math
 import os
 import socket
 import statistics
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -546,25 +548,35 @@ def _describe(record: dict[str, Any], seconds: float) -> str:
     return f"done in {seconds:.0f} s: clean error {record['clean_error']:.2%}"
 
 
-def ray_address(address: str | None, *, timeout: float = 10.0) -> str | None:
+def ray_address(address: str | None, *, temp_dir: str | None = None, timeout: float = 10.0) -> str | None:
     """The address ``ray.init`` gets for a sweep's ``address`` (the ``--address`` flag), checked first.
 
     None: ``RAY_ADDRESS`` when it is set (Ray reads it itself), else "local", a new Ray on this machine.  Ray's
     own None would join the cluster that ``ray start`` last recorded on this machine, even one that has since
     died (its record outlives it in Ray's temp folder), and then wait for it without end; a sweep that was not
-    told to join a cluster starts its own.  "auto" and "local" go to Ray as they are.  A host:port (or
-    ray://host:port), given or from ``RAY_ADDRESS``, must accept a connection within ``timeout`` seconds, else
-    one line says so before any folder is made: Ray would retry it for ever."""
+    told to join a cluster starts its own.  The cluster to join, a host:port or ray://host:port given, in
+    ``RAY_ADDRESS``, or for "auto" the one ``ray start`` recorded (in :func:`ray_record`; ``temp_dir``: Ray's
+    ``_temp_dir``), must accept a connection within ``timeout`` seconds, else one line says so before any
+    folder is made: Ray would retry it for ever.  "auto" with no record goes to Ray, which looks for a running
+    Ray here and says when there is none."""
     given = address
-    if address is None:
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            return "local"
+    env = os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "auto") and env is not None:  # (Ray's own order: the variable before its record)
+        address, where = env, "RAY_ADDRESS"
+    elif address is None:
+        return "local"
+    elif address == "auto":
+        record = ray_record(temp_dir)
+        recorded = record.read_text().strip() if record.is_file() else ""
+        if not recorded:
+            return given
+        address, where = recorded, f"the cluster `ray start` recorded in {record}"
+    else:
+        where = "the Ray cluster"
     if address in ("auto", "local"):
         return given
     target = address.removeprefix("ray://").rstrip("/")
     host, _, port = target.rpartition(":")
-    where = "RAY_ADDRESS" if given is None else "the Ray cluster"
     if not host or not port.isdigit():
         raise InputError(f"{where} {address!r} is not an address: use host:port, ray://host:port or auto")
     try:
@@ -574,6 +586,18 @@ def ray_address(address: str | None, *, timeout: float = 10.0) -> str | None:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise InputError(f"cannot join {where} at {address!r}: {why} at {host}:{port}") from None
     return given
+
+
+def ray_record(temp_dir: str | None = None) -> Path:
+    """The file in which ``ray start`` records the address of the cluster it started, by Ray's rule: in
+    ``temp_dir`` (ray.init's ``_temp_dir``), else in ``ray/`` under $RAY_TMPDIR, $TMPDIR (Linux), /tmp (Linux,
+    macOS) or the system's temporary folder."""
+    if temp_dir is None:
+        base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+        if not base:
+            base = "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
+        temp_dir = str(Path(base) / "ray")
+    return Path(temp_dir) / "ray_current_cluster"
 
 
 def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init, device="auto"):  # type: ignore[no-untyped-def]
@@ -701,7 +725,8 @@ def run_sweep(
     for n, seed in plan.points():
         plan.config(n, seed)
     suite = plan.suite() if suite is None else suite
-    ray_at = ray_address(address) if backend == "ray" else None  # an unreachable cluster: before the folder
+    # an unreachable cluster is named before the folder is made
+    ray_at = ray_address(address, temp_dir=(ray_init or {}).get("_temp_dir")) if backend == "ray" else None
     data = str(locate_dataset("mnist", data_dir).resolve())  # before the folder is made
     data_md5 = data_checksums(data)["md5"]
     out = Path(out)
