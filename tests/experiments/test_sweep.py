@@ -356,8 +356,15 @@ def test_auto_joins_the_recorded_cluster_only_if_it_answers(monkeypatch: pytest.
     dead = f"127.0.0.1:{_closed_port()}"
     (tmp_path / "ray_current_cluster").write_text(dead + "\n")
     record = tmp_path / "ray_current_cluster"
-    with pytest.raises(InputError, match=f"cannot join the cluster `ray start` recorded in {record} at '{dead}'"):
+    with pytest.raises(
+        InputError, match=f"cannot join the cluster `ray start` recorded in {record} at '{dead}'.*ray stop"
+    ):
         sweep.ray_address("auto", temp_dir=str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # Ray reads the variable, then the same record
+    with pytest.raises(InputError, match="recorded in"):
+        sweep.ray_address(None, temp_dir=str(tmp_path))
+    assert sweep.ray_address("anyscale://cluster") == "anyscale://cluster"  # another client protocol: Ray's checks
+    monkeypatch.delenv("RAY_ADDRESS")
     assert sweep.ray_address(None, temp_dir=str(tmp_path)) == "local"  # not told to join: its own Ray
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

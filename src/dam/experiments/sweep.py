@@ -551,29 +551,30 @@ def _describe(record: dict[str, Any], seconds: float) -> str:
 def ray_address(address: str | None, *, temp_dir: str | None = None, timeout: float = 10.0) -> str | None:
     """The address ``ray.init`` gets for a sweep's ``address`` (the ``--address`` flag), checked first.
 
-    None: ``RAY_ADDRESS`` when it is set (Ray reads it itself), else "local", a new Ray on this machine.  Ray's
-    own None would join the cluster that ``ray start`` last recorded on this machine, even one that has since
-    died (its record outlives it in Ray's temp folder), and then wait for it without end; a sweep that was not
-    told to join a cluster starts its own.  The cluster to join, a host:port or ray://host:port given, in
-    ``RAY_ADDRESS``, or for "auto" the one ``ray start`` recorded (in :func:`ray_record`; ``temp_dir``: Ray's
-    ``_temp_dir``), must accept a connection within ``timeout`` seconds, else one line says so before any
-    folder is made: Ray would retry it for ever.  "auto" with no record goes to Ray, which looks for a running
-    Ray here and says when there is none."""
+    None: ``RAY_ADDRESS`` when it is set (Ray reads it itself, as it does for "auto"), else "local", a new Ray on
+    this machine.  Ray's own None would join the cluster that ``ray start`` last recorded on this machine, even
+    one that has since died (the record outlives a cluster killed without ``ray stop``), and then wait for it
+    without end; a sweep that was not told to join a cluster starts its own.  The cluster to join, a host:port
+    or ray://host:port given or in ``RAY_ADDRESS``, or for "auto" the one ``ray start`` recorded
+    (:func:`ray_record`; ``temp_dir``: Ray's ``_temp_dir``), must accept a connection within ``timeout``
+    seconds, else one line says so before any folder is made: Ray would retry it for ever.  "auto" with no
+    record goes to Ray, which looks for a Ray running here and says when there is none; other client
+    protocols (name://...) go to Ray unchecked."""
     given = address
     env = os.environ.get("RAY_ADDRESS") or None
-    if address in (None, "auto") and env is not None:  # (Ray's own order: the variable before its record)
+    where, hint = "the Ray cluster", ""
+    if address in (None, "auto") and env is not None:  # (Ray's own order: the variable before None or "auto")
         address, where = env, "RAY_ADDRESS"
-    elif address is None:
+    if address is None:
         return "local"
-    elif address == "auto":
+    if address == "auto":
         record = ray_record(temp_dir)
         recorded = record.read_text().strip() if record.is_file() else ""
         if not recorded:
             return given
         address, where = recorded, f"the cluster `ray start` recorded in {record}"
-    else:
-        where = "the Ray cluster"
-    if address in ("auto", "local"):
+        hint = "; `ray stop` removes the record of a cluster that is gone, or give --address host:port"
+    if address == "local" or ("://" in address and not address.startswith("ray://")):
         return given
     target = address.removeprefix("ray://").rstrip("/")
     host, _, port = target.rpartition(":")
@@ -584,7 +585,7 @@ def ray_address(address: str | None, *, temp_dir: str | None = None, timeout: fl
             pass
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise InputError(f"cannot join {where} at {address!r}: {why} at {host}:{port}") from None
+        raise InputError(f"cannot join {where} at {address!r}: {why} at {host}:{port}{hint}") from None
     return given
 
 
@@ -593,10 +594,13 @@ def ray_record(temp_dir: str | None = None) -> Path:
     ``temp_dir`` (ray.init's ``_temp_dir``), else in ``ray/`` under $RAY_TMPDIR, $TMPDIR (Linux), /tmp (Linux,
     macOS) or the system's temporary folder."""
     if temp_dir is None:
-        base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
-        if not base:
+        if "RAY_TMPDIR" in os.environ:
+            base = os.environ["RAY_TMPDIR"]
+        elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+            base = os.environ["TMPDIR"]
+        else:
             base = "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
-        temp_dir = str(Path(base) / "ray")
+        temp_dir = os.path.join(base, "ray")
     return Path(temp_dir) / "ray_current_cluster"
 
 

@@ -26,8 +26,8 @@ Two schedules per model:
   with one thread) ended DAM_30 at 4.15% test error, while DAM_2's shortened temperature ramp diverged
   (16%).  Not adopted: 1.7x does not bring K = 2000 into a ten-minute budget.  Nor do more updates: K = 2000
   on this schedule (30 epochs of minibatches of 100, eps decaying 5% per epoch; float32, 2 threads, an AMD
-  EPYC VM) ended DAM_30 at 2.99% test error after 128 s (3.8% at epoch 10, 2.8% at epochs 28-29), about 3.5x the
-  chosen run's minutes for 0.7 points.
+  EPYC VM) ended DAM_30 at 2.99% test error after 128 s (3.8% at epoch 10, 2.8% at epochs 28-29): about four
+  times the chosen run's half minute for 0.7 points.
 
 Window references (docs/training.md): m = 2..4 for small n, m ~ 30 for n = 20, 30; momentum p in [0.6, 0.95];
 eps0 in [0.01, 0.04]; large n: constant T in [500, 700]; small n: T ramps from T_i in [250, 400] to
