@@ -141,8 +141,10 @@ def check_pixel_range(lo: float, hi: float, low: float, high: float, *, tol: flo
 
 def check_class_indices(what: str, indices: Tensor) -> None:
     """Class indices (labels, a search's targets) in 0 .. NUM_CLASSES - 1; InputError naming ``what`` otherwise."""
-    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= NUM_CLASSES):
-        low, high = int(indices.min()), int(indices.max())
+    if not len(indices):
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= NUM_CLASSES:
         raise InputError(f"{what} must lie in 0..{NUM_CLASSES - 1}, got {low}..{high}")
 
 
