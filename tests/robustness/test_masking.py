@@ -38,24 +38,28 @@ def _table(
 
 def test_verdict_rules_on_tables():
     healthy = [_healthy()]
-    assert not masking_verdict(_table([0.8, 0.3], [0.82, 0.35]), healthy)["masked"]
+    assert not masking_verdict(_table([0.8, 0.3], [0.82, 0.35]), healthy)["masking_suspected"]
     masked = masking_verdict(_table([0.8, 0.3], [0.4, 0.1]), healthy)
-    assert masked["masked"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
-    assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masked"]
+    assert masked["masking_suspected"] and "decision-based" in masked["verdict"] and "0.1" in masked["verdict"]
+    assert masking_verdict(_table([0.8, 0.3], [0.85, 0.3], transfer=[0.5, 0.3]), healthy)["masking_suspected"]
     assert "cannot be ruled out" in masking_verdict(_table([0.8, 0.3], None), healthy)["verdict"]
     # tables like these (no per-image record, as results of dam 0.7 and older) say how they were compared
     assert "compared by robust accuracy only" in masking_verdict(_table([0.8, 0.3], [0.8, 0.3]), healthy)["verdict"]
     # a norm without gradient-free attacks is said to be unchecked, not cleared
     partial = masking_verdict([_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, norm="l2")], healthy)
-    assert not partial["masked"] and "not checked in l2" in partial["verdict"] and "in linf" in partial["verdict"]
+    assert (
+        not partial["masking_suspected"]
+        and "not checked in l2" in partial["verdict"]
+        and "in linf" in partial["verdict"]
+    )
     # bad gradients alone: flagged for them, without claiming a gradient-free attack did better
     sick = masking_verdict(_table([0.8, 0.3], [0.8, 0.3]), [GradientHealth("float32", 100, 0.5, 0.0)])
-    assert sick["masked"] and "50% of input gradients" in sick["verdict"]
+    assert sick["masking_suspected"] and "50% of input gradients" in sick["verdict"]
     assert "overstate its robustness by" not in sick["verdict"]
     # a gap in any norm's table counts, and the verdict names it
     both = [_table([0.8, 0.3], [0.8, 0.3]), _table([0.9, 0.8], None, transfer=[0.9, 0.5], norm="l2")]
     verdict = masking_verdict(both, healthy)
-    assert verdict["masked"] and "l2 eps 0.3" in verdict["verdict"] and "30.0 points" in verdict["verdict"]
+    assert verdict["masking_suspected"] and "l2 eps 0.3" in verdict["verdict"] and "30.0 points" in verdict["verdict"]
     with pytest.raises(ValueError, match="one model"):
         masking_verdict([_table([0.8], None), _table([0.8], None, model="other")], healthy)
 
@@ -66,7 +70,7 @@ def test_each_reason_is_given_once_and_square_is_said_to_add_not_to_leave():
     t.attacks["square (on survivors)"], t.gradient_free["square (on survivors)"] = [0.9, 0.9], True
     t.extra_broken["square (on survivors)"] = [0.2, 0.0]  # broke 20 points the gradient attacks left
     verdict = masking_verdict(t, [_healthy()])
-    assert verdict["masked"] and verdict["unchecked"] == []
+    assert verdict["masking_suspected"] and verdict["unchecked"] == []
     text = verdict["verdict"]
     assert "square (on survivors) broke 20.0 points of images that no gradient attack had broken" in text
     assert "leaves 30.0% robust accuracy" not in text  # (0.5 - 0.2 is no attack's robust accuracy)
@@ -76,7 +80,9 @@ def test_each_reason_is_given_once_and_square_is_said_to_add_not_to_leave():
 def test_the_cross_entropy_gap_is_called_starvation_only_where_pgd_ends_at_the_dead_end():
     t = _table([0.8, 0.3], [0.8, 0.3])
     t.attacks["apgd-t"], t.gradient_free["apgd-t"] = [0.5, 0.1], False
-    dead_end = masking_verdict(t, [_healthy()], {"linf": [0.9, 0.9]})["verdict"]
+    starved = masking_verdict(t, [_healthy()], {"linf": [0.9, 0.9]})
+    assert starved["ce_overstates"] and not starved["masking_suspected"]
+    dead_end = starved["verdict"]
     assert "are starved" in dead_end and "90% of PGD's end points" in dead_end
     live = masking_verdict(t, [_healthy()], {"linf": [0.0, 0.0]})["verdict"]  # DAM_2: a gap, no dead end
     assert "are starved" not in live and "fall short of the DLR loss, though not at the dead end" in live
@@ -104,7 +110,7 @@ def test_saturating_model_is_flagged_and_the_healthy_one_is_not(mlp_run, test_su
     assert table.attacks["pgd"][1] == table.clean_accuracy
     assert table.attacks["hopskipjump"][1] < table.attacks["pgd"][1] - 0.3
     verdict = masking_verdict(table, sick)
-    assert verdict["masked"]
+    assert verdict["masking_suspected"]
     assert "zero or non-finite" in verdict["verdict"] and "decision-based attack" in verdict["verdict"]
 
 
@@ -157,7 +163,7 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
     assert table.gradient_worst_case == pytest.approx([0.2]) and table.worst_case == pytest.approx([0.1])
     assert table.beyond_gradients == {"decision-based": pytest.approx([0.1])}
     verdict = masking_verdict(table, [_healthy()])
-    assert verdict["masked"] and "compared by robust accuracy only" not in verdict["verdict"]
+    assert verdict["masking_suspected"] and "compared by robust accuracy only" not in verdict["verdict"]
     assert "hopskipjump broke 10.0 points of images that no gradient attack had broken" in verdict["verdict"]
     assert "gradient attacks leave 20.0%" in verdict["verdict"]
     # the per-image record survives the JSON a result is kept in, and the verdict re-derived from it is the same
@@ -165,11 +171,11 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
     # a gradient attack that runs after HopSkipJump (AutoAttack's attacks do) and breaks those images clears it
     table, _ = robust_accuracy(model, "m", x, y, [*attacks, Scripted("apgd-t", list(range(80, 90)), True)])
     assert table.beyond_gradients == {"decision-based": [0.0]}
-    assert not masking_verdict(table, [_healthy()])["masked"]
+    assert not masking_verdict(table, [_healthy()])["masking_suspected"]
     # under the threshold what they broke beyond the gradient attacks is said, never called noise: here 4 images
     table, _ = robust_accuracy(model, "m", x, y, [*attacks, Scripted("apgd-t", list(range(80, 86)), True)])
     verdict = masking_verdict(table, [_healthy()])
-    assert not verdict["masked"] and "noise" not in verdict["verdict"]
+    assert not verdict["masking_suspected"] and "noise" not in verdict["verdict"]
     assert (
         "broke, each kind on its own, at most 4.0 points of robust accuracy among the images every gradient attack"
         in verdict["verdict"]

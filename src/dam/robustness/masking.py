@@ -203,7 +203,6 @@ def masking_verdict(
             f"the best cross-entropy attack {g['ce']:.1%}{dead}"
         )
     reasons += ce_reasons
-    masked = bool(reasons)
     parts = []
     if ce_gaps:
         worst_gap = max(g["ce"] - g["dlr"] for g in ce_gaps)
@@ -266,9 +265,14 @@ def masking_verdict(
                          f"{s['eps']:g}, where {s['weakest']} left {s['weakest_accuracy']:.1%})")  # fmt: skip
     verdict = f"{model}: " + "; ".join(parts) + "."
     worst = {t.norm: dict(zip((f"{e:g}" for e in t.epsilons), t.worst_case, strict=True)) for t in tables}
-    return {"model": model, "masked": masked, "verdict": verdict, "reasons": reasons, "gaps": gaps,
-            "bad_gradients": sick, "ce_dlr_gaps": ce_gaps, "strongest": strongest, "worst_case": worst,
-            "unchecked": unchecked, "gradient_health": [h.to_json() for h in health]}  # fmt: skip
+    # Two answers, kept apart: whether the gradient attacks together may overstate robustness (bad gradients, or a
+    # gradient-free attack doing better: the worst case is then owed to the gradient-free attacks), and whether the
+    # cross-entropy attacks alone do (their loss's gradient vanishes on a large-n DAM; the DLR loss is not fooled and
+    # the worst case includes it).  The second is masking of one loss, not of the model's gradients.
+    return {"model": model, "masking_suspected": bool(sick or gaps), "ce_overstates": bool(ce_gaps),
+            "verdict": verdict, "reasons": reasons, "gaps": gaps, "bad_gradients": sick, "ce_dlr_gaps": ce_gaps,
+            "strongest": strongest, "worst_case": worst, "unchecked": unchecked,
+            "gradient_health": [h.to_json() for h in health]}  # fmt: skip
 
 
 def _strongest(table: RobustnessTable) -> dict[str, Any] | None:

@@ -56,6 +56,14 @@ def test_run_attacks_writes_tables_verdicts_and_reuses(tiny_reproduction, mlp_ru
         survivors = row["attack"].endswith("(on survivors)")
         assert row["measure"] == ("broken beyond the attacks before" if survivors else "robust accuracy"), row
     assert any(row["attack"] == "effort check (on survivors)" for row in rows)
+    # the two answers of the verdict, each its own column: the model's gradients, and the cross-entropy loss alone
+    masking = list(csv.DictReader((tmp_path / "masking.csv").read_text().splitlines()))
+    assert [r["model"] for r in masking] == list(summary["models"])
+    for row in masking:
+        verdict = summary["models"][row["model"]]["verdict"]
+        assert row["masking_suspected"] == str(verdict["masking_suspected"]) and row["ce_overstates"] == str(
+            verdict["ce_overstates"]
+        )
     assert (tmp_path / "robust_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "robustness.json").read_text())["images"]["count"] == 24
     lines.clear()

@@ -594,12 +594,14 @@ def write_tables(summary: dict[str, Any], out: Path) -> None:
             "zero_grad_float64",
             "nonfinite_float32",
             "nonfinite_float64",
-            "masked",
+            "masking_suspected",
+            "ce_overstates",
             "verdict",
         ]
     )
     for name, m in summary["models"].items():
         h = {g["dtype"]: g for g in m["gradient_health"]}
         zero, nonfinite = [h[d]["zero_fraction"] for d in h], [h[d]["nonfinite_fraction"] for d in h]
-        w.writerow([name, *zero, *nonfinite, m["verdict"]["masked"], m["verdict"]["verdict"]])
+        w.writerow([name, *zero, *nonfinite, m["verdict"]["masking_suspected"], m["verdict"]["ce_overstates"],
+                    m["verdict"]["verdict"]])  # fmt: skip
     atomic_write_bytes(out / "masking.csv", buf.getvalue().encode())
