@@ -49,6 +49,8 @@ class RobustnessTable:
     clean_accuracy: float
     attacks: dict[str, list[float]] = field(default_factory=dict)
     gradient_free: dict[str, bool] = field(default_factory=dict)
+    # the model evaluations an attack made over all its budgets, divided by all the images (not per budget, nor per
+    # image it attacked): a cost, comparable between attacks of one table
     queries_per_image: dict[str, float] = field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     worst_case: list[float] = field(default_factory=list)

@@ -537,6 +537,9 @@ def robustbench_record(model: dict[str, Any], suite: AttackSuite, dataset: str, 
         "n_examples": count,
         "test_subset": f"first {count} of a permutation of the test set seeded with {suite.seed}",
         "protocol": suite.autoattack_protocol,
+        # not a RobustBench entry's number: stricter (every attack of the suite, not AutoAttack's alone) and on a
+        # seeded random subset rather than the first images of the test set
+        "robust_accuracy_is": "the worst case per image over every attack run (AutoAttack's and the others)",
         "threat_models": {
             threat[norm]: {
                 "eps": t["epsilons"],

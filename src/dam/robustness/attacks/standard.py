@@ -30,8 +30,8 @@ NORMS = ("linf", "l2")
 
 LOGITS_NOTE = (
     "every model is attacked through dam.model.as_logits: a DAM's pre-tanh scores s (Y = tanh(s) saturates "
-    "at +-1 and would starve gradient attacks of gradient; s ranks the classes exactly as Y does), an MLP "
-    "baseline's logits"
+    "at +-1 and would starve gradient attacks of gradient; s ranks the classes as Y does in exact arithmetic, "
+    "and in float32, where tanh rounds to 1 above about 9, Y can tie where s does not), an MLP baseline's logits"
 )
 
 
