@@ -11,6 +11,9 @@ from pathlib import Path
 from dam.experiments.report.build import build_report
 
 ROW = "gradient-free attacks (Square, HopSkipJump, transfer) do no better than gradient attacks"
+MONOTONE = (
+    "each attack that runs every budget on its own breaks, within a larger budget, what it broke within a smaller"
+)
 
 
 class _Rows(HTMLParser):
@@ -37,17 +40,22 @@ class _Rows(HTMLParser):
             self.cell.append(data)
 
 
-def _row(page: str) -> list[str]:
+def _row(page: str, check: str = ROW) -> list[str]:
     rows = _Rows()
     rows.feed(page)
-    return next(r for r in rows.rows if r and r[0] == ROW)
+    return next(r for r in rows.rows if r and r[0] == check)
+
+
+def _copy(reproduction: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(reproduction, out, ignore=shutil.ignore_patterns("report"))
+    return out
 
 
 def _with_beyond(reproduction: Path, tmp_path: Path, images: int) -> Path:
     """A copy of the reproduction whose attack results say HopSkipJump broke ``images`` images of n30 at the
     first L-inf budget that every gradient attack left (and nothing anywhere else)."""
-    out = tmp_path / "out"
-    shutil.copytree(reproduction, out, ignore=shutil.ignore_patterns("report"))
+    out = _copy(reproduction, tmp_path)
     path = out / "beyond" / "attacks" / "robustness.json"
     summary = json.loads(path.read_text())
     for name, m in summary["models"].items():
@@ -69,3 +77,29 @@ def test_one_image_beyond_the_gradient_attacks_is_not_a_pass(tiny_reproduction: 
     page = build_report(_with_beyond(tiny_reproduction, tmp_path / "none", 0)).read_text()
     holds, evidence = _row(page)[1:]
     assert holds in ("yes", "partly checked") and "no image broken by a gradient-free attack" in evidence
+
+
+def test_images_an_attack_lost_at_a_larger_budget_are_counted_and_named(
+    tiny_reproduction: Path, tmp_path: Path
+) -> None:
+    # as made: this dam measures it on the attacks that run every budget on their own (the tiny stage's PGD, ...)
+    holds, evidence = _row(build_report(_copy(tiny_reproduction, tmp_path / "as made")).read_text(), MONOTONE)[1:]
+    assert holds in ("yes", "no (carried up)") and "not measured" not in evidence
+    out = _copy(tiny_reproduction, tmp_path / "planted")
+    path = out / "beyond" / "attacks" / "robustness.json"
+    summary = json.loads(path.read_text())
+    for name, m in summary["models"].items():
+        for norm, t in m["tables"].items():
+            t["carried_up"] = {a: [0] * len(t["epsilons"]) for a in t["carried_up"]}
+            if name == "n30" and norm == "l2":
+                t["carried_up"]["pgd"] = [0, 3, *[0] * (len(t["epsilons"]) - 2)]
+    path.write_text(json.dumps(summary))
+    holds, evidence = _row(build_report(out).read_text(), MONOTONE)[1:]
+    assert holds == "no (carried up)" and "most: pgd, 3 of n30's at l2 eps" in evidence
+    # results made before it was measured say so, never "yes"
+    for m in summary["models"].values():
+        for t in m["tables"].values():
+            del t["carried_up"]
+    path.write_text(json.dumps(summary))
+    holds, evidence = _row(build_report(out).read_text(), MONOTONE)[1:]
+    assert holds == "not run" and "not measured" in evidence

@@ -131,6 +131,8 @@ def test_an_adversarial_within_a_budget_counts_within_every_larger_one():
     assert torch.equal(result.adversarials[1, 1], adversarials[2, 1])
     assert torch.equal(result.adversarials[1, 0], adversarials[0, 0])
     assert result.distances[1, 0] == distances[0, 0]
+    # what was carried is counted per budget (in the budgets' given order): at 0.2 image 1, at 0.3 images 0 and 1
+    assert result.carried == [1, 2, 0]
 
 
 def test_every_attacks_success_is_checked_again_and_monotone_in_the_budget(mlp_run, test_subset):

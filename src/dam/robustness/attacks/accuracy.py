@@ -64,6 +64,10 @@ class RobustnessTable:
     # kind broke and no gradient attack did, per budget.  The masking check compares attacks image by image
     # with it, not robust accuracy against robust accuracy (empty in results of dam 0.7 and older).
     beyond_gradients: dict[str, list[float]] = field(default_factory=dict)
+    # Per attack that runs every budget on its own (FGSM, PGD, HopSkipJump, transfers): the images it broke within a
+    # smaller budget and not within this one, counted as broken here (``AttackResult.carried``; empty in results
+    # of dam 0.12 and older).
+    carried_up: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +157,8 @@ def _add_column(
     table.attacks[column] = result.robust_accuracy()
     table.gradient_free[column] = not settings["gradients"]
     table.queries_per_image[column] = result.queries_per_image
+    if result.carried is not None:
+        table.carried_up[column] = list(result.carried)
     table.settings[column] = {**settings, "seconds": round(result.seconds, 2)}
     worst = results[WORST]
     if on_survivors:

@@ -162,9 +162,12 @@ class ReferenceAttack:
                         advs[e, part[~ok]] = highest.images.reshape(len(part), -1)[~ok].to(advs.dtype)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in advs])
         # (with every_budget, a failure keeps the smaller budget's adversarial: carried here)
-        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(),
-                                                    distances.cpu(), counter.rows / len(x),
-                                                    time.perf_counter() - started))  # fmt: skip
+        result = carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, advs.cpu(), success.cpu(),
+                                                      distances.cpu(), counter.rows / len(x),
+                                                      time.perf_counter() - started))  # fmt: skip
+        if not self.every_budget:  # carried before each budget ran, so nothing was measured
+            result.carried = None
+        return result
 
 
 class _HighestLoss:

@@ -56,6 +56,11 @@ class AttackResult:
     distances: Tensor  # (E, B) in the attack's norm
     queries_per_image: float  # forward evaluations of the model per image (a gradient costs one more)
     seconds: float = 0.0  # wall time the attack took (what it cost, beside the queries)
+    # Per budget: images the attack broke within a smaller budget and not, run on its own, within this one (then
+    # counted as broken here, by :func:`carry_to_larger_budgets`).  Carlini et al.'s check that success grows with
+    # the budget, measured before the carrying makes it hold.  None where it is not measured: an attack that skips,
+    # at a larger budget, the images a smaller one broke.
+    carried: list[int] | None = None
 
     def robust_accuracy(self) -> list[float]:
         """Share of the images no budget's attack broke, per budget."""
@@ -145,11 +150,14 @@ def verified_success(logits: nn.Module, images: Tensor, adversarials: Tensor, la
 def carry_to_larger_budgets(result: AttackResult) -> AttackResult:
     """An adversarial within a budget is one within every larger budget: where an attack failed at a budget
     but succeeded at a smaller one, that adversarial (and its distance) counts at the larger budget too.  In
-    place; returns ``result``.  Attacks run each budget from scratch, so without this a curve could rise with
-    the budget and the worst case could count an image robust that was broken at a smaller budget."""
+    place; returns ``result``, with the number carried per budget in ``result.carried``.  Attacks run each budget
+    from scratch, so without this a curve could rise with the budget and the worst case could count an image
+    robust that was broken at a smaller budget."""
     order = sorted(range(len(result.epsilons)), key=lambda e: result.epsilons[e])
+    result.carried = [0] * len(result.epsilons)
     for smaller, e in itertools.pairwise(order):
         take = result.success[smaller] & ~result.success[e]
+        result.carried[e] = int(take.sum())
         if take.any():
             result.success[e] |= take
             result.adversarials[e, take] = result.adversarials[smaller, take]
