@@ -15,7 +15,7 @@ from dam.model import DAMConfig, DenseAssociativeMemory, as_logits
 from dam.runs import load_model
 from dam.training import MLPTrainConfig, TrainConfig, train, train_mlp
 
-__version__ = "0.12.0"  # the one version source: pyproject.toml reads it (tool.setuptools.dynamic)
+__version__ = "0.13.0"  # the one version source: pyproject.toml reads it (tool.setuptools.dynamic)
 
 __all__ = [
     "CheckpointError",
