@@ -259,6 +259,23 @@ def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path
         run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir)
 
 
+def test_a_point_that_fails_before_its_folder_exists_is_one_failure_not_the_end(mnist_dir: Path, tmp_path: Path):
+    from dam.experiments.sweep import run_point
+
+    def first_fails(task):  # as a worker that cannot import dam, or dies, before the point makes anything
+        if task.name == "n3-s0":
+            raise ValueError("this worker could not start the point")
+        return run_point(task)
+
+    plan = replace(TINY, ns=(3,), seeds=(0, 1))
+    lines: list[str] = []
+    summary = run_sweep(plan, tmp_path / "out", backend="local", data_dir=mnist_dir, device="cpu", log=lines.append,
+                        point_fn=first_fails)  # fmt: skip
+    assert [p["point"] for p in summary["points"]] == ["n3-s1"] and list(summary["failed"]) == ["n3-s0"]
+    assert "could not start the point" in summary["failed"]["n3-s0"]
+    assert _events(tmp_path / "out", "n3-s0")[-1]["event"] == "failed"  # its log, in the folder made for it
+
+
 def test_a_mean_says_how_many_seeds_are_behind_it():
     """A seed without a measurement (no beta_sm at chance accuracy) is not averaged as if it had one, and the
     spread of a single value is undefined, not 0."""

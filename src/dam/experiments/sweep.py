@@ -519,7 +519,10 @@ def _failed(task: PointTask, exc: BaseException, text: str, log: Callable[[str],
     """A point's failure, kept: its traceback in the point's log (OUT/points/NAME.log), and shown where it is a
     bug rather than a refusal (a DamError), since a bug keeps its traceback."""
     folder = Path(task.folder)
-    with contextlib.suppress(OSError):
+    # (the point may have failed before it made anything: its folder's parent is made here; a log that still cannot
+    # be written must not hide the failure, which sweep.json, the log line and the exit status report)
+    with contextlib.suppress(OSError, DamError):
+        folder.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(folder.parent / f"{folder.name}.log", {"event": "failed", "pid": os.getpid(), "time": time.time(),
                                                             "error": _first_line(exc), "traceback": text})  # fmt: skip
     if not isinstance(getattr(exc, "cause", None) or exc, DamError):
