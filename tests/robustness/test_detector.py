@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.cli import main
-from dam.errors import CheckpointError
+from dam.errors import CheckpointError, InputError
 from dam.robustness.detector import (
     JUNK,
     Detector,
@@ -383,3 +383,30 @@ def test_detect_missing_run_folder_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(argv) == 2
     assert "--images must be between 2 and 10000 (half calibrates, half evaluates), got 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_run_detection_keeps_the_commands_folder_rules(tiny_reproduction: Path, mnist_dir: Path, tmp_path: Path,
+                                                       caplog) -> None:  # fmt: skip
+    # The Python job, as the README offers it: locked, never into a run folder, never a finished result replaced
+    # silently (what `dam detect` refuses, run_detection refuses, since the command only calls it).
+    import logging
+
+    from dam.errors import RunFolderError, RunLockedError
+    from dam.robustness.detector_sets import run_detection
+    from dam.runs import OutputFolder
+
+    runs, out = tiny_reproduction / "runs", tmp_path / "detector"
+    small = dict(images=100, noise=20, attack_images=0, data_dir=mnist_dir)
+    with pytest.raises(RunFolderError, match="holds a training run"):
+        run_detection(runs / "n2", runs / "n20", runs / "n30", **small)
+    assert not (runs / "n30" / "detector.json").exists()
+    with OutputFolder(out).lock(), pytest.raises(RunLockedError, match="another dam process"):
+        run_detection(runs / "n2", runs / "n20", out, **small)
+    first = run_detection(runs / "n2", runs / "n20", out, **small)
+    with pytest.raises(InputError, match="holds a detector's results"):
+        run_detection(runs / "n2", runs / "n20", out, **{**small, "images": 200})
+    assert json.loads((out / "detector.json").read_text())["data"]["images"] == first["data"]["images"] == 100
+    with caplog.at_level(logging.WARNING, logger="dam.robustness.detector_sets"):
+        run_detection(runs / "n2", runs / "n20", out, **{**small, "images": 200}, replace=True)
+    assert "replacing the detector's results" in caplog.text
+    assert json.loads((out / "detector.json").read_text())["data"]["images"] == 200

@@ -20,7 +20,7 @@ from dam.errors import ConfigError
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dam.robustness.attacks.runner import AttackSuite, check_sources, run_attacks
-    from dam.runs import OutputFolder, common_dataset, distinct_names, load_model
+    from dam.runs import common_dataset, distinct_names, load_model
 
     for run in [*args.runs, *args.transfer_from]:  # every model readable before any attack (weights too)
         load_model(run)
@@ -45,12 +45,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         given["hsj_norms"] = tuple(args.hsj_norms.split(","))
     suite = replace(d, images=args.images, seed=args.seed, linf=args.linf, l2=args.l2, pgd_steps=args.pgd_steps,
                     hsj_steps=args.hsj_steps, autoattack=args.autoattack, aa_fab=not args.no_fab, **given)  # fmt: skip
-    out = OutputFolder(args.out, "attack output folder")
-    out.check_results()
-
-    with out.lock():
-        summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
-                              device=args.device, replace=args.force, workers=args.workers)  # fmt: skip
+    # (run_attacks refuses a training run's folder and locks its own)
+    summary = run_attacks(args.runs, args.out, suite, sources=args.transfer_from, data_dir=args.data_dir,
+                          device=args.device, replace=args.force, workers=args.workers)  # fmt: skip
     for norm in ("linf", "l2"):
         eps = summary["suite"][norm]
         print(f"\nrobust accuracy, {norm}, worst case over all attacks ({summary['images']['count']} images)")

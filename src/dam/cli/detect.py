@@ -27,7 +27,7 @@ ATTACK_IMAGES = 500  # default of --attack-images
 def cmd_detect(args: argparse.Namespace) -> int:
     from dam.robustness.detector import check_false_rejection
     from dam.robustness.detector_sets import ADAPTIVE_DEFAULTS, check_adaptive, probe_folders, run_detection
-    from dam.runs import OutputFolder, run_dataset, run_kind
+    from dam.runs import run_dataset, run_kind
 
     # every check that needs no data, in the order a user reads the command line, before any compute
     check_false_rejection(args.false_rejection)
@@ -55,20 +55,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
                              " (half calibrates, half evaluates)")  # fmt: skip
     if args.attack_images is None:
         args.attack_images = min(ATTACK_IMAGES, evaluation)
-    folder = OutputFolder(args.out, "detector output folder")
-    folder.check_results()
-    if (Path(args.out) / "detector.json").exists() and not args.force:  # a finished result is never replaced silently
-        raise InputError(f"{args.out}: holds a detector's results (detector.json); use another --out, or --force to "
-                         "replace them")  # fmt: skip
-    with folder.lock():
-        report = run_detection(
+    # (run_detection refuses a training run's folder and a finished detector's without --force, and locks its own)
+    report = run_detection(
         args.classifier, args.guard, args.out, false_rejection=args.false_rejection, beta_sm=args.beta_sm,
         images=args.images, noise=args.noise, probes=args.probes, attack_eps=args.attack_eps,
         attack_images=args.attack_images, seed=args.seed, data_dir=args.data_dir, agreement=args.agreement,
         device=args.device, adaptive_eps=args.adaptive or (), adaptive_l2=args.adaptive_l2 or (),
         adaptive_images=args.adaptive_images, adaptive_steps=args.adaptive_steps,
-        adaptive_targets=args.adaptive_targets,
-        )  # fmt: skip
+        adaptive_targets=args.adaptive_targets, replace=args.force,
+    )  # fmt: skip
     out = Path(args.out)
     for skipped in report.get("probes", {}).get("skipped", []):  # said here, not only in the JSON
         print(f"probe set not used: {skipped['file']}: {skipped['reason']}")

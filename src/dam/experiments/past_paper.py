@@ -189,7 +189,7 @@ def run_beyond(
                 (folder / "skipped.json").unlink(missing_ok=True)
                 try:
                     run_detection(classifier, guard, folder, probes=[str(out / "probes")], seed=plan.seed,
-                                  data_dir=data_dir, agreement=agreement, device=device,
+                                  data_dir=data_dir, agreement=agreement, device=device, replace=True,
                                   **detector_settings)  # fmt: skip
                 except DetectorError as exc:  # e.g. weak models that disagree on too many clean images
                     log(f"[{folder.name}] not run: {exc}")

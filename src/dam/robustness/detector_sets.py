@@ -9,6 +9,7 @@ attack of :mod:`dam.robustness.adaptive`, which does, is measured too (:func:`ad
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from dam.errors import InputError
 
 if TYPE_CHECKING:
     from dam.robustness.detector import Detector
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_RULE = (
     "the first `images` MNIST test images in the order of torch.randperm(images) seeded with `seed`: the first "
@@ -187,6 +190,7 @@ def run_detection(
     adaptive_images: int = ADAPTIVE_DEFAULTS["images"],
     adaptive_steps: int = ADAPTIVE_DEFAULTS["steps"],
     adaptive_targets: int = ADAPTIVE_DEFAULTS["targets"],
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Calibrate, measure, and write OUT/detector.json and OUT/detector.png; return the report.
 
@@ -194,6 +198,8 @@ def run_detection(
     ``adaptive_eps`` / ``adaptive_l2``: L-inf / L2 budgets of the adaptive attack, which knows the detector
     (:class:`dam.robustness.adaptive.AdaptiveDetectorAttack`), on the first ``adaptive_images`` evaluation
     images; its results go under the report's "adaptive" key (absent when no budget is asked for).
+    ``out`` is locked while it is written; a training run's folder is refused, and so is a folder that holds a
+    detector's results unless ``replace`` (the CLI's ``--force``), which replaces them with a warning.
     """
     from dam.data import load_dataset
     from dam.environment import environment_info
@@ -207,7 +213,7 @@ def run_detection(
         noise_images,
         run_folders,
     )
-    from dam.runs import common_dataset, load_model
+    from dam.runs import OutputFolder, common_dataset, load_model
 
     check_false_rejection(false_rejection)
     beta_sm = PAPER_BETA_SM if beta_sm is None else beta_sm
@@ -222,54 +228,64 @@ def run_detection(
         from dam.robustness.attacks.standard import check_budgets
 
         check_budgets("linf", attack_eps, positive=True)  # PGD's L-inf budgets, before the models are read
-    classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
-    x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
-    x_test = x_test.reshape(len(x_test), -1)
-    if not 2 <= images <= len(x_test):
-        raise InputError(f"images must be in [2, {len(x_test)}] (half calibrates, half evaluates), got {images}")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(images, generator=g)
-    calibration, evaluation = order[: images // 2].sort().values, order[images // 2 :].sort().values
-    detector = Detector.calibrate(classifier, guard, x_test[calibration], false_rejection, beta_sm, agreement=agreement)
-    sets: dict[str, tuple[Tensor, Tensor | None]] = {"clean": (x_test[evaluation], y_test[evaluation])}
-    if noise:
-        for kind in ("gaussian", "uniform"):
-            sets[f"{kind} noise"] = (noise_images(noise, kind, g), None)
-    found, used, skipped = probe_sets(probes or [], x_test, y_test, calibration)
-    sets.update(found)
-    attacked = evaluation[:attack_images]
-    attacks_note = "none asked for"
-    if attack_images and attack_eps:
-        made = attack_sets(classifier, x_test[attacked], y_test[attacked], attack_eps, seed)
-        sets.update(made)
-        attacks_note = (
-            f"Foolbox L-inf PGD (40 steps) against the classifier on the first {len(attacked)} evaluation images at "
-            f"eps {', '.join(f'{e:g}' for e in attack_eps)}; successful adversarials only, true labels"
-            if made or foolbox_available()
-            else 'not run: Foolbox is not installed (pip install "dam[attacks]")'
+    folder = OutputFolder(out, "detector output folder")
+    folder.check_results()
+    if (folder.path / "detector.json").exists():  # a finished result is never replaced silently
+        if not replace:
+            raise InputError(f"{out}: holds a detector's results (detector.json); use another --out, or --force to "
+                             "replace them")  # fmt: skip
+        logger.warning("replacing the detector's results in %s", out)
+    with folder.lock():
+        classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
+        x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
+        x_test = x_test.reshape(len(x_test), -1)
+        if not 2 <= images <= len(x_test):
+            raise InputError(f"images must be in [2, {len(x_test)}] (half calibrates, half evaluates), got {images}")
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(images, generator=g)
+        calibration, evaluation = order[: images // 2].sort().values, order[images // 2 :].sort().values
+        detector = Detector.calibrate(
+            classifier, guard, x_test[calibration], false_rejection, beta_sm, agreement=agreement
         )
+        sets: dict[str, tuple[Tensor, Tensor | None]] = {"clean": (x_test[evaluation], y_test[evaluation])}
+        if noise:
+            for kind in ("gaussian", "uniform"):
+                sets[f"{kind} noise"] = (noise_images(noise, kind, g), None)
+        found, used, skipped = probe_sets(probes or [], x_test, y_test, calibration)
+        sets.update(found)
+        attacked = evaluation[:attack_images]
+        attacks_note = "none asked for"
+        if attack_images and attack_eps:
+            made = attack_sets(classifier, x_test[attacked], y_test[attacked], attack_eps, seed)
+            sets.update(made)
+            attacks_note = (
+                f"Foolbox L-inf PGD (40 steps) against the classifier on the first {len(attacked)} evaluation images "
+                f"at eps {', '.join(f'{e:g}' for e in attack_eps)}; successful adversarials only, true labels"
+                if made or foolbox_available()
+                else 'not run: Foolbox is not installed (pip install "dam[attacks]")'
+            )
 
-    report = evaluate_detector(detector, sets)
-    if adaptive_eps or adaptive_l2:
-        chosen = evaluation[:adaptive_images]
-        clean_scores = detector.decide(x_test[evaluation])[0]
-        report["adaptive"] = adaptive_sets(detector, x_test[chosen], y_test[chosen], clean_scores,
-                                           {"linf": adaptive_eps, "l2": adaptive_l2}, steps=adaptive_steps,
-                                           targets=adaptive_targets, seed=seed)  # fmt: skip
-        report["adaptive"]["rule"] = f"the first {len(chosen)} evaluation images (the clean set's order)"
-    report.update(run_folders(str(classifier_run), str(guard_run)))
-    report["data"] = {
-        "dataset": "mnist test", "images": images, "seed": seed, "split": CALIBRATION_RULE,
-        "calibration_images": len(calibration), "evaluation_images": len(evaluation),
-        "calibration_indices": calibration.tolist(),
-        "calibration_false_rejection_rate": float((~detector.accept(x_test[calibration])).double().mean()),
-        "noise_images": noise,
-        "noise": "gaussian: pixels N(0.5, 0.25^2) clipped to [0, 1]; uniform: pixels U[0, 1]",
-        "attacks": attacks_note,
-    }  # fmt: skip
-    report["probes"] = {"folders": probes or [], "used": used, "skipped": skipped}
-    report["environment"] = environment_info()
-    out = Path(out)
-    atomic_write_json(out / "detector.json", report)
-    detector_figure(report, out / "detector.png")
-    return report
+        report = evaluate_detector(detector, sets)
+        if adaptive_eps or adaptive_l2:
+            chosen = evaluation[:adaptive_images]
+            clean_scores = detector.decide(x_test[evaluation])[0]
+            report["adaptive"] = adaptive_sets(detector, x_test[chosen], y_test[chosen], clean_scores,
+                                               {"linf": adaptive_eps, "l2": adaptive_l2}, steps=adaptive_steps,
+                                               targets=adaptive_targets, seed=seed)  # fmt: skip
+            report["adaptive"]["rule"] = f"the first {len(chosen)} evaluation images (the clean set's order)"
+        report.update(run_folders(str(classifier_run), str(guard_run)))
+        report["data"] = {
+            "dataset": "mnist test", "images": images, "seed": seed, "split": CALIBRATION_RULE,
+            "calibration_images": len(calibration), "evaluation_images": len(evaluation),
+            "calibration_indices": calibration.tolist(),
+            "calibration_false_rejection_rate": float((~detector.accept(x_test[calibration])).double().mean()),
+            "noise_images": noise,
+            "noise": "gaussian: pixels N(0.5, 0.25^2) clipped to [0, 1]; uniform: pixels U[0, 1]",
+            "attacks": attacks_note,
+        }  # fmt: skip
+        report["probes"] = {"folders": probes or [], "used": used, "skipped": skipped}
+        report["environment"] = environment_info()
+        out = Path(out)
+        atomic_write_json(out / "detector.json", report)
+        detector_figure(report, out / "detector.png")
+        return report

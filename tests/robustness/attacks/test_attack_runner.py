@@ -302,3 +302,18 @@ def test_the_protocol_and_its_order_are_named_as_they_ran():
     assert "FAB" not in mixed.autoattack_cascade and "Square" not in mixed.autoattack_cascade
     assert "5 restarts" in AttackSuite(autoattack="plus").autoattack_cascade
     assert AttackSuite(autoattack="none").autoattack_cascade == "not run"
+
+
+def test_run_attacks_keeps_the_commands_folder_rules(tiny_reproduction, tmp_path):
+    # the Python job refuses what `dam attack` refuses (the command only calls it): a training run's folder, and a
+    # folder another dam process is writing
+    from dam.errors import RunFolderError, RunLockedError
+    from dam.runs import OutputFolder
+
+    run = tiny_reproduction / "runs" / "n2"
+    with pytest.raises(RunFolderError, match="holds a training run"):
+        run_attacks([str(run)], run, SMALL)
+    assert not (run / "robustness.json").exists() and not (run / "models").exists()
+    with OutputFolder(tmp_path / "out").lock(), pytest.raises(RunLockedError, match="another dam process"):
+        run_attacks([str(run)], tmp_path / "out", SMALL)
+    assert not (tmp_path / "out" / "models").exists()

@@ -39,7 +39,7 @@ from dam.robustness.attacks.standard import (
     require_foolbox,
 )
 from dam.robustness.masking import GradientHealth, gradient_health, masking_verdict, starvation
-from dam.runs import common_dataset, load_model, model_md5, model_name
+from dam.runs import OutputFolder, common_dataset, load_model, model_md5, model_name
 from dam.workers import Job, check_workers, run_jobs
 
 logger = logging.getLogger(__name__)
@@ -441,7 +441,8 @@ def run_attacks(
 
     Finished models are reused from ``OUT/models`` when their key (weights, sources, suite, images) matches.
     A finished model made otherwise is refused before any attack, or with ``replace`` (the CLI's
-    ``--force``, a pipeline's own folder) attacked again with a warning.
+    ``--force``, a pipeline's own folder) attacked again with a warning.  ``out`` is locked while it is written
+    (a second writer is refused), and a training run's folder is refused.
     """
     require_foolbox()
     check_workers(workers)
@@ -449,7 +450,17 @@ def run_attacks(
     for run in [*runs, *sources]:  # a typo or damaged weights fail at once, before data are read
         load_model(run)
     check_sources(runs, sources)
-    out = Path(out)
+    folder = OutputFolder(out, "attack output folder")
+    folder.check_results()
+    with folder.lock():
+        return _attack_into(runs, Path(out), suite, sources, data_dir, device, log, replace, workers)
+
+
+def _attack_into(
+    runs: list[str], out: Path, suite: AttackSuite, sources: list[str], data_dir: str | os.PathLike[str] | None,
+    device: str, log: Callable[[str], None], replace: bool, workers: int,
+) -> dict[str, Any]:  # fmt: skip
+    """run_attacks' work, in its locked folder."""
     images, labels, index = attack_images(suite, data_dir, common_dataset(runs))
     (out / "models").mkdir(parents=True, exist_ok=True)  # (after the data are read: a missing data set leaves none)
     source_md5 = {model_name(s): model_md5(s) for s in sources}
