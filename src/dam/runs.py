@@ -184,12 +184,14 @@ class OutputFolder:
     def __init__(self, path: str | os.PathLike[str], what: str = "output folder") -> None:
         self.path = Path(path)
         self.what = what
+        self.made: list[Path] = []  # the folders this object created (the folder and missing parents), deepest first
 
     def check_writable(self) -> None:
         """Create the folder if needed and prove a file can be written in it; one-line error otherwise."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: is a file, not a folder; give a folder as the {self.what}")
         try:
+            self.made = self.made or list(takewhile(lambda p: not p.exists(), (self.path, *self.path.parents)))
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".dam-write-test-{os.getpid()}"
             probe.write_bytes(b"")
@@ -200,11 +202,12 @@ class OutputFolder:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the folder's lock for the block; a second writer gets RunLockedError naming this one.  A folder
-        the lock created and the block left empty (a run refused before its first file) is removed again."""
+        the lock (or this object's earlier checks) created and the block left empty (a run refused before its first
+        file) is removed again."""
         from filelock import FileLock, Timeout
 
-        made = list(takewhile(lambda p: not p.exists(), (self.path, *self.path.parents)))  # check_writable makes
         self.check_writable()
+        made = self.made
         lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
         try:
             lock.acquire()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -196,7 +198,12 @@ def test_cuda_on_a_cluster_without_gpus_is_one_line_before_any_point(ray_sweep, 
     with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPUs"):
         run_sweep(TINY, tmp_path / "cuda", data_dir=mnist_dir, device="cuda", ray_init=_ray_init(ray_dir),
                   log=lambda line: None)  # fmt: skip
-    assert not (tmp_path / "cuda" / "points").exists()
+    # refused before the plan is written: no folder tied to a sweep that never started (the lock removed its own)
+    assert not (tmp_path / "cuda").exists()
+    with pytest.raises(InputError, match="1000 CPUs per point: the Ray cluster has"):
+        run_sweep(TINY, tmp_path / "cpus", data_dir=mnist_dir, cpus_per_trial=1000, ray_init=_ray_init(ray_dir),
+                  log=lambda line: None)  # fmt: skip
+    assert not (tmp_path / "cpus").exists()
 
 
 def test_no_ray_process_is_left_behind(ray_sweep, ray_dir: Path):
@@ -341,18 +348,59 @@ def test_settings_for_every_n_follow_the_stated_rule():
         SweepPlan("bad", ns=(2, 2), seeds=(0,))
 
 
-def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monkeypatch: pytest.MonkeyPatch,
-                                                                          tmp_path: Path):  # fmt: skip
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert sweep.ray_address(None) == "local"  # never the last `ray start` cluster Ray's None would join
-    assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto" and sweep.ray_address("local") == "local"
+@contextlib.contextmanager
+def _server(answer: bytes | None) -> Iterator[str]:
+    """A local TCP server whose every connection gets ``answer`` (None: nothing, then closed); its host:port."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        live = f"127.0.0.1:{server.getsockname()[1]}"
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    continue
+                with connection:
+                    connection.settimeout(2)
+                    with contextlib.suppress(OSError):
+                        connection.recv(len(sweep.HTTP2_PREFACE))
+                        if answer is not None:
+                            connection.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield f"127.0.0.1:{server.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join()
+
+
+GRPC = bytes([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])  # an HTTP/2 server's first frame: SETTINGS (type 4)
+
+
+def test_the_ray_address_is_local_unless_given_and_a_given_one_must_answer(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path):  # fmt: skip
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    assert sweep.ray_address(None) == "local"  # never the last `ray start` cluster Ray's None would join
+    assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto" and sweep.ray_address("local") == "local"
+    with _server(GRPC) as live:
         assert sweep.ray_address(live) == live and sweep.ray_address(f"ray://{live}") == f"ray://{live}"
         monkeypatch.setenv("RAY_ADDRESS", live)
         assert sweep.ray_address(None) is None  # Ray reads RAY_ADDRESS itself, once it is known to answer
+        monkeypatch.delenv("RAY_ADDRESS")
+    # a port that answers, but not as Ray's gRPC servers do: Ray would wait on it for ever
+    for answer in (b"HTTP/1.0 400 Bad request\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n", None):
+        with _server(answer) as other:
+            with pytest.raises(InputError, match=f"at '{other}': {other} answers, but not as Ray does .gRPC.: give"):
+                sweep.ray_address(other, timeout=2)
+            monkeypatch.setenv("RAY_USE_TLS", "1")  # over TLS the handshake cannot be seen: only TCP is checked
+            assert sweep.ray_address(other, timeout=2) == other
+            monkeypatch.delenv("RAY_USE_TLS")
     dead = f"127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("RAY_ADDRESS", dead)
     with pytest.raises(InputError, match=f"cannot join RAY_ADDRESS at '{dead}': .* at {dead}"):
@@ -383,10 +431,8 @@ def test_auto_joins_the_recorded_cluster_only_if_it_answers(monkeypatch: pytest.
     assert sweep.ray_address("anyscale://cluster") == "anyscale://cluster"  # another client protocol: Ray's checks
     monkeypatch.delenv("RAY_ADDRESS")
     assert sweep.ray_address(None, temp_dir=str(tmp_path)) == "local"  # not told to join: its own Ray
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        record.write_text(f"127.0.0.1:{server.getsockname()[1]}")
+    with _server(GRPC) as live:
+        record.write_text(live)
         assert sweep.ray_address("auto", temp_dir=str(tmp_path)) == "auto"
 
 
@@ -401,3 +447,9 @@ def test_an_unreachable_cluster_is_one_line_before_the_folder_is_made(tmp_path: 
         == f"dam sweep: error: cannot join the Ray cluster at '{dead}': Connection refused at {dead}"
     )
     assert not out.exists()
+    # a port that answers something else (a web server here): one line too, at once, not Ray's endless retries
+    with _server(b"HTTP/1.0 400 Bad request\r\n\r\n") as web:
+        result = subprocess.run([sys.executable, "-m", "dam", "sweep", "--out", str(out), "--address", web],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{web} answers, but not as Ray does (gRPC)" in result.stderr and not out.exists()

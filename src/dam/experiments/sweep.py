@@ -559,8 +559,9 @@ def ray_address(address: str | None, *, temp_dir: str | None = None, timeout: fl
     one that has since died (the record outlives a cluster killed without ``ray stop``), and then wait for it
     without end; a sweep that was not told to join a cluster starts its own.  The cluster to join, a host:port
     or ray://host:port given or in ``RAY_ADDRESS``, or for "auto" the one ``ray start`` recorded
-    (:func:`ray_record`; ``temp_dir``: Ray's ``_temp_dir``), must accept a connection within ``timeout``
-    seconds, else one line says so before any folder is made: Ray would retry it for ever.  "auto" with no
+    (:func:`ray_record`; ``temp_dir``: Ray's ``_temp_dir``), must accept a connection and answer HTTP/2's
+    preface as gRPC servers do (:func:`speaks_http2`; not checked under ``RAY_USE_TLS``) within ``timeout`` seconds
+    each, else one line says so before any folder is made: Ray would retry it for ever.  "auto" with no
     record goes to Ray, which looks for a Ray running here and says when there is none; other client
     protocols (name://...) go to Ray unchecked."""
     given = address
@@ -584,12 +585,41 @@ def ray_address(address: str | None, *, temp_dir: str | None = None, timeout: fl
     if not host or not port.isdigit():
         raise InputError(f"{where} {address!r} is not an address: use host:port, ray://host:port or auto")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as connection:
+            # Ray's GCS and its client server speak gRPC, which Ray would wait for without end on a port that
+            # answers something else (a dashboard, sshd, any web server); over TLS the handshake cannot be seen
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            grpc = tls or speaks_http2(connection, timeout)
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise InputError(f"cannot join {where} at {address!r}: {why} at {host}:{port}{hint}") from None
+    if not grpc:
+        raise InputError(f"cannot join {where} at {address!r}: {host}:{port} answers, but not as Ray does (gRPC): "
+                         "give the head's GCS port (`ray start --head --port`, 6379 by default) or ray://host:port "
+                         "of its client server (10001 by default)")  # fmt: skip
     return given
+
+
+# The client's connection preface of HTTP/2 (RFC 9113, section 3.4) and an empty SETTINGS frame after it.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def speaks_http2(connection: socket.socket, timeout: float) -> bool:
+    """Whether the server at the other end of ``connection`` answers HTTP/2's preface as HTTP/2 (and so gRPC)
+    servers must: with a SETTINGS frame (type 4) as their first frame.  An HTTP/1 server answers with text or
+    closes; a server that says nothing within ``timeout`` seconds is not one."""
+    connection.settimeout(timeout)
+    try:
+        connection.sendall(HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:  # a frame header: length (3 bytes), type, flags, stream (4)
+            chunk = connection.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except (TimeoutError, ConnectionError):
+        return False
+    return head[3] == 4
 
 
 def ray_record(temp_dir: str | None = None) -> Path:
@@ -607,7 +637,19 @@ def ray_record(temp_dir: str | None = None) -> Path:
     return Path(temp_dir) / "ray_current_cluster"
 
 
-def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, max_retries, ray_init, device="auto"):  # type: ignore[no-untyped-def]
+@dataclass
+class _RayCluster:
+    """A Ray session this sweep runs in, joined or started, with the placement its checks settled."""
+
+    ray: Any
+    resources: dict[str, float]
+    gpus_per_trial: float
+
+
+@contextlib.contextmanager
+def _ray_cluster(address, ray_init, *, gpus_per_trial, cpus_per_trial, device):  # type: ignore[no-untyped-def]
+    """Join (or start) Ray and check that the cluster can run the points as asked, before anything is written:
+    a refusal is one line; Ray is shut down on leaving when this started it."""
     try:
         import ray
     except ImportError:
@@ -618,8 +660,12 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
     if started:
         try:
             ray.init(address=address, **options)
-        except ConnectionError as exc:  # no cluster at that address: one line, not a traceback
+        except ConnectionError as exc:  # no cluster there: one line, not a traceback
             raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc).strip().splitlines()[0]}") from exc
+        except ValueError as exc:  # an address Ray does not take (another protocol: http://...)
+            why = str(exc).strip().split(". ")[0]
+            raise InputError(f"cannot join the Ray cluster at {address!r}: {why}; use host:port, ray://host:port or "
+                             "auto") from exc  # fmt: skip
     try:
         resources = ray.cluster_resources()
         if gpus_per_trial is None:
@@ -633,38 +679,43 @@ def _run_ray(tasks, point_fn, log, *, address, gpus_per_trial, cpus_per_trial, m
         if device.startswith("cuda") and gpus_per_trial == 0:  # else every point fails on its worker, one by one
             why = "the Ray cluster has no GPUs" if not resources.get("GPU", 0) else "--gpus-per-trial 0 gives none"
             raise InputError(f"--device {device}: {why}; use --device auto or cpu, or a cluster with GPUs")
-        log(
-            f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {len(tasks)} points, "
-            f"{cpus_per_trial} CPU and {gpus_per_trial:g} GPU each, up to {max_retries} retries"
-        )
-        remote = ray.remote(_ray_point).options(
-            num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries, retry_exceptions=False
-        )
-        refs = {remote.remote(point_fn, task, cpus_per_trial): task for task in tasks}
-        done, failed = {}, {}
-        placement = {"gpus_per_trial": gpus_per_trial, "cluster": {k: resources.get(k, 0) for k in ("CPU", "GPU")}}
-        pending = list(refs)
-        t0 = time.perf_counter()
-        while pending:
-            # a timeout, so that Ctrl-C reaches Python between waits (a blocking wait never returns to it)
-            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            if not ready:
-                continue
-            task = refs[ready[0]]
-            count = f"[{len(done) + len(failed) + 1}/{len(tasks)}]"
-            try:
-                record = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # raised in the task, or its worker died past its retries
-                failed[task.name] = _first_line(exc)
-                _failed(task, exc, str(exc), log)  # (a task's error carries the worker's traceback)
-                log(f"{count} {task.name} FAILED: {failed[task.name]}")
-                continue
-            done[task.name] = record
-            log(f"{count} {task.name} {_describe(record, time.perf_counter() - t0)}")
-        return done, failed, placement
+        yield _RayCluster(ray, resources, gpus_per_trial)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_ray(cluster: _RayCluster, tasks, point_fn, log, *, cpus_per_trial, max_retries):  # type: ignore[no-untyped-def]
+    ray, resources, gpus_per_trial = cluster.ray, cluster.resources, cluster.gpus_per_trial
+    log(
+        f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {len(tasks)} points, "
+        f"{cpus_per_trial} CPU and {gpus_per_trial:g} GPU each, up to {max_retries} retries"
+    )
+    remote = ray.remote(_ray_point).options(
+        num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries, retry_exceptions=False
+    )
+    refs = {remote.remote(point_fn, task, cpus_per_trial): task for task in tasks}
+    done, failed = {}, {}
+    placement = {"gpus_per_trial": gpus_per_trial, "cluster": {k: resources.get(k, 0) for k in ("CPU", "GPU")}}
+    pending = list(refs)
+    t0 = time.perf_counter()
+    while pending:
+        # a timeout, so that Ctrl-C reaches Python between waits (a blocking wait never returns to it)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        if not ready:
+            continue
+        task = refs[ready[0]]
+        count = f"[{len(done) + len(failed) + 1}/{len(tasks)}]"
+        try:
+            record = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:  # raised in the task, or its worker died past its retries
+            failed[task.name] = _first_line(exc)
+            _failed(task, exc, str(exc), log)  # (a task's error carries the worker's traceback)
+            log(f"{count} {task.name} FAILED: {failed[task.name]}")
+            continue
+        done[task.name] = record
+        log(f"{count} {task.name} {_describe(record, time.perf_counter() - t0)}")
+    return done, failed, placement
 
 
 def _check_plan(out: Path, plan: SweepPlan, suite: Any, data_md5: dict[str, str]) -> None:
@@ -739,7 +790,11 @@ def run_sweep(
     out = Path(out)
     folder = OutputFolder(out, "sweep folder")
     folder.check_kind(("plan.json",), "sweep")
-    with folder.lock():
+    # Ray is joined and the cluster checked before the plan is written: a refusal leaves no folder behind (the
+    # lock removes the one it made) and no plan.json that would tie the folder to this sweep
+    cluster = (_ray_cluster(ray_at, ray_init, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                            device=device) if backend == "ray" else contextlib.nullcontext())  # fmt: skip
+    with folder.lock(), cluster as ray_session:
         _check_plan(out, plan, suite, data_md5)
         tasks = [PointTask(plan, n, seed, str((out / "points" / point_name(n, seed)).resolve()), suite, data, device)
                  for n, seed in plan.points()]  # fmt: skip
@@ -749,10 +804,8 @@ def run_sweep(
             done, failed = _run_local(tasks, point_fn, log)
             placement: dict[str, Any] = {"gpus_per_trial": None, "cluster": None}
         else:
-            done, failed, placement = _run_ray(
-                tasks, point_fn, log, address=ray_at, gpus_per_trial=gpus_per_trial, device=device,
-                cpus_per_trial=cpus_per_trial, max_retries=max_retries, ray_init=ray_init,
-            )  # fmt: skip
+            done, failed, placement = _run_ray(ray_session, tasks, point_fn, log, cpus_per_trial=cpus_per_trial,
+                                               max_retries=max_retries)  # fmt: skip
         wall = time.perf_counter() - t0
         points = [done[t.name] for t in tasks if t.name in done]
         summary = {
