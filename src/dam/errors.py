@@ -69,6 +69,11 @@ def violated(what: str, rules: list[str], settings: object) -> str:
 # -- checks of settings, shared by every config and constructor ------------------------------------
 
 
+def changed(names: list[str] | tuple[str, ...]) -> str:
+    """The settings that differ from the saved ones ("changed: a, b"), for a refusal's one line."""
+    return f"changed: {', '.join(names)}"
+
+
 def is_whole(value: Any) -> bool:
     """An integer setting (not a bool, which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)

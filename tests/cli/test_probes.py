@@ -63,7 +63,7 @@ def test_boundary_and_rubbish_commands(setup, tmp_path, capsys) -> None:
     before = (out / "dam2" / "rubbish.json").read_text()
     assert main(["rubbish", runs[0], "--per-class", "1", "--seed", "3", *common]) == 2
     err = capsys.readouterr().err
-    assert "other inputs (seed differ)" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert "other inputs (changed: seed)" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert (out / "dam2" / "rubbish.json").read_text() == before
     assert main(["rubbish", runs[0], "--per-class", "1", "--seed", "3", "--force", *common]) == 0
     assert json.loads((out / "dam2" / "rubbish.json").read_text())["seed"] == 3

@@ -137,10 +137,10 @@ def test_other_settings_of_the_preset_are_refused_where_a_stage_used_them(
     (out / "beyond").mkdir()  # a stage past the paper has begun: its settings now count
     meta = json.loads((out / "reproduce.json").read_text())
     (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "attacks": saved_attacks}}))
-    with pytest.raises(ValueError, match=r"other settings of preset 'tiny' \(attacks differ\); use another --out"):
+    with pytest.raises(ValueError, match=r"other settings of preset 'tiny' \(changed: attacks\); use another --out"):
         reproduce(TINY, out, paper_only=True, **run)
     (out / "reproduce.json").write_text(json.dumps({**meta, "preset": {**meta["preset"], "images": 61}}))
-    with pytest.raises(ValueError, match=r"\(images differ\)"):
+    with pytest.raises(ValueError, match=r"\(changed: images\)"):
         reproduce(TINY, out, paper_only=True, **run)
 
 

@@ -255,14 +255,14 @@ def test_local_backend_runs_the_same_points_and_reports_failures(mnist_dir: Path
     with pytest.raises(InputError, match="other settings"):
         run_sweep(replace(plan, per_class=2), tmp_path, backend="local", data_dir=mnist_dir)
     stronger = replace(plan.suite(), pgd_steps=5)
-    with pytest.raises(InputError, match=r"other settings \(suite differ\)"):
+    with pytest.raises(InputError, match=r"other settings \(changed: suite\)"):
         run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir, suite=stronger)
     # ... or other data (here: the record of the data it was made with, changed)
     record = json.loads((tmp_path / "plan.json").read_text())
     assert len(record["data_md5"]) == 4  # the four IDX files
     record["data_md5"] = {name: "0" * 32 for name in record["data_md5"]}
     (tmp_path / "plan.json").write_text(json.dumps(record))
-    with pytest.raises(InputError, match=r"other settings \(data_md5 differ\)"):
+    with pytest.raises(InputError, match=r"other settings \(changed: data_md5\)"):
         run_sweep(plan, tmp_path, backend="local", data_dir=mnist_dir)
 
 

@@ -23,7 +23,7 @@ def test_calibration_of_a_model_without_a_calibrated_beta_is_recorded(tmp_path):
     assert bad["beta_sm"] is None and "accuracy" in bad["calibration_error"]
     assert "binned_error_paper_beta" in bad and "binned_error_calibrated" not in bad
     # A saved calibration of other images is neither reused nor replaced silently: refused, or replaced when asked.
-    with pytest.raises(InputError, match=r"other inputs \(images_md5 differ\).*--force"):
+    with pytest.raises(InputError, match=r"other inputs \(changed: images_md5\).*--force"):
         run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30])
     again = run_calibration(tmp_path / "m3", tmp_path / "out", images[:30], labels[:30], replace=True)
     assert again["images"] == 30

@@ -181,3 +181,14 @@ def test_gradient_free_attacks_are_weighed_image_by_image():
         in verdict["verdict"]
     )
     assert "the worst case counts them" in verdict["verdict"]
+
+
+def test_one_step_gap_is_the_best_iterative_attack_minus_fgsm():
+    from dam.robustness.masking import one_step_gap
+
+    t = _table([0.8, 0.3], None)
+    assert one_step_gap(t) is None  # no FGSM
+    t.attacks["fgsm"], t.gradient_free["fgsm"] = [0.7, 0.35], False
+    t.attacks["apgd-ce"], t.gradient_free["apgd-ce"] = [0.75, 0.2], False
+    # iterative best per budget: min(pgd, apgd-ce) = 0.75 / 0.2; positive where one step did better
+    assert one_step_gap(t) == pytest.approx([0.05, -0.15])

@@ -73,7 +73,8 @@ def add_attack_commands(sub: argparse._SubParsersAction) -> None:
         "worst case per image, convergence check, masking diagnostics (needs dam[attacks])",
     )
     p.add_argument("runs", nargs="+", help="run folders (DAMs or baselines) to attack")
-    p.add_argument("--out", required=True, help="output folder (finished models are reused)")
+    p.add_argument("--out", required=True, help="output folder (locked while written; finished models are reused "
+                   "from OUT/models; robustness.json and the CSVs hold this call's models)")  # fmt: skip
     p.add_argument("--force", action="store_true",
                    help="attack again models whose result in --out was made otherwise (default: refuse)")  # fmt: skip
     p.add_argument("--transfer-from", nargs="*", default=[], metavar="RUN",

@@ -90,7 +90,8 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["ray", "local"], default="ray",
                    help="ray (default): a task per point; local: one point after another in this process")  # fmt: skip
     p.add_argument("--address", help='Ray cluster to join: host:port, ray://host:port or "auto" (the one of '
-                   "`ray start --head` here); default: $RAY_ADDRESS if set, else a new Ray here")  # fmt: skip
+                   "`ray start --head` here; $RAY_ADDRESS first if set, as Ray reads them); default: $RAY_ADDRESS if "
+                   "set, else a new Ray here")  # fmt: skip
     p.add_argument("--gpus-per-trial", type=nonnegative_float,
                    help="GPUs per point (default: 0.25 when the cluster has GPUs, else 0)")  # fmt: skip
     p.add_argument("--cpus-per-trial", type=positive_int, help="CPUs (torch threads) per point (default 1)")

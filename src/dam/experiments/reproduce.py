@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dam.errors import InputError
+from dam.errors import InputError, changed
 from dam.io import atomic_write_json, read_json_object
 from dam.workers import check_workers
 
@@ -361,8 +361,7 @@ def _reproduce(
         diff = sorted(k for k in now if k in saved and k not in unused and saved[k] != now[k])
         if diff:
             raise InputError(
-                f"{out} was made with other settings of preset {plan.name!r} ({', '.join(diff)} differ); "
-                "use another --out"
+                f"{out} was made with other settings of preset {plan.name!r} ({changed(diff)}); use another --out"
             )
         started_with = (earlier.get("data") or {}).get("folder")
         if data_dir is None and started_with and Path(started_with).is_dir():

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dam.data import load_dataset
 from dam.environment import environment_info
-from dam.errors import InputError
+from dam.errors import InputError, changed
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.model import DenseAssociativeMemory
 from dam.probes.boundary import BoundaryResult, BoundarySearch
@@ -76,8 +76,8 @@ def _same_inputs(file: Path, saved: dict[str, Any], inputs: dict[str, Any], repl
     if key_matches({k: saved.get(k) for k in inputs}, inputs):
         return True
     now = result_key(**inputs)
-    differ = ", ".join(sorted(k for k in now if saved.get(k) != now[k]))
-    return _replaced(file, f"other inputs ({differ} differ)", replace, quiet)
+    what = changed(sorted(k for k in now if saved.get(k) != now[k]))
+    return _replaced(file, f"other inputs ({what})", replace, quiet)
 
 
 def _replaced(file: Path, how: str, replace: bool, quiet: bool = False) -> bool:

@@ -57,7 +57,7 @@ def gradient_health(
     return GradientHealth(str(dtype).removeprefix("torch."), len(images), zero / n, nonfinite / n)
 
 
-def _tolerance(accuracy: float, images: int, floor: float) -> float:
+def noise_level(accuracy: float, images: int, floor: float = 0.03) -> float:
     """Two binomial standard errors, at least ``floor``: smaller gaps are noise on this many images."""
     return max(floor, 2.0 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(images, 1)))
 
@@ -82,7 +82,7 @@ def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
         for kind, shares in table.beyond_gradients.items():
             names = [a for a, free in table.gradient_free.items() if free and gradient_free_kind(a) == kind]
             for eps, white, added in zip(table.epsilons, table.gradient_worst_case, shares, strict=True):
-                if added > _tolerance(white, table.images, floor):
+                if added > noise_level(white, table.images, floor):
                     gaps.append({"norm": table.norm, "eps": eps, "kind": kind, "white_box": white,
                                  "black_box": white - added, "attack": ", ".join(names)})  # fmt: skip
         return gaps
@@ -93,7 +93,7 @@ def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
     for kind, prefix in (("decision-based", "hopskipjump"), ("transfer", "transfer:")):
         accs = _combined(table, gradient_free=True, prefix=prefix)
         for eps, w, b in zip(table.epsilons, white, accs or [], strict=False):
-            if w - b > _tolerance(w, table.images, floor):
+            if w - b > noise_level(w, table.images, floor):
                 gaps.append({"norm": table.norm, "eps": eps, "kind": kind, "white_box": w, "black_box": b})
     # A score-based attack run on the survivors of the gradient attacks (AutoAttack's Square): every image
     # it breaks is one that no gradient attack broke.
@@ -101,7 +101,7 @@ def _gaps(table: RobustnessTable, floor: float) -> list[dict[str, Any]]:
         if not table.gradient_free.get(name):
             continue
         for i, (eps, added) in enumerate(zip(table.epsilons, extra, strict=True)):
-            if added > _tolerance(white[i], table.images, floor):
+            if added > noise_level(white[i], table.images, floor):
                 gaps.append({"norm": table.norm, "eps": eps, "kind": "score-based", "white_box": white[i],
                              "black_box": white[i] - added, "attack": name})  # fmt: skip
     return gaps
@@ -122,6 +122,19 @@ def describe_gap(g: dict[str, Any]) -> str:
 
 
 CE_ATTACKS = ("fgsm", "pgd", "apgd-ce")  # attacks on the cross-entropy loss
+ITERATIVE_CE = ("pgd", "apgd-ce")  # the iterative ones among them
+
+
+def one_step_gap(table: RobustnessTable) -> list[float] | None:
+    """Per budget: the best iterative cross-entropy attack's robust accuracy minus one step's (FGSM) on the same
+    loss.  Positive: one step did better, which iterations on the same loss should never let happen (Carlini et
+    al.), unless its gradient misleads them; None when either is missing."""
+    iterative = [table.attacks[a] for a in ITERATIVE_CE if a in table.attacks]
+    if "fgsm" not in table.attacks or not iterative:
+        return None
+    return [min(a[i] for a in iterative) - table.attacks["fgsm"][i] for i in range(len(table.epsilons))]
+
+
 DLR_ATTACKS = ("apgd-t",)  # attacks on the scale-invariant (targeted) DLR loss
 
 
@@ -190,7 +203,7 @@ def masking_verdict(
             continue
         i = max(range(len(gap)), key=lambda j: gap[j])
         dlr = min(t.attacks[a][i] for a in DLR_ATTACKS if a in t.attacks)
-        if gap[i] > _tolerance(dlr, t.images, floor):
+        if gap[i] > noise_level(dlr, t.images, floor):
             share = (starved or {}).get(t.norm)
             ce_gaps.append({"norm": t.norm, "eps": t.epsilons[i], "ce": dlr + gap[i], "dlr": dlr,
                             "dead_end_share": share[i] if share else None})  # fmt: skip

@@ -103,3 +103,24 @@ def test_images_an_attack_lost_at_a_larger_budget_are_counted_and_named(
     path.write_text(json.dumps(summary))
     holds, evidence = _row(build_report(out).read_text(), MONOTONE)[1:]
     assert holds == "not run" and "not measured" in evidence
+
+
+def test_one_step_beating_the_iterations_is_named(tiny_reproduction: Path, tmp_path: Path) -> None:
+    check = "iterative attacks do at least as well as one step on the same loss (PGD, APGD-CE against FGSM)"
+    out = _copy(tiny_reproduction, tmp_path)
+    path = out / "beyond" / "attacks" / "robustness.json"
+    summary = json.loads(path.read_text())
+    for name, m in summary["models"].items():
+        for norm, t in m["tables"].items():
+            iterative = [t["attacks"][a] for a in ("pgd", "apgd-ce") if a in t["attacks"]]
+            assert "fgsm" in t["attacks"] and iterative  # the stage runs both
+            best = [min(a[i] for a in iterative) for i in range(len(t["epsilons"]))]
+            t["attacks"]["fgsm"] = best  # never better than the iterations ...
+            if name == "n30" and norm == "linf":  # ... but here, by 50 points
+                for a in ("pgd", "apgd-ce"):
+                    if a in t["attacks"]:
+                        t["attacks"][a] = [0.6] * len(t["epsilons"])
+                t["attacks"]["fgsm"] = [0.1] * len(t["epsilons"])
+    path.write_text(json.dumps(summary))
+    holds, evidence = _row(build_report(out).read_text(), check)[1:]
+    assert holds == "no" and evidence.startswith("largest: n30 linf eps") and "points" in evidence

@@ -138,7 +138,8 @@ def _attacks_context(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "margin": _margin(images["count"]),
         "effort": effort,
         "count": text(images["count"]),
-        "how": text(images["how"]),
+        # (the record names its count and seed as `count` and `seed`: the page gives their values)
+        "how": text(images["how"]).replace("`count`", text(images["count"])).replace("`seed`", text(images["seed"])),
         "seed": text(images["seed"]),
         "pgd_steps": text(suite["pgd_steps"]),
         "hsj_steps": text(suite["hsj_steps"]),
@@ -182,7 +183,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     """Carlini et al., "On Evaluating Adversarial Robustness" (2019): the checks behind a robustness claim, each
     with what this run measured (``tables``, ``verdicts``: each model's robustness tables and masking verdict).
     A check that did not run says so; none is counted as passed by default."""
-    from dam.robustness.masking import ce_dlr_gap, describe_gap
+    from dam.robustness.masking import ce_dlr_gap, describe_gap, noise_level, one_step_gap
 
     models, suite, sources = summary["models"], summary["suite"], summary["sources"]
     rows = []
@@ -272,6 +273,24 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     evidence = evidence.removeprefix("; ")
     rows.append(["gradient-free attacks (Square, HopSkipJump, transfer) do no better than gradient attacks", holds,
                  evidence])  # fmt: skip
+    # Iterations on a loss do at least as well as one step on it (Carlini et al.): FGSM against PGD and APGD-CE.
+    steps = [(gap[i], n, t, i) for n in models for t in tables[n].values() if (gap := one_step_gap(t)) is not None
+             for i in range(len(gap))]  # fmt: skip
+    check = "iterative attacks do at least as well as one step on the same loss (PGD, APGD-CE against FGSM)"
+    if not steps:
+        rows.append([check, "not run", "needs FGSM and PGD or APGD-CE"])
+    else:
+        gap, n, t, i = max(steps, key=lambda s: s[0])
+        fgsm = t.attacks["fgsm"][i]
+        where = (f"largest: {n} {t.norm} eps {t.epsilons[i]:g}, FGSM {100 * fgsm:.1f}% against the best iterative "
+                 f"{100 * (fgsm + gap):.1f}%")  # fmt: skip
+        if gap <= 0:
+            rows.append([check, "yes", "FGSM never left fewer images robust than PGD or APGD-CE"])
+        else:
+            holds = "no (within noise)" if gap <= noise_level(fgsm + gap, t.images) else "no"
+            why = ("; the cross-entropy attacks fall short of the DLR attack on this model too (see its diagnosis)"
+                   if verdicts[n]["ce_overstates"] else "")  # fmt: skip
+            rows.append([check, holds, f"{where} ({100 * gap:.1f} points{why})"])
     # counted where the transfer ran, in every norm: a substitute among the sources is not yet an attack
     have = {n: s for n in models if (s := substitute_of(n, sources))
             and all(f"transfer:{s}" in {a.split(" (")[0] for a in t.attacks} for t in tables[n].values())}  # fmt: skip

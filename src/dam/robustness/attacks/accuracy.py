@@ -104,7 +104,7 @@ def robust_accuracy(
     device = next(model.parameters()).device
     with torch.no_grad():
         wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
-    table = RobustnessTable(name, norm, list(epsilons), len(images), 1.0 - float(wrong.double().mean()))
+    table = RobustnessTable(name, norm, list(epsilons), len(images), int((~wrong).sum()) / wrong.numel())
     results: dict[str, AttackResult] = {}
     # the clean errors and the per-image worst cases, for checks that continue from them
     # (dam.robustness.attacks.autoattack.effort_check, added by add_to_worst_case)
@@ -166,8 +166,8 @@ def _add_column(
                                       for s, b in zip(result.success, worst.success, strict=True)]  # fmt: skip
     for kept in (worst, results[GRADIENT_WORST]) if settings["gradients"] else (worst,):
         kept.success = kept.success | result.success
-    table.worst_case = [1.0 - float(b.double().mean()) for b in worst.success]
-    table.gradient_worst_case = [1.0 - float(b.double().mean()) for b in results[GRADIENT_WORST].success]
+    table.worst_case = [int((~b).sum()) / b.numel() for b in worst.success]
+    table.gradient_worst_case = [int((~b).sum()) / b.numel() for b in results[GRADIENT_WORST].success]
     # (redone after every column: a gradient attack run later, AutoAttack's after HopSkipJump and the transfers,
     # may break the same images)
     gradient = results[GRADIENT_WORST].success

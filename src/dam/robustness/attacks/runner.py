@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dam.data import load_dataset
 from dam.data.sources import DATASETS
 from dam.environment import environment_info
-from dam.errors import InputError, is_finite_number, is_whole, plain_fields, plain_number, violated
+from dam.errors import InputError, changed, is_finite_number, is_whole, plain_fields, plain_number, violated
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
@@ -470,7 +470,7 @@ def _attack_into(
         saved = _saved(path)
         if saved is not None and not key_matches(saved, key, "key"):
             now, before = result_key(**key), saved.get("key") or {}
-            how = f"other settings or inputs ({', '.join(sorted(k for k in now if before.get(k) != now[k]))} differ)"
+            how = f"other settings or inputs ({changed(sorted(k for k in now if before.get(k) != now[k]))})"
             if not replace:
                 raise InputError(f"{path} holds a finished attack made with {how}; use another --out, "
                                  "or --force to replace it")  # fmt: skip

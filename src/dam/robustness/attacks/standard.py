@@ -64,7 +64,7 @@ class AttackResult:
 
     def robust_accuracy(self) -> list[float]:
         """Share of the images no budget's attack broke, per budget."""
-        return [1.0 - float(s.double().mean()) for s in self.success] if self.success.shape[1] else []
+        return [int((~s).sum()) / s.numel() for s in self.success] if self.success.shape[1] else []
 
 
 class QueryCounter(nn.Module):
