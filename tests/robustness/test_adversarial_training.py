@@ -176,7 +176,9 @@ def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
     assert main([*resume, "--eval-images", "30"]) == 0
     assert "reused" in capsys.readouterr().err
     written = (out / "robustness.json").read_text()
-    assert main(resume) == 2  # --eval-images 500 by default
+    assert main(resume) == 0  # a plain resume measures as the saved measurement did: reused
+    assert "reused" in capsys.readouterr().err
+    assert main([*resume, "--eval-images", "500"]) == 2  # a measurement asked for otherwise is refused
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval_images (30, 500)" in err[0] and "--remeasure" in err[0]
     assert (out / "robustness.json").read_text() == written

@@ -50,6 +50,12 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
 
     if run_kind(args.base_run) != "dam":
         raise InputError(f"{args.base_run}: not a DAM run; adversarial fine-tuning continues a DAM's training")
+    # a plain --resume measures as the saved measurement did; what is given must agree with it (checked below)
+    measured = read_json(Path(args.out) / ROBUSTNESS_FILE) if args.resume and not args.remeasure else None
+    measured = measured if isinstance(measured, dict) else {}
+    for key, default in (("eval_images", 500), ("eval_seed", 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, measured[key] if isinstance(measured.get(key), int) else default)
     check_test_images("--eval-images", args.eval_images, run_dataset(args.base_run))
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise InputError(f"--data-dir {args.data_dir}: no such folder")
@@ -121,10 +127,9 @@ def add_adversarial_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=positive_float, help="search step in [-1, 1] pixel units (default 0.05)")
     p.add_argument("--max-steps", type=positive_int, help="search budget per image (default 200)")
     p.add_argument("--seed", type=seed, help="shuffling and subset seed (default 0)")
-    p.add_argument(
-        "--eval-images", type=positive_int, default=500, help="seeded test images for robustness (default 500)"
-    )
-    p.add_argument("--eval-seed", type=seed, default=0)
+    p.add_argument("--eval-images", type=positive_int, help="seeded test images for the boundary distances (default "
+                   "500, or with --resume the saved measurement's)")  # fmt: skip
+    p.add_argument("--eval-seed", type=seed, help="their seed (default 0, or with --resume the saved measurement's)")
     p.add_argument("--data-dir", help="default: the folder the base run was trained on")
     p.add_argument("--device", type=device, default="cpu")
     g = p.add_mutually_exclusive_group()

@@ -85,6 +85,10 @@ def test_images_an_attack_lost_at_a_larger_budget_are_counted_and_named(
     # as made: this dam measures it on the attacks that run every budget on their own (the tiny stage's PGD, ...)
     holds, evidence = _row(build_report(_copy(tiny_reproduction, tmp_path / "as made")).read_text(), MONOTONE)[1:]
     assert holds in ("yes", "no (carried up)") and "not measured" not in evidence
+    summary = json.loads((tiny_reproduction / "beyond" / "attacks" / "robustness.json").read_text())
+    carried = {a for m in summary["models"].values() for t in m["tables"].values() for a in t["carried_up"]}
+    assert {"fgsm", "pgd"} <= carried  # Foolbox's attacks run every budget; a transfer's adversarials are another
+    assert not any(a.startswith(("transfer:", "apgd")) for a in carried)  # model's, AutoAttack's skip carried images
     out = _copy(tiny_reproduction, tmp_path / "planted")
     path = out / "beyond" / "attacks" / "robustness.json"
     summary = json.loads(path.read_text())
@@ -95,7 +99,7 @@ def test_images_an_attack_lost_at_a_larger_budget_are_counted_and_named(
                 t["carried_up"]["pgd"] = [0, 3, *[0] * (len(t["epsilons"]) - 2)]
     path.write_text(json.dumps(summary))
     holds, evidence = _row(build_report(out).read_text(), MONOTONE)[1:]
-    assert holds == "no (carried up)" and "most: pgd, 3 of n30's at l2 eps" in evidence
+    assert holds == "no (carried up)" and "most: pgd, 3 of n30's images at l2 eps" in evidence
     # results made before it was measured say so, never "yes"
     for m in summary["models"].values():
         for t in m["tables"].values():

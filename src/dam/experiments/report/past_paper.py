@@ -198,7 +198,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
             evidence = f"at eps {largest}, the largest budget run: {left}; the curve has not reached 0% there"
         rows.append([f"accuracy falls to 0% as the {title} budget grows", "no" if above else "yes", evidence])
     # Success grows with the budget, measured on the attacks that run every budget on their own (FGSM, PGD,
-    # HopSkipJump, transfers) before the carrying up that makes every reported curve fall.
+    # HopSkipJump) before the carrying up that makes every reported curve fall.
     carried = [(count, n, t.norm, attack, eps)
                for n in models for t in tables[n].values() for attack, counts in t.carried_up.items()
                for count, eps in zip(counts, t.epsilons, strict=True)]  # fmt: skip
@@ -210,10 +210,10 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     else:
         count, n, norm, attack, eps = max(carried, key=lambda c: c[0])
         total = sum(c[0] for c in carried)
-        evidence = (f"{total} image-budget(s) where an attack broke an image within a smaller budget and not within "
-                    f"the larger one (most: {attack}, {count} of {n}'s at {norm} eps {eps:g}); each counts as broken "
-                    "within the larger budget" if total else "no image broken within a smaller budget and not within "
-                    "a larger one")  # fmt: skip
+        evidence = (f"{total} times an attack broke an image within a smaller budget and not within a larger one "
+                    f"(most: {attack}, {count} of {n}'s images at {norm} eps {eps:g}); each counts as broken within "
+                    "the larger budget" if total else "no image broken within a smaller budget and not within a "
+                    "larger one")  # fmt: skip
         rows.append([check, "no (carried up)" if total else "yes", evidence])
     # More effort no longer changes the result.
     check = "twice the iterations, restarts and another seed move the worst case by under 1 point"

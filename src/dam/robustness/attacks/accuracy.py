@@ -64,7 +64,7 @@ class RobustnessTable:
     # kind broke and no gradient attack did, per budget.  The masking check compares attacks image by image
     # with it, not robust accuracy against robust accuracy (empty in results of dam 0.7 and older).
     beyond_gradients: dict[str, list[float]] = field(default_factory=dict)
-    # Per attack that runs every budget on its own (FGSM, PGD, HopSkipJump, transfers): the images it broke within a
+    # Per attack that runs every budget on its own (FGSM, PGD, HopSkipJump): the images it broke within a
     # smaller budget and not within this one, counted as broken here (``AttackResult.carried``; empty in results
     # of dam 0.12 and older).
     carried_up: dict[str, list[int]] = field(default_factory=dict)

@@ -59,7 +59,7 @@ class AttackResult:
     # Per budget: images the attack broke within a smaller budget and not, run on its own, within this one (then
     # counted as broken here, by :func:`carry_to_larger_budgets`).  Carlini et al.'s check that success grows with
     # the budget, measured before the carrying makes it hold.  None where it is not measured: an attack that skips,
-    # at a larger budget, the images a smaller one broke.
+    # at a larger budget, the images a smaller one broke, or a transfer (its adversarials are another model's).
     carried: list[int] | None = None
 
     def robust_accuracy(self) -> list[float]:
@@ -431,6 +431,10 @@ class Transfer:
         x = images.reshape(len(images), -1).to(device, torch.float32)
         success = torch.stack([verified_success(logits, x, a.to(device), y, self.norm, eps)
                                for a, eps in zip(src.adversarials, self.epsilons, strict=True)]).cpu()  # fmt: skip
-        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, src.adversarials.clone(),
-                                                    success, src.distances.clone(), float(len(self.epsilons)),
-                                                    time.perf_counter() - started))  # fmt: skip
+        result = carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, src.adversarials.clone(),
+                                                      success, src.distances.clone(), float(len(self.epsilons)),
+                                                      time.perf_counter() - started))  # fmt: skip
+        # what a smaller budget's adversarial of another model broke and a larger one's did not says nothing of an
+        # attack on this model: the budget check is not measured on transfers
+        result.carried = None
+        return result
