@@ -8,8 +8,9 @@ beside the targeted DLR loss's gradient at the same points, which does not depen
 
     python studies/ce_gradient.py runs/paper/runs/n30 runs/paper/runs/n2 --images 300 --linf 0.1 0.2 0.3
 
-The images are the attack stage's seeded subset (``dam attack``'s default seed 0), so the points are those of the
-attack results. PGD is the suite's (Foolbox, 40 steps, random start, seed 0).
+The images are the first of the attack stage's seeded subset (``dam attack``'s default seed 0); PGD has the suite's
+settings (Foolbox, 40 steps, random start, seed 0) but runs here one budget at a time on these images, so its end
+points are not those of an attack stage's run, only made the same way.
 """
 
 from __future__ import annotations

@@ -663,10 +663,11 @@ def _ray_cluster(address, ray_init, *, gpus_per_trial, cpus_per_trial, device): 
             ray.init(address=address, **options)
         except ConnectionError as exc:  # no cluster there: one line, not a traceback
             raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc).strip().splitlines()[0]}") from exc
-        except ValueError as exc:  # an address Ray does not take (another protocol: http://...)
+        except ValueError as exc:  # an address Ray does not take (another protocol: http://...), or an option
             why = str(exc).strip().split(". ")[0]
-            raise InputError(f"cannot join the Ray cluster at {address!r}: {why}; use host:port, ray://host:port or "
-                             "auto") from exc  # fmt: skip
+            if "://" in str(address) and not str(address).startswith("ray://"):
+                why += "; use host:port, ray://host:port or auto"
+            raise InputError(f"cannot start Ray with address {address!r}: {why}") from exc
     try:
         resources = ray.cluster_resources()
         if gpus_per_trial is None:
@@ -719,7 +720,7 @@ def _run_ray(cluster: _RayCluster, tasks, point_fn, log, *, cpus_per_trial, max_
     return done, failed, placement
 
 
-def _check_plan(out: Path, plan: SweepPlan, suite: Any, data_md5: dict[str, str]) -> None:
+def _check_plan(out: Path, plan: SweepPlan, suite: Any, data_md5: dict[str, str], *, write: bool = True) -> None:
     """The folder's plan, attack suite and data are this sweep's (a plan.json of dam 0.9 or older names no suite,
     which was the plan's own, and no data), so that no finished point is reused or redone with other settings or
     data in silence; then records them."""
@@ -734,8 +735,9 @@ def _check_plan(out: Path, plan: SweepPlan, suite: Any, data_md5: dict[str, str]
         if before != now:
             diff = sorted(k for k in now if before[k] != now[k])
             raise InputError(f"{out} holds a sweep made with other settings ({changed(diff)}); use another --out")
-    atomic_write_json(out / "plan.json", {**json.loads(json.dumps(asdict(plan))), "suite": now["suite"],
-                                          "data_md5": data_md5})  # fmt: skip
+    if write:
+        atomic_write_json(out / "plan.json", {**json.loads(json.dumps(asdict(plan))), "suite": now["suite"],
+                                              "data_md5": data_md5})  # fmt: skip
 
 
 def run_sweep(
@@ -789,6 +791,7 @@ def run_sweep(
     out = Path(out)
     folder = OutputFolder(out, "sweep folder")
     folder.check_kind(("plan.json",), "sweep")
+    _check_plan(out, plan, suite, data_md5, write=False)  # a folder of another sweep: refused before Ray starts
     # Ray is joined and the cluster checked before the plan is written: a refusal leaves no folder behind (the
     # lock removes the one it made) and no plan.json that would tie the folder to this sweep
     cluster = (_ray_cluster(ray_at, ray_init, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,

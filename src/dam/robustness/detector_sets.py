@@ -230,12 +230,12 @@ def run_detection(
         check_budgets("linf", attack_eps, positive=True)  # PGD's L-inf budgets, before the models are read
     folder = OutputFolder(out, "detector output folder")
     folder.check_results()
-    if (folder.path / "detector.json").exists():  # a finished result is never replaced silently
-        if not replace:
-            raise InputError(f"{out}: holds a detector's results (detector.json); use another --out, or --force to "
-                             "replace them")  # fmt: skip
-        logger.warning("replacing the detector's results in %s", out)
     with folder.lock():
+        if (folder.path / "detector.json").exists():  # a finished result is never replaced silently
+            if not replace:
+                raise InputError(f"{out}: holds a detector's results (detector.json); use another --out, or --force "
+                                 "to replace them")  # fmt: skip
+            logger.warning("replacing the detector's results in %s", out)
         classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
         x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)
         x_test = x_test.reshape(len(x_test), -1)

@@ -127,4 +127,4 @@ def test_one_step_beating_the_iterations_is_named(tiny_reproduction: Path, tmp_p
                 t["attacks"]["fgsm"] = [0.1] * len(t["epsilons"])
     path.write_text(json.dumps(summary))
     holds, evidence = _row(build_report(out).read_text(), check)[1:]
-    assert holds == "no" and evidence.startswith("largest: n30 linf eps") and "points" in evidence
+    assert holds == "no" and evidence.startswith("most telling: n30 linf eps") and "points" in evidence

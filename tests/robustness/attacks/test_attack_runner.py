@@ -317,3 +317,16 @@ def test_run_attacks_keeps_the_commands_folder_rules(tiny_reproduction, tmp_path
     with OutputFolder(tmp_path / "out").lock(), pytest.raises(RunLockedError, match="another dam process"):
         run_attacks([str(run)], tmp_path / "out", SMALL)
     assert not (tmp_path / "out" / "models").exists()
+
+
+def test_no_images_is_one_clear_refusal(tiny_reproduction):
+    import torch
+
+    from dam.errors import InputError
+    from dam.robustness.attacks import PGD
+    from dam.robustness.attacks.accuracy import robust_accuracy
+    from dam.runs import load_model
+
+    model = load_model(tiny_reproduction / "runs" / "n2")
+    with pytest.raises(InputError, match="no images to attack"):
+        robust_accuracy(model, "n2", torch.zeros(0, 784), torch.zeros(0, dtype=torch.long), [PGD(model, [0.1])])

@@ -58,6 +58,9 @@ def test_fgsm_decision_based_and_transfer_run_end_to_end(mlp_run, test_subset):
     with torch.no_grad():
         expected = target.scores(transfer.adversarials[0]).argmax(1) != y
     assert torch.equal(transfer.success[0], expected)
+    # the budget check is measured where each budget is an attack of its own, and only there
+    assert fgsm.carried is not None and len(fgsm.carried) == 2 and fgsm.carried[0] == 0
+    assert result.carried is None and transfer.carried is None  # one minimisation cut to size; another model's
 
 
 def test_hopskipjump_starts_from_any_attacked_image_whatever_the_batch(mlp_run, test_subset):

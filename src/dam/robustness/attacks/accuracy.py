@@ -64,7 +64,7 @@ class RobustnessTable:
     # kind broke and no gradient attack did, per budget.  The masking check compares attacks image by image
     # with it, not robust accuracy against robust accuracy (empty in results of dam 0.7 and older).
     beyond_gradients: dict[str, list[float]] = field(default_factory=dict)
-    # Per attack that runs every budget on its own (FGSM, PGD, HopSkipJump): the images it broke within a
+    # Per attack that runs every budget on its own (FGSM, PGD): the images it broke within a
     # smaller budget and not within this one, counted as broken here (``AttackResult.carried``; empty in results
     # of dam 0.12 and older).
     carried_up: dict[str, list[int]] = field(default_factory=dict)
@@ -97,6 +97,8 @@ def robust_accuracy(
     attack and protocol.  ``log`` gets a line per finished attack."""
     if not attacks and not protocols:
         raise InputError("no attacks given")
+    if len(images) == 0:  # (a robust accuracy of no images is no number)
+        raise InputError("no images to attack")
     norms = {(a.norm, tuple(a.epsilons)) for a in [*attacks, *protocols]}
     if len(norms) != 1:
         raise InputError(f"attacks in one table must share norm and budgets, got {sorted(norms)}")

@@ -59,7 +59,8 @@ class AttackResult:
     # Per budget: images the attack broke within a smaller budget and not, run on its own, within this one (then
     # counted as broken here, by :func:`carry_to_larger_budgets`).  Carlini et al.'s check that success grows with
     # the budget, measured before the carrying makes it hold.  None where it is not measured: an attack that skips,
-    # at a larger budget, the images a smaller one broke, or a transfer (its adversarials are another model's).
+    # at a larger budget, the images a smaller one broke, a transfer (its adversarials are another model's), or a
+    # minimisation attack whose budgets are one result cut to size (HopSkipJump).
     carried: list[int] | None = None
 
     def robust_accuracy(self) -> list[float]:
@@ -170,6 +171,10 @@ class Attack:
 
     name: ClassVar[str] = "attack"
     uses_gradients: ClassVar[bool] = True
+    # Whether each budget is an attack of its own (FGSM, PGD), so that what it broke within a smaller budget and
+    # not within a larger one measures the attack (``AttackResult.carried``); not so for a minimisation attack
+    # whose budgets are one result cut to size (HopSkipJump)
+    runs_each_budget: ClassVar[bool] = True
 
     def __init__(
         self, model: nn.Module, epsilons: Sequence[float], *, norm: str = "linf", batch_size: int = 250, seed: int = 0
@@ -225,9 +230,12 @@ class Attack:
                    for a, eps in zip(adversarials, self.epsilons, strict=True)]  # fmt: skip
         success = torch.cat(wins, dim=1) & torch.stack(checked)
         distances = torch.stack([perturbation_norm(self.norm, a, x) for a in adversarials])
-        return carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(),
-                                                    success.cpu(), distances.cpu(), counting.rows / len(x),
-                                                    time.perf_counter() - started))  # fmt: skip
+        result = carry_to_larger_budgets(AttackResult(self.name, self.norm, self.epsilons, adversarials.cpu(),
+                                                      success.cpu(), distances.cpu(), counting.rows / len(x),
+                                                      time.perf_counter() - started))  # fmt: skip
+        if not self.runs_each_budget:
+            result.carried = None
+        return result
 
 
 class FGSM(Attack):
@@ -279,6 +287,7 @@ class HopSkipJump(Attack):
     """
 
     name = "hopskipjump"
+    runs_each_budget = False  # one minimisation, cut to each budget
     uses_gradients = False
 
     def __init__(
