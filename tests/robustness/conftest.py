@@ -1,20 +1,15 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from fakes import need_foolbox
+
 
 @pytest.fixture(autouse=True)
 def _foolbox() -> None:
-    """The attack tests need the `attacks` extra; CI installs it, so there a missing Foolbox fails."""
-    try:
-        import foolbox  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail('Foolbox missing: pip install -e ".[attacks]"')
-        pytest.skip("Foolbox not installed (extra `attacks`)")
+    need_foolbox()
 
 
 @pytest.fixture(scope="session")

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fakes import need_foolbox
+
 SCRIPT = Path(__file__).parents[2] / "studies" / "ce_gradient.py"
 
 
 @pytest.fixture(scope="module")
 def dam30(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        import foolbox  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail('Foolbox missing: pip install -e ".[attacks]"')
-        pytest.skip("Foolbox not installed (extra `attacks`)")
+    need_foolbox()
     from dam.training import preset, train
 
     out = tmp_path_factory.mktemp("study") / "n30"

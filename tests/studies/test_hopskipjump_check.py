@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fakes import need_foolbox
+
 SCRIPT = Path(__file__).parents[2] / "studies" / "hopskipjump_check.py"
 
 
 @pytest.fixture(scope="module")
 def mlp(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        import foolbox  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail('Foolbox missing: pip install -e ".[attacks]"')
-        pytest.skip("Foolbox not installed (extra `attacks`)")
+    need_foolbox()
     from dam.baselines import MLPConfig
     from dam.training import MLPTrainConfig, train_mlp
 
