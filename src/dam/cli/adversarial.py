@@ -64,8 +64,7 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     measure = {"eval_images": args.eval_images, "eval_seed": args.eval_seed}
     # A finished measurement is never replaced in silence.  Only a resumed run can hold one (a new --out is empty,
     # --force moves the old run aside), and the fine-tuning does not touch it; unreadable: measured again.
-    saved = read_json(out / ROBUSTNESS_FILE) if args.resume and not args.remeasure else None
-    saved = saved if isinstance(saved, dict) else None
+    saved = measured or None  # (read above, for the measurement's settings)
     if saved is not None:
         # (the weights are compared after the fine-tuning, which refuses a base run other than its own first)
         differs = robustness_differs(saved, out, args.base_run, **measure, weights=False)

@@ -57,7 +57,11 @@ def gradient_health(
     return GradientHealth(str(dtype).removeprefix("torch."), len(images), zero / n, nonfinite / n)
 
 
-def noise_level(accuracy: float, images: int, floor: float = 0.03) -> float:
+# The smallest gap in robust accuracy the diagnostics call a gap, whatever the noise of many images says.
+MASKING_FLOOR = 0.03
+
+
+def noise_level(accuracy: float, images: int, floor: float = MASKING_FLOOR) -> float:
     """Two binomial standard errors, at least ``floor``: smaller gaps are noise on this many images."""
     return max(floor, 2.0 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(images, 1)))
 
@@ -172,7 +176,7 @@ def masking_verdict(
     *,
     zero_limit: float = 0.05,
     dead_end_limit: float = 0.05,
-    floor: float = 0.03,
+    floor: float = MASKING_FLOOR,
 ) -> dict[str, Any]:
     """A plain verdict from the gradient health, the white-box / black-box / transfer comparison and the
     cross-entropy-versus-DLR gap.
@@ -283,6 +287,7 @@ def masking_verdict(
     # cross-entropy attacks alone do (their loss's gradient vanishes on a large-n DAM; the DLR loss is not fooled and
     # the worst case includes it).  The second is masking of one loss, not of the model's gradients.
     return {"model": model, "masking_suspected": bool(sick or gaps), "ce_overstates": bool(ce_gaps),
+            "compared_by_accuracy": legacy,
             "verdict": verdict, "reasons": reasons, "gaps": gaps, "bad_gradients": sick, "ce_dlr_gaps": ce_gaps,
             "strongest": strongest, "worst_case": worst, "unchecked": unchecked,
             "gradient_health": [h.to_json() for h in health]}  # fmt: skip

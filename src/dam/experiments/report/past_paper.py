@@ -260,8 +260,7 @@ def _checklist(summary: dict[str, Any], tables: dict[str, dict[str, Any]], verdi
     else:
         evidence = ""
     # results of dam 0.7 and older keep no per-image record: compared by robust accuracy only
-    legacy = sorted({n for n in models for t in tables[n].values() if any(t.gradient_free.values())
-                     and not t.beyond_gradients})  # fmt: skip
+    legacy = sorted(n for n, v in verdicts.items() if v["compared_by_accuracy"])
     if legacy:
         evidence += f"; {', '.join(legacy)} compared by robust accuracy only (no per-image record: dam 0.7 or older)"
     if unchecked:
