@@ -133,10 +133,7 @@ def one_step_gap(table: RobustnessTable) -> list[float] | None:
     """Per budget: the best iterative cross-entropy attack's robust accuracy minus one step's (FGSM) on the same
     loss.  Positive: one step did better, which iterations on the same loss should never let happen (Carlini et
     al.), unless its gradient misleads them; None when either is missing."""
-    iterative = [table.attacks[a] for a in ITERATIVE_CE if a in table.attacks]
-    if "fgsm" not in table.attacks or not iterative:
-        return None
-    return [min(a[i] for a in iterative) - table.attacks["fgsm"][i] for i in range(len(table.epsilons))]
+    return _best_gap(table, ITERATIVE_CE, ("fgsm",))
 
 
 DLR_ATTACKS = ("apgd-t",)  # attacks on the scale-invariant (targeted) DLR loss
@@ -146,11 +143,17 @@ def ce_dlr_gap(table: RobustnessTable) -> list[float] | None:
     """Per budget: the best cross-entropy attack's robust accuracy minus the DLR attack's.  A large gap
     means cross-entropy attacks are starved (the loss is flat where the scores are all near zero, or the
     softmax saturates), the failure that overstates large-n robustness; None when either kind is missing."""
-    ce = [table.attacks[a] for a in CE_ATTACKS if a in table.attacks]
-    dlr = [table.attacks[a] for a in DLR_ATTACKS if a in table.attacks]
-    if not ce or not dlr:
+    return _best_gap(table, CE_ATTACKS, DLR_ATTACKS)
+
+
+def _best_gap(table: RobustnessTable, first: tuple[str, ...], second: tuple[str, ...]) -> list[float] | None:
+    """Per budget: the lowest robust accuracy of the ``first`` attacks minus that of the ``second`` ones; None
+    when the table has none of either."""
+    a = [table.attacks[name] for name in first if name in table.attacks]
+    b = [table.attacks[name] for name in second if name in table.attacks]
+    if not a or not b:
         return None
-    return [min(c[i] for c in ce) - min(d[i] for d in dlr) for i in range(len(table.epsilons))]
+    return [min(x[i] for x in a) - min(y[i] for y in b) for i in range(len(table.epsilons))]
 
 
 @torch.no_grad()
