@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from dam.errors import InputError
 from dam.model import NUM_CLASSES, as_logits
 from dam.robustness.attacks.autoattack import APGDCE, APGDT, check_targets
-from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, within_budget
+from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, unbroken_share, within_budget
 from dam.robustness.detector import JUNK, Detector, score_roc
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class DetectorOutcome:
 
     def safe_rate(self) -> list[float]:
         """Per budget: the fraction of images whose outcome is safe (the right label, or junk)."""
-        return [int((~u).sum()) / u.numel() for u in self.unsafe]
+        return [unbroken_share(u) for u in self.unsafe]
 
     def rejection_rate(self) -> list[float]:
         """Per budget: the fraction of images the attack could push off their label only into junk."""
@@ -225,7 +225,7 @@ class DetectorAttackResult:
     def worst_case_safe_rate(self) -> list[float]:
         """Per budget: the fraction of images safe under both attacks (neither dominates the other per image)."""
         either = self.adaptive.unsafe | self.non_adaptive.unsafe
-        return [int((~u).sum()) / u.numel() for u in either]
+        return [unbroken_share(u) for u in either]
 
     def report(self, clean_scores: Tensor, threshold: float) -> dict[str, Any]:
         """JSON per budget, keyed ``"<norm> <eps>"``: the adaptive attack's rates at the top, the non-adaptive
@@ -321,7 +321,7 @@ class AdaptiveDetectorAttack:
                 candidates["smaller budget"] = baseline[-1]["adversarials"]
             baseline.append(self._judge(x, y, candidates, eps, time.perf_counter() - started, rows))
             broken_before |= broken.cpu()
-            robust.append(int((~broken_before).sum()) / broken_before.numel())
+            robust.append(unbroken_share(broken_before))
             logger.info("adaptive attack %s eps %g: safe %.1f%% (non-adaptive %.1f%%), classifier robust accuracy "
                         "%.1f%%", self.norm, eps, 100 * adaptive[-1]["safe"], 100 * baseline[-1]["safe"],
                         100 * robust[-1])  # fmt: skip
@@ -396,7 +396,7 @@ class AdaptiveDetectorAttack:
                 "attacker_fooled": fooled_c.any(dim=0),
                 "labels": predicted[pick, index], "scores": scores[pick, index],
                 "unsafe": unsafe, "rejected": ~unsafe & rejected_c.any(dim=0), "fooled": fooled_c[pick, index],
-                "seconds": seconds, "queries": rows / num, "safe": int((~unsafe).sum()) / unsafe.numel()}  # fmt: skip
+                "seconds": seconds, "queries": rows / num, "safe": unbroken_share(unsafe)}  # fmt: skip
 
     def _valid(self, adversarials: Tensor, images: Tensor, eps: float) -> Tensor:
         in_box = (adversarials >= 0).all(dim=1) & (adversarials <= 1).all(dim=1)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from dam.data import seeded_subset
 from dam.errors import InputError
 from dam.model import as_logits
-from dam.robustness.attacks.standard import AttackResult
+from dam.robustness.attacks.standard import AttackResult, unbroken_share
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def robust_accuracy(
     device = next(model.parameters()).device
     with torch.no_grad():
         wrong = as_logits(model).eval()(images.to(device)).argmax(dim=1).cpu() != labels.cpu()
-    table = RobustnessTable(name, norm, list(epsilons), len(images), int((~wrong).sum()) / wrong.numel())
+    table = RobustnessTable(name, norm, list(epsilons), len(images), unbroken_share(wrong))
     results: dict[str, AttackResult] = {}
     # the clean errors and the per-image worst cases, for checks that continue from them
     # (dam.robustness.attacks.autoattack.effort_check, added by add_to_worst_case)
@@ -168,8 +168,8 @@ def _add_column(
                                       for s, b in zip(result.success, worst.success, strict=True)]  # fmt: skip
     for kept in (worst, results[GRADIENT_WORST]) if settings["gradients"] else (worst,):
         kept.success = kept.success | result.success
-    table.worst_case = [int((~b).sum()) / b.numel() for b in worst.success]
-    table.gradient_worst_case = [int((~b).sum()) / b.numel() for b in results[GRADIENT_WORST].success]
+    table.worst_case = [unbroken_share(b) for b in worst.success]
+    table.gradient_worst_case = [unbroken_share(b) for b in results[GRADIENT_WORST].success]
     # (redone after every column: a gradient attack run later, AutoAttack's after HopSkipJump and the transfers,
     # may break the same images)
     gradient = results[GRADIENT_WORST].success

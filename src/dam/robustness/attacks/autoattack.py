@@ -44,6 +44,7 @@ from dam.robustness.attacks.standard import (
     check_attack_inputs,
     check_budgets,
     perturbation_norm,
+    unbroken_share,
     verified_success,
 )
 
@@ -331,7 +332,7 @@ class AutoAttackResult:
 
     def robust_accuracy(self) -> list[float]:
         """Worst case per image over every attack, per budget."""
-        return [int((~b).sum()) / b.numel() for b in self.broken()]
+        return [unbroken_share(b) for b in self.broken()]
 
 
 class AutoAttack:

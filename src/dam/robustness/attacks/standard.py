@@ -65,7 +65,7 @@ class AttackResult:
 
     def robust_accuracy(self) -> list[float]:
         """Share of the images no budget's attack broke, per budget."""
-        return [int((~s).sum()) / s.numel() for s in self.success] if self.success.shape[1] else []
+        return [unbroken_share(s) for s in self.success] if self.success.shape[1] else []
 
 
 class QueryCounter(nn.Module):
@@ -132,6 +132,11 @@ def perturbation_norm(norm: str, a: Tensor, b: Tensor) -> Tensor:
 # A budget is met within float rounding of x + delta - x and of the L2 rescaling.
 BUDGET_ATOL = 1e-6
 BUDGET_RTOL = 1e-5
+
+
+def unbroken_share(broken: Tensor) -> float:
+    """The share of images not broken, as a count over the total (17 of 100 is 0.17, with no float residue)."""
+    return int((~broken).sum()) / broken.numel()
 
 
 def within_budget(norm: str, adversarials: Tensor, images: Tensor, eps: float) -> Tensor:
