@@ -58,12 +58,12 @@ def test_umask_fallback_without_proc_restores_the_umask(umask, monkeypatch) -> N
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", no_proc)
-    dam.io._umask_by_setting.cache_clear()
+    dam.io.umask_by_setting.cache_clear()
     try:
         assert current_umask() == 0o027
         assert os.umask(0o027) == 0o027  # left as it was
     finally:
-        dam.io._umask_by_setting.cache_clear()
+        dam.io.umask_by_setting.cache_clear()
 
 
 def leftovers(folder: Path) -> list[str]:

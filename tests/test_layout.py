@@ -5,11 +5,23 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+# The code that uses the package from outside: it too may use only public names.
+USERS = ("tests", "studies", "benchmarks")
 
 # Lowest first; a module may import only from its own layer or below.
 LAYERS = [
-    ("dam.errors", "dam.io", "dam.results", "dam.environment", "dam.progress", "dam.plotting", "dam.workers"),
+    (
+        "dam.version",
+        "dam.errors",
+        "dam.io",
+        "dam.results",
+        "dam.environment",
+        "dam.progress",
+        "dam.plotting",
+        "dam.workers",
+    ),
     ("dam.data",),
     ("dam.model", "dam.baselines"),
     ("dam.runs",),
@@ -76,6 +88,50 @@ def test_no_private_name_crosses_modules() -> None:
         if name.startswith("_") and not name.startswith("__")
     ]
     assert private == []
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Private dam names that ``path`` reaches: imported (``from dam.x import _y``), by attribute
+    (``dam.x._y``) or by dotted string (``monkeypatch.setattr("dam.x._y", ...)``); and relative imports."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append(f"line {node.lineno}: relative import")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "dam":
+            found += [f"line {node.lineno}: {node.module}.{a.name}" for a in node.names if _private(a.name)]
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and _dotted(node.value).split(".")[0] == "dam":
+            found.append(f"line {node.lineno}: {_dotted(node.value)}.{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("dam."):
+            parts = node.value.split(".")
+            if all(p.isidentifier() for p in parts) and any(_private(p) for p in parts):
+                found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def test_tests_studies_and_benchmarks_use_public_names_only() -> None:
+    # (a module's own private names are its own business; this is about the code that uses the package)
+    used = [f"{path.relative_to(ROOT)} {use}" for folder in USERS for path in sorted((ROOT / folder).rglob("*.py"))
+            for use in _private_uses(path)]  # fmt: skip
+    assert used == []
+
+
+def test_the_private_name_check_sees_every_way_in(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import dam.io\nfrom dam.model import _x\nfrom . import y\ndam.io._y.cache_clear()\n"
+                      "mp.setattr('dam.io._z', 1)\ndam.io.__name__\n")  # fmt: skip
+    assert sorted(u.split(":")[0] for u in _private_uses(sample)) == ["line 2", "line 3", "line 4", "line 5"]
 
 
 def test_no_import_cycle() -> None:

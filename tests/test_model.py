@@ -182,7 +182,7 @@ def test_compiled_kernel_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     import dam.model
 
     compiled = run()
-    assert not dam.model._COMPILE_FAILED, "torch.compile failed; the fast path is not being tested"
+    assert not dam.model.compile_failed(), "torch.compile failed; the fast path is not being tested"
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
 
@@ -208,7 +208,7 @@ def test_compiled_kernel_serves_every_batch_size_an_attack_shrinks_to(monkeypatc
         eager = run(x)
         monkeypatch.setenv("DAM_COMPILE", "1")
         compiled = run(x)
-        assert not dam.model._COMPILE_FAILED, "torch.compile failed; the fast path is not being tested"
+        assert not dam.model.compile_failed(), "torch.compile failed; the fast path is not being tested"
         torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
 

@@ -14,8 +14,7 @@ from dam.errors import CheckpointError, DamError, DatasetError, InputError
 from dam.model import DAMConfig, DenseAssociativeMemory, as_logits
 from dam.runs import load_model
 from dam.training import MLPTrainConfig, TrainConfig, train, train_mlp
-
-__version__ = "0.13.0"  # the one version source: pyproject.toml reads it (tool.setuptools.dynamic)
+from dam.version import __version__
 
 __all__ = [
     "CheckpointError",

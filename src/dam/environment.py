@@ -28,7 +28,7 @@ def _version(dist: str) -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
-    from dam import __version__  # the running code's version (an editable install's metadata can be stale)
+    from dam.version import __version__  # the running code's version (an editable install's metadata can be stale)
 
     return {
         "dam": __version__,

@@ -19,9 +19,9 @@ from dam.errors import CheckpointError, RunFolderError
 
 
 @functools.cache
-def _umask_by_setting() -> int:
-    # os.umask can only be read by setting it.  Between the two calls another thread that creates a file
-    # would get umask 0 (world-writable), so this runs once per process; /proc is preferred where it exists.
+def umask_by_setting() -> int:
+    """The umask as read by setting it and setting it back, once per process (cached): between the two calls
+    another thread that creates a file would get the temporary mask, so :func:`current_umask` prefers /proc."""
     mask = os.umask(0o077)  # the strictest mask while it is briefly in effect, not 0
     os.umask(mask)
     return mask
@@ -37,7 +37,7 @@ def current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _umask_by_setting()
+    return umask_by_setting()
 
 
 def _write_error(path: Path, exc: OSError, action: str = "cannot write") -> RunFolderError:

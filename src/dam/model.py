@@ -217,6 +217,11 @@ def _padded_backward(kernel: Callable[..., tuple[Tensor, Tensor]], g: Tensor, h:
 _COMPILE_FAILED = False
 
 
+def compile_failed() -> bool:
+    """Whether a ``torch.compile`` failed in this process, so that every fused kernel now runs eagerly."""
+    return _COMPILE_FAILED
+
+
 def fused_kernels_enabled() -> bool:
     """Whether kernels go through ``torch.compile`` (env ``DAM_COMPILE=0`` turns it off)."""
     if _COMPILE_FAILED:

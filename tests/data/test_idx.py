@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import gzip
 import struct
-import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -68,10 +68,14 @@ def test_huge_dimensions_are_refused_by_size_naming_the_file(tmp_path, dims, gz:
     data = header + bytes(100)
     path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
     path.write_bytes(gzip.compress(data) if gz else data)
-    start = time.perf_counter()
-    with pytest.raises(DatasetError) as info:
-        read_idx(path)
-    assert time.perf_counter() - start < 1.0
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc: nothing of the declared size is allocated
+    try:
+        with pytest.raises(DatasetError) as info:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     assert str(dims) in message
@@ -115,10 +119,8 @@ def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch) -> Non
         return data
 
     monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
-    start = time.perf_counter()
     with pytest.raises(DatasetError, match="trailing") as info:
         read_idx(path)
-    assert time.perf_counter() - start < 2.0
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert sum(inflated) <= 16 + 10 * 28 * 28 + 1
     assert all(size >= 0 for size in inflated)

@@ -44,7 +44,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dam import __version__
     from dam.cli.adversarial import add_adversarial_commands
     from dam.cli.attacks import add_attack_commands
     from dam.cli.detect import add_detect_command
@@ -52,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dam.cli.report import add_report_commands
     from dam.cli.sweep import add_sweep_command
     from dam.cli.train import add_train_commands
+    from dam.version import __version__
 
     parser = _Parser(prog="dam", description="Dense Associative Memory classifiers and probes.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

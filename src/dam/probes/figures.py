@@ -138,8 +138,7 @@ def confidence_figure(calibrations: dict[str, dict[str, Any]], path: str | os.Pa
 
 def figures_for(out: str | os.PathLike[str], runs: list[str]) -> list[Path]:
     """Every picture that the probe outputs in ``out`` allow, for the models of ``runs``."""
-    import json
-
+    from dam.io import read_json_object
     from dam.probes.runner import load_result
     from dam.runs import model_name
 
@@ -159,11 +158,11 @@ def figures_for(out: str | os.PathLike[str], runs: list[str]) -> list[Path]:
             result = load_result(BoundaryResult, folder / stem)
             written.append(boundary_figure(result, out / "figures" / f"boundary_{name}.png", name))
         if (folder / "calibration.json").exists():
-            calibrations[name] = json.loads((folder / "calibration.json").read_text())
+            calibrations[name] = read_json_object(folder / "calibration.json", "dam calibrate writes it")
     names = sorted(model_name(run) for run in runs)
     for stem in ("adversarial_transfer", "rubbish_transfer", "rubbish_calibrated_transfer"):
         if (out / f"{stem}.json").exists():
-            table = json.loads((out / f"{stem}.json").read_text())
+            table = read_json_object(out / f"{stem}.json", "dam transfer writes it")
             if sorted(table.get("models") or []) != names:  # another call's models: its figure is that call's
                 logger.warning("%s is of %s, not of the runs given: not drawn", out / f"{stem}.json",
                                ", ".join(table.get("models") or []) or "no named models")  # fmt: skip

@@ -291,10 +291,8 @@ def model_probes_done(
     calibration = folder / "calibration.json"
     if not calibration.exists():
         return False
-    import json
-
-    cal = json.loads(calibration.read_text())
-    if cal.get("images_md5") != tensor_md5(images) or cal.get("model_md5") != weights:
+    cal = read_json(calibration)  # unreadable or damaged: made again
+    if not isinstance(cal, dict) or cal.get("images_md5") != tensor_md5(images) or cal.get("model_md5") != weights:
         return False
     return all(_matches(path, search, inputs) for path, search, inputs in wanted)
 

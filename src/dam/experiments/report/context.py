@@ -174,7 +174,7 @@ def _fig3(out: Path, m: Measurements, figs: Path) -> dict[str, Any]:
     for n, s in m.rubbish_search.items():
         with reading(out / "probes" / n / "rubbish.json"):
             rows.append([n, pct(s["success_rate"]), pct(s["stalled_rate"]), pct(s["stuck_rate"]),
-                         fmt(m.rubbish_likeness.get(n, float("nan")), ".3f")])  # fmt: skip
+                         fmt_or(m.rubbish_likeness.get(n), ".3f")])  # fmt: skip
     header = ["model", "reached target", "stalled (zero gradient)", "stuck", "correlation with target mean"]
     return {
         "table": table(header, rows, "rubbish searches"),
@@ -189,7 +189,7 @@ def _fig4(out: Path, m: Measurements, figs: Path) -> dict[str, Any]:
             steps = s.get("crossing_step_median")
             rows.append([n, pct(s["success_rate"]), pct(s["stalled_rate"]), fmt_or(s["l2_mean"], ".2f"),
                          fmt_or(s["linf_mean"], ".3f"), "-" if steps is None else fmt(steps, ".0f"),
-                         fmt(m.deformation_likeness.get(n, float("nan")), ".3f")])  # fmt: skip
+                         fmt_or(m.deformation_likeness.get(n), ".3f")])  # fmt: skip
     header = ["model", "boundary found", "stalled", "mean L2", "mean Linf", "median steps", "deformation correlation"]
     return {
         "table": table(header, rows, "boundary searches"),
