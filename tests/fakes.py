@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 
 
-def need_foolbox() -> None:
-    """Tests of attacks need the `attacks` extra; CI installs it, so there a missing Foolbox fails, elsewhere skips."""
+def need(module: str, extra: str) -> None:
+    """Tests of an extra's code need the extra; CI installs every extra, so there a missing one fails, elsewhere
+    the test skips."""
     try:
-        import foolbox  # noqa: F401
+        __import__(module)
     except ImportError:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail('Foolbox missing: pip install -e ".[attacks]"')
-        pytest.skip("Foolbox not installed (extra `attacks`)")
+            pytest.fail(f'{module} missing: pip install -e ".[{extra}]" (scripts/test.sh installs it)')
+        pytest.skip(f"{module} not installed (extra `{extra}`)")
+
+
+def need_foolbox() -> None:
+    """The attack tests' extra (Foolbox and the AutoAttack reference code)."""
+    need("foolbox", "attacks")
+    need("pyautoattack", "attacks")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -72,3 +72,14 @@ def test_float32_gradients_close_to_oracle(n: int) -> None:
     dam_loss(model(torch.from_numpy(x).float()), torch.from_numpy(labels), 2).backward()
     err = np.abs(model.memories.grad.double().numpy() - grad_xi).max() / np.abs(grad_xi).max()
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_scores_from_spins_are_the_oracle_in_the_papers_variables(n: int) -> None:
+    # The paper's v = 2x - 1 in [-1, 1]: tanh of these scores is the oracle's Y, and the image path agrees.
+    xi, x, _, T = _problem(n, seed=1)
+    model = _model(xi, n, T, torch.float64)
+    spins = torch.from_numpy(2 * x - 1)
+    scores = model.scores_from_spins(spins)
+    np.testing.assert_allclose(np.tanh(scores.detach().numpy()), outputs(xi, x, n, T), atol=1e-12, rtol=1e-11)
+    torch.testing.assert_close(scores, model.scores(torch.from_numpy(x)), atol=1e-12, rtol=1e-11)

@@ -19,6 +19,7 @@ from dam.robustness.attacks import APGDCE, APGDT, FGSM, PGD, AutoAttack, HopSkip
 from dam.robustness.attacks.runner import AttackSuite
 from dam.training import train_many
 from dam.training.presets import preset
+from fakes import need_foolbox
 
 
 def model(n: int = 3) -> DenseAssociativeMemory:
@@ -135,7 +136,7 @@ def test_inputs_that_do_not_match_are_named() -> None:
 
 
 def test_attack_labels_are_checked() -> None:
-    pytest.importorskip("foolbox")
+    need_foolbox()
     with pytest.raises(InputError, match=r"labels must lie in 0\.\.9"):
         FGSM(model(), [0.1])(torch.rand(6, 784), torch.arange(6) + 10)
 

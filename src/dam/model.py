@@ -183,14 +183,14 @@ def _gaps_forward(h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> Tensor:
     return (ipow(on, n) - ipow(off, n)[:, None, :]).sum(dim=2)
 
 
-_BACKWARD_ROWS = 50
+BACKWARD_ROWS = 50  # the backward's block of batch rows (dam.training.stacked uses the same, for the same rounding)
 
 
 def _gaps_backward(g: Tensor, h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> tuple[Tensor, Tensor]:
     # dlab reduces over the batch, which is the outer, strided axis.  Splitting the batch into blocks of
     # 50 rows makes that reduction run over an L2-resident block (partial sums, then a small sum over
     # blocks): 2.4x faster than one reduction over all rows (measured at B = 1000, K = 2000, n = 30).
-    rows = _BACKWARD_ROWS
+    rows = BACKWARD_ROWS
     batch, k = h.shape
     hc = h.view(batch // rows, rows, k)
     gc = g.view(batch // rows, rows, g.shape[1])
@@ -206,7 +206,7 @@ def _padded_backward(kernel: Callable[..., tuple[Tensor, Tensor]], g: Tensor, h:
                      inv_t: Tensor, n: int) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Pad the batch with zero rows (zero g: no contribution) to a multiple of the kernel's block."""
     batch = h.shape[0]
-    pad = -batch % _BACKWARD_ROWS
+    pad = -batch % BACKWARD_ROWS
     if pad:
         h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
         g = torch.cat([g, g.new_zeros(pad, g.shape[1])])

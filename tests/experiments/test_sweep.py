@@ -26,6 +26,7 @@ from dam.errors import ConfigError, InputError, MissingExtraError
 from dam.experiments import sweep
 from dam.experiments.sweep import PointTask, SweepPlan, model_settings, run_point, run_sweep
 from dam.training.presets import preset
+from fakes import need, need_foolbox
 
 # 2 n x 2 seeds of tiny models: K = 16, 2 epochs on 2,000 images; a few images for attacks and probes.
 TINY = SweepPlan(
@@ -41,25 +42,16 @@ TINY = SweepPlan(
 )
 
 
-def _require(module: str, extra: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f'{module} missing: pip install -e ".[{extra}]" (scripts/test.sh installs it)')
-        pytest.skip(f"{module} not installed (extra `{extra}`)")
-
-
 @pytest.fixture(autouse=True)
 def _foolbox() -> None:
-    _require("foolbox", "attacks")  # every sweep attacks its models
+    need_foolbox()  # every sweep attacks its models
 
 
 @pytest.fixture(scope="module")
 def ray_dir() -> Iterator[Path]:
     """A short temporary folder for Ray's sessions and sockets (Unix socket paths are limited to 107
     characters, too few under pytest's tmp_path); every Ray started by these tests lives here."""
-    _require("ray", "sweep")
+    need("ray", "sweep")
     folder = Path(tempfile.mkdtemp(prefix="dam-ray-", dir="/tmp"))
     # The record `ray start` leaves of a cluster, here of one that is gone: Ray's own default address would
     # join it and wait for ever; a sweep without --address must start its own Ray beside it.

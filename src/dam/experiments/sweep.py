@@ -323,12 +323,9 @@ def point_key(task: PointTask, config: Any, weights: str) -> dict[str, Any]:
 
 
 def _training_complete(folder: Path, config: Any) -> bool:
-    from dam.runs import finished_epochs, read_run_config
+    from dam.runs import finished_with
 
-    status = finished_epochs(folder)
-    if status is None or status[0] < status[1]:
-        return False
-    return read_run_config(folder).get("train") == asdict(config)
+    return finished_with(folder, train=asdict(config))
 
 
 def reused_point(task: PointTask) -> dict[str, Any] | None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
@@ -85,12 +83,3 @@ def save_table(table: dict[str, Any], folder: str | os.PathLike[str], stem: str)
         writer.writerow(["clean test images", *(f"{v:.6f}" for v in table["clean_error"])])
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
     return json_path, csv_path
-
-
-def load_table(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
-
-def as_tensor(table: dict[str, Any]) -> Tensor:
-    key = "error" if "error" in table else "mean_confidence"
-    return torch.tensor(table[key], dtype=torch.float64)

@@ -34,7 +34,15 @@ from torch import Tensor
 
 from dam.environment import resolve_device
 from dam.errors import ConfigError
-from dam.model import DAMConfig, DenseAssociativeMemory, FusedKernel, fused_kernels_enabled, ipow, work_dtype
+from dam.model import (
+    BACKWARD_ROWS,
+    DAMConfig,
+    DenseAssociativeMemory,
+    FusedKernel,
+    fused_kernels_enabled,
+    ipow,
+    work_dtype,
+)
 from dam.runs import OutputFolder
 from dam.training.loop import (
     Run,
@@ -63,10 +71,8 @@ from dam.training.rule import (
 # -- the stacked step --------------------------------------------------------------------------------
 # Shapes: G models, B examples each, K memories, 10 classes.
 #   h: (G, B, K),   lab: (G, 10, K) = xi_label^T per model,   inv_t: (G, 1, 1) = 1 / T per model.
-# The formulas are dam.model's _gaps_forward / _gaps_backward with a leading model axis.
-
-# The backward's block of batch rows, as in dam.model: the same partial sums, hence the same rounding.
-BACKWARD_ROWS = 50
+# The formulas are dam.model's energy-gap kernels with a leading model axis, and the same backward blocks of
+# BACKWARD_ROWS batch rows: the same partial sums, hence the same rounding.
 
 
 def _stacked_gaps_forward(h: Tensor, lab: Tensor, inv_t: Tensor, n: int) -> Tensor:

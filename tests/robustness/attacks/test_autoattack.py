@@ -9,9 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("pyautoattack")
-pytest.importorskip("foolbox")
-
 from dam.errors import InputError
 from dam.model import as_logits
 from dam.robustness.attacks import PGD, robust_accuracy

@@ -105,7 +105,7 @@ class ReferenceAttack:
         # robust as its target would hand on mostly clean images and its transfer could hardly break anything.
         self.hand_on = hand_on
 
-    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+    def _build(self, net: nn.Module, eps: float, device: torch.device) -> Any:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -120,7 +120,7 @@ class ReferenceAttack:
     def __call__(self, images: Tensor, labels: Tensor, *, attack_only: Tensor | None = None) -> AttackResult:
         """Attack every image the model classifies correctly (or, with ``attack_only`` of shape (E, B), those
         marked per budget: the cascade's survivors).  Images the model gets wrong count as broken."""
-        aa = require_autoattack()
+        require_autoattack()  # one line naming the extra, before any compute
         self.model.eval()
         device = next(self.model.parameters()).device
         x, y = check_attack_inputs(images, labels, device)
@@ -150,7 +150,7 @@ class ReferenceAttack:
                 for start in range(0, len(index), self.batch_size):
                     part = index[start : start + self.batch_size]
                     torch.manual_seed(self.seed)
-                    attack = self._build(aa, net, eps, device)
+                    attack = self._build(net, eps, device)
                     highest = (
                         _HighestLoss(attack, plain, x[part].view(-1, 1, 28, 28), y[part]) if self.hand_on else None
                     )
@@ -225,7 +225,7 @@ class APGDCE(ReferenceAttack):
 
     loss: ClassVar[str] = "ce"
 
-    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+    def _build(self, net: nn.Module, eps: float, device: torch.device) -> Any:
         from pyautoattack.autopgd_base import APGDAttack
 
         return APGDAttack(net, n_iter=self.steps, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts, eps=eps,
@@ -254,7 +254,7 @@ class APGDT(ReferenceAttack):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "steps": self.steps, "target_classes": self.targets, "loss": "dlr-targeted"}
 
-    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+    def _build(self, net: nn.Module, eps: float, device: torch.device) -> Any:
         from pyautoattack.autopgd_base import APGDAttack_targeted
 
         return APGDAttack_targeted(net, n_iter=self.steps, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts,
@@ -275,7 +275,7 @@ class FABT(ReferenceAttack):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "steps": self.steps, "target_classes": self.targets if self.targeted else None}
 
-    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+    def _build(self, net: nn.Module, eps: float, device: torch.device) -> Any:
         from pyautoattack.fab_pt import FABAttack_PT
 
         return FABAttack_PT(net, norm=_REFERENCE_NORM[self.norm], n_restarts=self.restarts, n_iter=self.steps, eps=eps,
@@ -303,7 +303,7 @@ class Square(ReferenceAttack):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "queries": self.queries, "p_init": 0.8}
 
-    def _build(self, aa: Any, net: nn.Module, eps: float, device: torch.device) -> Any:
+    def _build(self, net: nn.Module, eps: float, device: torch.device) -> Any:
         from pyautoattack.square import SquareAttack
 
         return SquareAttack(net, p_init=0.8, n_queries=self.queries, eps=eps, norm=_REFERENCE_NORM[self.norm],
