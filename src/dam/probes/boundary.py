@@ -72,8 +72,10 @@ class BoundaryResult:
 class BoundarySearch:
     """Follow -u(dC^second/dv) from each clean image until it crosses, then (optionally) converges.
 
-    Called like an attack: the model and the hyperparameters in the constructor, the images per call:
-    ``BoundarySearch(model, eps=0.05)(images)``.
+    The model and the hyperparameters in the constructor, the images per call:
+    ``BoundarySearch(model, eps=0.05)(images)``.  A probe, not an attack: it takes no labels (it moves each
+    image from the model's own top class to its second) and bounds no budget; the robustness measure is
+    :mod:`dam.robustness.attacks`.
 
     Args:
         model: the classifier (any module of this package's input contract whose outputs are Y in [-1, 1]).
