@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,29 @@ def _tiny_reproduction():
 
 
 TINY_REPRODUCTION = _tiny_reproduction()
+
+
+# -- the command line, as a user runs it -------------------------------------------------------------
+
+
+def dam(
+    *args: str, timeout: float = 120, cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m dam ARGS`` in a subprocess (eager kernels: compiling would cost each test process seconds)."""
+    env = {**os.environ, "DAM_COMPILE": "0"}
+    return subprocess.run([sys.executable, "-m", "dam", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd)  # fmt: skip
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The error a user sees: exit status 2, no traceback, one line."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("usage:")]
+    assert len(lines) == 1 or (len(lines) >= 1 and lines[-1].startswith("dam")), result.stderr
+    return lines[-1]

@@ -1,15 +1,17 @@
+"""The command line as a user runs it (``python -m dam`` in a subprocess): train, evaluate, info, resume, and
+the one-line errors of bad input."""
+
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from dam.cli import main
-from fakes import tiny_mnist
+from fakes import dam, one_line_error, succeeded, tiny_mnist
 
 TINY = ["--n", "3", "--m", "2", "--memories", "16", "--temperature", "200", "--epochs", "2", "--batch-size", "250",
         "--train-subset", "1000", "--no-progress"]  # fmt: skip
@@ -23,7 +25,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_data) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--out", str(out)]) == 0
+    succeeded(dam("train", *TINY, "--data-dir", str(tiny_data), "--out", str(out)))
     return out
 
 
@@ -34,87 +36,77 @@ def test_train_writes_run(run: Path) -> None:
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_evaluate_json(run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_json(run: Path, tiny_data: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "eval.json"
-    assert main(["evaluate", str(run), "--data-dir", str(tiny_data), "--format", "json", "--json", str(out_file)]) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = succeeded(dam("evaluate", str(run), "--data-dir", str(tiny_data), "--format", "json", "--json",
+                            str(out_file))).stdout  # fmt: skip
+    result = json.loads(printed)
     assert result == json.loads(out_file.read_text())
     cm = torch.tensor(result["confusion_matrix"])
     assert cm.shape == (10, 10) and int(cm.sum()) == 10000 == result["examples"]
     assert result["errors"] == 10000 - int(cm.trace())
     before = (run / "config.json").read_bytes()
-    assert main(["evaluate", str(run), "--data-dir", str(tiny_data), "--json", str(run / "config.json")]) == 2
-    assert "a file of the run folder itself" in capsys.readouterr().err
+    line = one_line_error(dam("evaluate", str(run), "--data-dir", str(tiny_data), "--json", str(run / "config.json")))
+    assert "a file of the run folder itself" in line
     assert (run / "config.json").read_bytes() == before
 
 
-def test_evaluate_text_and_info(run: Path, tiny_data: Path, capsys) -> None:
-    assert main(["evaluate", str(run), "--data-dir", str(tiny_data)]) == 0
-    text = capsys.readouterr().out
+def test_evaluate_text_and_info(run: Path, tiny_data: Path) -> None:
+    text = succeeded(dam("evaluate", str(run), "--data-dir", str(tiny_data))).stdout
     assert "test error" in text and "confusion matrix" in text
-    assert main(["info", str(run)]) == 0
-    info = capsys.readouterr().out
+    info = succeeded(dam("info", str(run))).stdout
     assert "DAM_3" in info and "K=16" in info and "epochs 2/2" in info
 
 
-def test_resume_extends_a_finished_run(run: Path, tmp_path: Path, capsys) -> None:
-    import shutil
-
+def test_resume_extends_a_finished_run(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    assert main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    resume = ["train", "--out", str(copy), "--resume", "--no-progress"]
+    succeeded(dam(*resume, "--epochs", "3"))
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
     # a settings flag on resume is checked against the saved run: the same value is fine, another refused
-    assert main(["train", "--out", str(copy), "--resume", "--epochs", "4", "--memories", "16", "--no-progress"]) == 0
-    capsys.readouterr()
+    succeeded(dam(*resume, "--epochs", "4", "--memories", "16"))
     for flags in (["--lr", "0.5"], ["--n", "7"], ["--preset", "n3"], ["--schedule", "cpu"]):  # not how it started
-        assert main(["train", "--out", str(copy), "--resume", *flags, "--no-progress"]) == 2
-        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        one_line_error(dam(*resume, *flags))
     assert json.loads((copy / "config.json").read_text())["train"]["lr"] != 0.5
     # fewer epochs than are done: refused, the saved plan untouched (the weights already hold epoch 4)
-    assert main(["train", "--out", str(copy), "--resume", "--epochs", "2", "--no-progress"]) == 2
-    assert "fewer than the 4 already done" in capsys.readouterr().err
+    assert "fewer than the 4 already done" in one_line_error(dam(*resume, "--epochs", "2"))
     assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == 4
 
 
-def test_the_starting_command_again_with_resume_continues_it(tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_the_starting_command_again_with_resume_continues_it(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "p"
     start = ["train", "--preset", "n3", "--schedule", "quick", "--memories", "16", "--train-subset", "500",
              "--data-dir", str(tiny_data), "--out", str(out), "--no-progress"]  # fmt: skip
-    assert main([*start, "--epochs", "1"]) == 0
-    assert main([*start, "--epochs", "2", "--resume"]) == 0
+    succeeded(dam(*start, "--epochs", "1"))
+    succeeded(dam(*start, "--epochs", "2", "--resume"))
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    capsys.readouterr()
-    assert main([*start, "--epochs", "3", "--resume", "--lr", "0.5"]) == 2  # not the command that started it
-    assert "differ from the saved run" in capsys.readouterr().err
+    line = one_line_error(dam(*start, "--epochs", "3", "--resume", "--lr", "0.5"))  # not the command that started it
+    assert "differ from the saved run" in line
 
 
-def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "mlp"
     common = ["train", "--model", "mlp-relu", "--out", str(out), "--data-dir", str(tiny_data), "--no-progress"]
-    assert main([*common, "--hidden", "8", "--epochs", "1", "--train-subset", "500"]) == 0
-    capsys.readouterr()
+    succeeded(dam(*common, "--hidden", "8", "--epochs", "1", "--train-subset", "500"))
     for flags in (["--hidden", "50"], ["--lr", "0.5"], ["--batch-size", "3"]):
-        assert main([*common, "--resume", *flags]) == 2
-        assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert main(["train", "--model", "mlp-repu", "--out", str(out), "--resume", "--no-progress"]) == 2
-    capsys.readouterr()
-    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2  # the flag to give is named
-    assert capsys.readouterr().err.strip().endswith("holds a 'mlp' run; resume it with --model mlp-relu")
-    assert main([*common, "--resume", "--epochs", "2"]) == 0
+        one_line_error(dam(*common, "--resume", *flags))
+    one_line_error(dam("train", "--model", "mlp-repu", "--out", str(out), "--resume", "--no-progress"))
+    line = one_line_error(dam("train", "--out", str(out), "--resume", "--no-progress"))  # the flag to give is named
+    assert line.endswith("holds a 'mlp' run; resume it with --model mlp-relu")
+    succeeded(dam(*common, "--resume", "--epochs", "2"))
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hidden"] == 8 and saved["train"]["epochs"] == 2
-    capsys.readouterr()
-    assert main([*common, "--resume", "--epochs", "1"]) == 2  # a run is extended, never shortened
-    assert "fewer than the 2 already done" in capsys.readouterr().err
+    line = one_line_error(dam(*common, "--resume", "--epochs", "1"))  # a run is extended, never shortened
+    assert "fewer than the 2 already done" in line
     # killed before its first epoch was saved: a baseline's record starts again as that baseline, never a DAM
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "config.json").write_text((out / "config.json").read_text())
-    assert main(["train", "--out", str(cut), "--resume", "--data-dir", str(tiny_data), "--no-progress"]) == 2
-    assert "holds a 'mlp' run; resume it with --model mlp-relu" in capsys.readouterr().err
-    assert main(["train", "--model", "mlp-relu", "--out", str(cut), "--resume", "--data-dir", str(tiny_data),
-                 "--no-progress"]) == 0  # fmt: skip
+    line = one_line_error(dam("train", "--out", str(cut), "--resume", "--data-dir", str(tiny_data), "--no-progress"))
+    assert "holds a 'mlp' run; resume it with --model mlp-relu" in line
+    succeeded(dam("train", "--model", "mlp-relu", "--out", str(cut), "--resume", "--data-dir", str(tiny_data),
+                  "--no-progress"))  # fmt: skip
     restarted = json.loads((cut / "config.json").read_text())
     assert restarted["kind"] == "mlp" and restarted["model"]["hidden"] == 8 and restarted["train"] == saved["train"]
 
@@ -133,38 +125,34 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
         (["reproduce", "--out", "y", "--workers", "0"], "--workers: must be at least 1"),
     ],
 )
-def test_user_errors_are_one_line(argv, message: str, capsys, tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+def test_user_errors_are_one_line(argv, message: str, tmp_path) -> None:
+    assert message in one_line_error(dam(*argv, cwd=tmp_path))
     assert list(tmp_path.iterdir()) == []  # refused before any output folder was made
 
 
-def test_missing_data_dir_is_clear(tmp_path, capsys) -> None:
-    assert main(["train", *TINY, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
-    assert "no mnist IDX files" in capsys.readouterr().err
+def test_missing_data_dir_is_clear(tmp_path) -> None:
+    line = one_line_error(dam("train", *TINY, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")))
+    assert "no mnist IDX files" in line
 
 
-def test_cuda_without_gpu_is_clear(tmp_path, tiny_data, capsys) -> None:
+def test_cuda_without_gpu_is_clear(tmp_path, tiny_data) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     argv = ["train", *TINY, "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"), "--device", "cuda"]
-    assert main(argv) == 2
-    assert "cuda" in capsys.readouterr().err
+    assert "cuda" in one_line_error(dam(*argv))
 
 
 def test_console_script_installed() -> None:
-    out = subprocess.run([sys.executable, "-m", "dam", "--help"], capture_output=True, text=True, check=True)
+    out = succeeded(dam("--help")).stdout
     for verb in ("train", "evaluate", "info"):
-        assert verb in out.stdout
+        assert verb in out
 
 
 def test_every_command_has_help(capsys) -> None:
     """``dam VERB --help`` prints and exits 0 for every verb (argparse formats help with %, so a stray
-    percent sign in a preset's description once crashed ``dam reproduce --help``)."""
-    out = subprocess.run([sys.executable, "-m", "dam", "--help"], capture_output=True, text=True, check=True).stdout
-    verbs = out.split("{", 1)[1].split("}", 1)[0].split(",")
+    percent sign in a preset's description once crashed ``dam reproduce --help``).  In this process: one
+    interpreter start per verb would add nothing that the subprocess above does not show."""
+    verbs = succeeded(dam("--help")).stdout.split("{", 1)[1].split("}", 1)[0].split(",")
     assert "reproduce" in verbs and len(verbs) >= 10
     for verb in verbs:
         assert main([verb, "--help"]) == 0, verb

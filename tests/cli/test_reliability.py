@@ -15,25 +15,10 @@ from pathlib import Path
 import pytest
 
 from dam.runs import LOCK_OWNER_FILE, OutputFolder, model_md5
-from fakes import tiny_mnist
+from fakes import dam, one_line_error, tiny_mnist
 
 TINY = ["--n", "3", "--m", "2", "--memories", "16", "--temperature", "200", "--batch-size", "250",
         "--train-subset", "1000", "--no-progress"]  # fmt: skip
-
-
-def dam(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DAM_COMPILE": "0"}
-    return subprocess.run([sys.executable, "-m", "dam", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)  # fmt: skip
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The error a user sees: exit status 2, no traceback, one line."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("usage:")]
-    assert len(lines) == 1 or (len(lines) >= 1 and lines[-1].startswith("dam")), result.stderr
-    return lines[-1]
 
 
 def refused_at_once(result: subprocess.CompletedProcess[str]) -> str:
