@@ -50,6 +50,8 @@ def test_save_load_roundtrip_and_kind_checks(tmp_path: Path):
     assert json.loads((tmp_path / "mlp" / "config.json").read_text())["kind"] == "mlp"
     with pytest.raises(CheckpointError, match="not a DAM"):
         DenseAssociativeMemory.load(tmp_path / "mlp")
+    with pytest.raises(RunFolderError, match="holds a saved model already"):  # a baseline over a run: refused
+        model.save(tmp_path / "mlp")
     prototype_model(3).save(tmp_path / "dam")
     assert isinstance(load_model(tmp_path / "dam"), DenseAssociativeMemory)
     with pytest.raises(CheckpointError, match="not an MLP"):

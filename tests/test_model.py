@@ -220,3 +220,16 @@ def test_non_finite_weights_are_named_not_blamed_on_the_images() -> None:
         model.memories[0, 0] = float("nan")
     with pytest.raises(DivergedError, match="memories hold NaN or infinity"):  # a FloatingPointError too
         model(torch.rand(2, 784))
+
+
+def test_save_never_replaces_a_saved_model_silently(tmp_path) -> None:
+    from dam.errors import RunFolderError
+
+    first, second = small_model(n=3), small_model(n=20)
+    first.save(tmp_path / "run", {"train": {"m": 3}})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(RunFolderError, match=r"holds a saved model already.*overwrite=True"):
+        second.save(tmp_path / "run")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # untouched
+    second.save(tmp_path / "run", overwrite=True)
+    assert DenseAssociativeMemory.load(tmp_path / "run").config == second.config

@@ -29,6 +29,7 @@ from dam.model import (
     WEIGHTS_FILE,
     check_pixel_range,
     check_pixels,
+    check_save_folder,
     flatten_images,
 )
 
@@ -105,12 +106,14 @@ class MLPClassifier(nn.Module):
         """Raise InputError for NaN/inf pixels or pixels outside [0, 1] (the strict check of real images)."""
         check_pixels(flatten_images(images, self.config.num_pixels, None), 0.0, 1.0, tol=1e-6)
 
-    def save(self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None) -> Path:
-        """``model.safetensors`` and ``config.json`` (with ``run_info``), both written atomically; no pickle."""
+    def save(
+        self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None, *, overwrite: bool = False
+    ) -> Path:
+        """``model.safetensors`` and ``config.json`` (with ``run_info``), both written atomically; no pickle.  A
+        folder holding a saved model is refused unless ``overwrite`` (as :meth:`DenseAssociativeMemory.save`)."""
         from safetensors.torch import save as st_save
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = check_save_folder(folder, overwrite)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(folder / WEIGHTS_FILE, st_save(tensors, metadata={"format": KIND}))
         config = {**(run_info or {}), "format_version": FORMAT_VERSION, "kind": KIND, "model": asdict(self.config)}

@@ -31,6 +31,7 @@ from dam.errors import (
     CheckpointError,
     DivergedError,
     InputError,
+    RunFolderError,
     check_whole,
     is_finite_number,
     is_whole,
@@ -320,6 +321,19 @@ def dam_scores(v: Tensor, memories: Tensor, n: int, temperature: float) -> Tenso
 # ----------------------------------------------------------------------------------------------
 
 
+def check_save_folder(folder: str | os.PathLike[str], overwrite: bool) -> Path:
+    """``folder``, made if missing, for a model's ``save``; one that holds a saved model is refused unless
+    ``overwrite``."""
+    folder = Path(folder)
+    if not overwrite and ((folder / WEIGHTS_FILE).exists() or (folder / CONFIG_FILE).exists()):
+        raise RunFolderError(
+            f"{folder}: holds a saved model already; save into a new folder, or pass overwrite=True to replace it "
+            "(a training run there could then not be resumed)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 class DenseAssociativeMemory(nn.Module):
     """DAM_n classifier: images in [0, 1] shaped (B, 784) or (B, 1, 28, 28) -> Y in [-1, 1], (B, 10).
 
@@ -483,16 +497,19 @@ class DenseAssociativeMemory(nn.Module):
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=self.memories.device)
 
     # -- persistence -------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None) -> Path:
+    def save(
+        self, folder: str | os.PathLike[str], run_info: dict[str, Any] | None = None, *, overwrite: bool = False
+    ) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` atomically (no pickle).
 
         ``run_info`` (training settings, seed, versions) goes into the same config.json, so that no
-        moment exists when the file on disk holds the model but not how it was trained.
+        moment exists when the file on disk holds the model but not how it was trained.  A folder that holds
+        a saved model already is refused (RunFolderError) unless ``overwrite`` (what training does in its own,
+        locked run folder): replacing a run's weights and record would leave it unresumable.
         """
         from safetensors.torch import save as st_save
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = check_save_folder(folder, overwrite)
         weights = {"memories": self.memories.detach().to("cpu").contiguous()}
         metadata = {"format": "dam", "format_version": str(FORMAT_VERSION)}
         atomic_write_bytes(folder / WEIGHTS_FILE, st_save(weights, metadata=metadata))

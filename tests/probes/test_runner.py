@@ -36,9 +36,9 @@ def test_weights_fingerprint_ignores_how_the_file_was_written(tmp_path):
     model = prototype_model(3)
     model.save(tmp_path / "a")
     first = model_md5(tmp_path / "a")
-    model.save(tmp_path / "a", {"note": "written again"})
+    model.save(tmp_path / "a", {"note": "written again"}, overwrite=True)
     assert model_md5(tmp_path / "a") == first
     with torch.no_grad():
         model.memories[0, 0] += 0.5
-    model.save(tmp_path / "a")
+    model.save(tmp_path / "a", overwrite=True)
     assert model_md5(tmp_path / "a") != first

@@ -12,7 +12,7 @@ import torch
 
 import dam.robustness.adversarial_training as adv_mod
 from dam.cli import main
-from dam.errors import RunFolderError
+from dam.errors import ConfigError, InputError, RunFolderError
 from dam.model import CheckpointError, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
 from dam.robustness.adversarial_training import (
@@ -187,9 +187,21 @@ def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
     with torch.no_grad():
         moved = DenseAssociativeMemory.load(other)
         moved.memories.mul_(0.5)
-    moved.save(other, json.loads((other / "config.json").read_text()))
+    moved.save(other, json.loads((other / "config.json").read_text()), overwrite=True)
     assert main(["adversarial-train", str(other), "--out", str(out), "--resume", "--eval-images", "30"]) == 2
     assert "was fine-tuned from" in capsys.readouterr().err
+    # from Python the same rules hold: another measurement is refused, the finished one kept ...
+    with pytest.raises(InputError, match=r"measured otherwise .*eval_images \(30, 20\).*replace=True"):
+        robustness_report(base_run, out, eval_images=20)
+    assert (out / "robustness.json").read_text() == written
+    # ... a folder that is not a fine-tuning of the named base run is refused, nothing written into it ...
+    with pytest.raises(ConfigError, match="not a fine-tuning of"):
+        robustness_report(other, out, eval_images=30)
+    with pytest.raises(ConfigError, match="not a fine-tuning of"):
+        robustness_report(base_run, other, eval_images=30)
+    assert not (other / "robustness.json").exists()
+    # ... and replace=True measures again
+    assert robustness_report(base_run, out, eval_images=20, replace=True)["eval_images"] == 20
 
 
 def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:

@@ -76,20 +76,23 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     adversarial_finetune(args.base_run, out, config, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip
-    differs = robustness_differs(saved, out, args.base_run, **measure) if saved is not None else []
-    if saved is not None and not differs:
+    # robustness_report reuses a measurement of these settings and weights, measures one of other weights again, and
+    # replaces one made otherwise only with --remeasure; what it will do is said first
+    current = read_json(out / ROBUSTNESS_FILE)
+    stale = robustness_differs(current, out, args.base_run, **measure) if isinstance(current, dict) else None
+    if stale == []:
         print(f"{out / ROBUSTNESS_FILE}: already measured with these settings and weights; reused", file=sys.stderr)
-        report = saved
     else:
-        if saved is not None:  # only the weights can differ here: the settings were checked
-            print(f"{out / ROBUSTNESS_FILE}: measured on other weights (saved, given): {'; '.join(differs)}; "
-                  "measuring again", file=sys.stderr)  # fmt: skip
+        if stale:
+            print(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(stale)}; measuring again",
+                  file=sys.stderr)  # fmt: skip
         # the fine-tuning's own boundary search, the one it trained against: favourable to the fine-tuned model, so a
         # comparison, not the robustness measure (that is dam attack's worst case over the standard attacks)
         print(f"measuring the distance to the decision boundary on {args.eval_images} test images (seed "
               f"{args.eval_seed}), with the search the fine-tuning trained against; for robust accuracy under the "
               f"standard attacks: dam attack {out}", file=sys.stderr)  # fmt: skip
-        report = robustness_report(args.base_run, out, **measure, data_dir=args.data_dir, device=args.device)
+    report = robustness_report(args.base_run, out, **measure, data_dir=args.data_dir, device=args.device,
+                               replace=args.remeasure)  # fmt: skip
     b, a = report["base"], report["finetuned"]
     print(f"{'':<24s}{'base':>12s}{'fine-tuned':>12s}")
     print(_row("test error (all)", b["test_error"], a["test_error"], ".2%"))

@@ -35,11 +35,11 @@ from torch import Tensor
 
 from dam.data import load_dataset, seeded_subset
 from dam.environment import environment_info, resolve_device
-from dam.errors import CheckpointError, ConfigError, is_finite_number, is_whole, plain_fields, violated
+from dam.errors import CheckpointError, ConfigError, InputError, is_finite_number, is_whole, plain_fields, violated
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
-from dam.results import tensor_md5
+from dam.results import read_json, tensor_md5
 from dam.runs import OutputFolder, finished_epochs, model_md5, read_run_config, run_data_dir
 from dam.training.loop import (
     RunPlan,
@@ -376,14 +376,52 @@ def robustness_report(
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     search_options: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Before / after: full test-set error and :func:`robustness_summary` of both models, on the same
-    seeded test images and the probes' search settings; written to ``tuned_run/robustness.json``."""
+    seeded test images and the probes' search settings; written to ``tuned_run/robustness.json``.
+
+    ``tuned_run`` must be a fine-tuning of ``base_run`` (:func:`adversarial_finetune`'s run folder); it is
+    locked while measured.  A measurement already there with the same settings, search and weights is returned
+    as it is; one of other weights (the run trained on) is measured again with a warning; one made with other
+    settings is refused unless ``replace`` (the CLI's ``--remeasure``), which replaces it with a warning.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
     base = base_settings(base_run)
+    tuned_record = read_run_config(tuned_run)
+    if tuned_record.get("base_model_md5") != model_md5(base_run):
+        raise ConfigError(f"{tuned_run}: not a fine-tuning of {base_run} (adversarial_finetune writes one; "
+                          "its config.json records the base model's weights)")  # fmt: skip
     options = {"m": base.m, **(search_options or {}), "progress": False}
+    base_model = DenseAssociativeMemory.load(base_run, device=device)
+    search_settings = BoundarySearch(base_model, **options).settings()  # bad options fail here, before compute
+    path = Path(tuned_run) / ROBUSTNESS_FILE
+    with OutputFolder(tuned_run, "run folder").lock():
+        saved = read_json(path)
+        if isinstance(saved, dict):
+            differs = robustness_differs(saved, tuned_run, base_run, eval_images=eval_images, eval_seed=eval_seed,
+                                         weights=False)  # fmt: skip
+            if saved.get("search") != search_settings:
+                differs.append(f"search ({saved.get('search')!r}, {search_settings!r})")
+            if differs and not replace:
+                raise InputError(f"{path}: measured otherwise (saved, given): {'; '.join(differs)}; give the same "
+                                 "settings, or replace=True (the CLI's --remeasure) to measure again")  # fmt: skip
+            stale = robustness_differs(saved, tuned_run, base_run, eval_images=eval_images, eval_seed=eval_seed)
+            if not stale:
+                return saved
+            log.warning("%s: measured %s (saved, given): %s; measuring again", path,
+                        "otherwise" if differs else "on other weights", "; ".join(stale))  # fmt: skip
+        return _measure(base_run, tuned_run, eval_images, eval_seed, base.dataset, data_dir, device, options, path)
+
+
+def _measure(base_run: str | os.PathLike[str], tuned_run: str | os.PathLike[str], eval_images: int, eval_seed: int,
+             dataset: str, data_dir: str | os.PathLike[str] | None, device: str | torch.device,
+             options: dict[str, Any], path: Path) -> dict[str, Any]:  # fmt: skip
     data_dir = data_dir if data_dir is not None else run_data_dir(base_run)
-    x, y = seeded_test_subset(eval_images, eval_seed, base.dataset, data_dir)
-    x_all, y_all = load_dataset(base.dataset, "test", data_dir=data_dir)
+    x, y = seeded_test_subset(eval_images, eval_seed, dataset, data_dir)
+    x_all, y_all = load_dataset(dataset, "test", data_dir=data_dir)
     report: dict[str, Any] = {
         "eval_images": eval_images, "eval_seed": eval_seed, "images_md5": tensor_md5(x), "rule": ROBUSTNESS_RULE,
     }  # fmt: skip
@@ -398,5 +436,5 @@ def robustness_report(
         }  # fmt: skip
     report["search"] = search.settings()  # the same settings for both models
     report["environment"] = environment_info()
-    atomic_write_json(Path(tuned_run) / ROBUSTNESS_FILE, report)
+    atomic_write_json(path, report)
     return report

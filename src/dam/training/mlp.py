@@ -112,7 +112,7 @@ class MLPTrainer:
             raise CheckpointError(f"{where}: unreadable training state ({exc}); cannot resume") from None
 
     def save_model(self, folder: Path, run_info: dict[str, Any]) -> None:
-        self.model.save(folder, run_info)
+        self.model.save(folder, run_info, overwrite=True)  # the run's own folder, locked by the loop
 
 
 def train_mlp(

@@ -243,7 +243,7 @@ class DAMTrainer:
             self.velocity.copy_(velocity.to(self.velocity.device, self.velocity.dtype))
 
     def save_model(self, folder: Path, run_info: dict[str, Any]) -> None:
-        self.model.save(folder, run_info)
+        self.model.save(folder, run_info, overwrite=True)  # the run's own folder, locked by the loop
 
 
 def new_model(config: TrainConfig, device: torch.device) -> DenseAssociativeMemory:
