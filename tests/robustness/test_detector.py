@@ -110,8 +110,13 @@ def test_fit_is_calibrate_in_scikit_learn_style() -> None:
     fitted = Detector(PixelClassifier().double(), ScoreGuard().double(), false_rejection=0.1)
     assert fitted.fit(x) is fitted and fitted.threshold == calibrated.threshold > 0
     assert torch.equal(fitted.predict(x), calibrated.predict(x)) and int((fitted.predict(x) == -1).sum()) <= 20
-    with pytest.raises(ValueError, match="false-rejection rate"):
-        Detector(PixelClassifier(), ScoreGuard()).fit(x)
+    # as scikit-learn: a detector not fitted refuses to predict (it would accept everything), fit defaults to 5%
+    unfitted = Detector(PixelClassifier().double(), ScoreGuard().double())
+    with pytest.raises(InputError, match=r"no threshold yet: fit\(clean_images\) first"):
+        unfitted.predict(x)
+    assert unfitted.fit(x).false_rejection == 0.05 and int((unfitted.predict(x) == -1).sum()) <= 10
+    with pytest.raises(InputError, match=r"must be a number in \[0, 1\), got a Tensor$"):  # fit(x, y): labels
+        unfitted.fit(x, torch.arange(200) % 10)
 
 
 # (c) predict

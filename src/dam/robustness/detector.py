@@ -22,6 +22,7 @@ from dam.io import atomic_write_json, read_json_object
 from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
 
 JUNK = -1  # the label predict() gives a rejected input: no class index is negative
+DEFAULT_FALSE_REJECTION = 0.05  # the share of clean images fit() may reject when not told
 ROC_POINTS = 200  # enough to draw a smooth curve, small enough for a readable JSON file
 HISTOGRAM_BINS = 40
 # What a rejection means for each kind of set: a false alarm on clean images, a catch on junk, and on attacks
@@ -38,10 +39,12 @@ class Detector:
         guard: a model with outputs Y in [-1, 1] (a DAM; preferably large n, which the paper found robust).  Its
             outputs are not checked: another module (an MLP's logits) makes a detector on softmax(beta_sm *
             logits) instead, which the paper did not study.
-        threshold: inputs whose guard score is below it are rejected (a finite number; above 1 rejects all;
-            the default 0 accepts every input until :meth:`fit` sets it).
+        threshold: inputs whose guard score is below it are rejected (a finite number; above 1 rejects all).
+            None (the default): not fitted yet; :meth:`fit` sets it, and until then the detector refuses to
+            predict rather than accept every input.
         beta_sm: the softmax inverse temperature of the confidence; 3.2 is the paper's single value.
-        false_rejection: the share of clean images :meth:`fit` may reject (kept in the record).
+        false_rejection: the share of clean images :meth:`fit` may reject (kept in the record); None: fit uses
+            :data:`DEFAULT_FALSE_REJECTION` (5%) unless given one.
         agreement: also reject inputs on which the guard's label differs from the classifier's.  The guard
             alone passes images one small step past the classifier's decision boundary (they still look
             like the true digit, so the guard is confident, and right) while the classifier gets them
@@ -53,20 +56,20 @@ class Detector:
         self,
         classifier: nn.Module,
         guard: nn.Module,
-        threshold: float = 0.0,
+        threshold: float | None = None,
         beta_sm: float = PAPER_BETA_SM,
         *,
         false_rejection: float | None = None,
         agreement: bool = False,
     ) -> None:
         beta_sm = check_positive("beta_sm", beta_sm)
-        if not is_finite_number(plain_number(threshold)):
+        if threshold is not None and not is_finite_number(plain_number(threshold)):
             raise InputError(f"threshold must be a finite number, got {threshold!r}")
         if false_rejection is not None:
             check_false_rejection(false_rejection)
         self.classifier = classifier
         self.guard = guard
-        self.threshold = float(threshold)
+        self.threshold = None if threshold is None else float(threshold)
         self.beta_sm = float(beta_sm)
         self.false_rejection = false_rejection
         self.agreement = agreement
@@ -88,19 +91,19 @@ class Detector:
         Use images the classifier and guard were not trained on, and other images to evaluate it.
         """
         check_false_rejection(false_rejection)
-        detector = cls(classifier, guard, 0.0, beta_sm, false_rejection=false_rejection, agreement=agreement)
+        detector = cls(classifier, guard, None, beta_sm, false_rejection=false_rejection, agreement=agreement)
         return detector.fit(clean_images)
 
     def fit(self, clean_images: Tensor, false_rejection: float | None = None) -> Detector:
         """scikit-learn style: set the threshold to the highest that rejects at most ``false_rejection`` (default:
-        the detector's own) of ``clean_images``; returns the detector.  :meth:`predict` then labels inputs."""
-        rate = self.false_rejection if false_rejection is None else false_rejection
-        if rate is None:
-            raise InputError("fit needs a false-rejection rate: Detector(..., false_rejection=0.05) or fit(x, 0.05)")
+        the detector's own, else 5%) of ``clean_images``; returns the detector.  :meth:`predict` then labels inputs.
+        No labels: the threshold is chosen on the guard's confidence alone."""
+        rate = false_rejection if false_rejection is not None else self.false_rejection
+        rate = DEFAULT_FALSE_REJECTION if rate is None else rate
         check_false_rejection(rate)
         if len(clean_images) == 0:
             raise InputError("no clean images to calibrate the detector's threshold on")
-        scores = self.decide(clean_images)[0]
+        scores = self.scores(clean_images)[0]
         if self.agreement and float((scores == 0).double().mean()) > rate:
             raise DetectorError(
                 f"classifier and guard disagree on {float((scores == 0).double().mean()):.1%} of the clean images, "
@@ -126,12 +129,20 @@ class Detector:
 
         The score is the guard's confidence, or 0 where the two disagree in agreement mode.
         """
+        if self.threshold is None:
+            raise InputError("this detector has no threshold yet: fit(clean_images) first (or give threshold=)")
+        scores, labels = self.scores(images)
+        return scores, torch.where(scores >= self.threshold, labels, JUNK), labels
+
+    def scores(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The score each image is judged by (the guard's confidence; 0 where the two disagree in agreement mode)
+        and the classifier's labels; no threshold needed."""
         outputs = model_outputs(self.guard, images)
         scores = confidence(outputs, self.beta_sm)
         labels = model_outputs(self.classifier, images).argmax(dim=1)
         if self.agreement:
             scores = torch.where(outputs.argmax(dim=1).to(labels.device) == labels, scores, 0.0)
-        return scores, torch.where(scores >= self.threshold, labels, JUNK), labels
+        return scores, labels
 
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "beta_sm": self.beta_sm, "false_rejection": self.false_rejection,
@@ -177,7 +188,11 @@ def run_folders(
 
 
 def check_false_rejection(rate: float) -> None:
-    if not (is_finite_number(plain_number(rate)) and 0 <= rate < 1):  # 1 would reject every clean image too
+    value = plain_number(rate)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # labels given in its place: named, not printed
+        shown = repr(rate) if isinstance(rate, str) else f"a {type(rate).__name__}"
+        raise InputError(f"false rejection rate must be a number in [0, 1), got {shown}")
+    if not (is_finite_number(value) and 0 <= value < 1):  # 1 would reject every clean image too
         raise InputError(f"false rejection rate must be in [0, 1), got {rate!r}")
 
 
