@@ -192,8 +192,16 @@ def test_bad_settings_name_the_rule_before_the_output_folder_exists(tiny_reprodu
 
     with pytest.raises(InputError, match="pgd_steps >= 1 violated"):
         AttackSuite(pgd_steps=0)
+    with pytest.raises(InputError, match="positive budgets"):  # a zero budget: found where it is given
+        AttackSuite(linf=(0.0, 0.1))
     out = tmp_path / "out"
     run = str(tiny_reproduction / "runs" / "n2")
+    # from Python: a wrong suite type or device is one line before the output folder exists
+    with pytest.raises(InputError, match="suite must be an AttackSuite"):
+        run_attacks([run], out, {"images": 10})
+    with pytest.raises(InputError, match="gpu"):
+        run_attacks([run], out, SMALL, device="gpu")
+    assert not out.exists()
     assert cli.main(["attack", run, "--out", str(out), "--hsj-norms", "linf,l1"]) == 2
     err = capsys.readouterr().err
     assert "hsj_norms among linf, l2 violated" in err and len(err.strip().splitlines()) == 1

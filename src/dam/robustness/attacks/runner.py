@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from dam.data import load_dataset
 from dam.data.sources import DATASETS
-from dam.environment import environment_info
+from dam.environment import environment_info, resolve_device
 from dam.errors import InputError, changed, is_finite_number, is_whole, plain_fields, plain_number, violated
 from dam.io import atomic_write_bytes, atomic_write_json
 from dam.results import key_matches, read_json, result_key, tensor_md5
@@ -151,8 +151,8 @@ class AttackSuite:
         bad = [rule for rule, ok in rules.items() if not ok]
         if bad:
             raise InputError(violated("attack settings", bad, self))
-        for norm in ("linf", "l2"):  # at most the largest budget that limits anything: the attacks' own rule
-            check_budgets(norm, self.budgets(norm))
+        for norm in ("linf", "l2"):  # positive (the attacks' own rule, checked here before any folder is made), and
+            check_budgets(norm, self.budgets(norm), positive=True)  # at most the largest budget that limits anything
 
     def budgets(self, norm: str) -> list[float]:
         return list(self.linf if norm == "linf" else self.l2)
@@ -446,7 +446,11 @@ def run_attacks(
     """
     require_foolbox()
     check_workers(workers)
-    sources = sources or []
+    if not isinstance(suite, AttackSuite):
+        raise InputError(f"suite must be an AttackSuite (e.g. AttackSuite(images=100)), got a {type(suite).__name__}")
+    runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)  # one run folder given as itself
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources or [])
+    device = str(resolve_device(device))  # a bad device: one line, before the folder is made
     for run in [*runs, *sources]:  # a typo or damaged weights fail at once, before data are read
         load_model(run)
     check_sources(runs, sources)
