@@ -83,7 +83,8 @@ def _same_inputs(file: Path, saved: dict[str, Any], inputs: dict[str, Any], repl
 def _replaced(file: Path, how: str, replace: bool, quiet: bool = False) -> bool:
     """False (the result is made again) when ``replace``, with a warning; else the one-line refusal."""
     if not replace:
-        raise InputError(f"{file} holds a finished result made with {how}; use another --out, or --force to replace it")
+        raise InputError(f"{file} holds a finished result made with {how}; use another --out, or --force "
+                         "(replace=True) to replace it")  # fmt: skip
     if not quiet:
         logger.warning("replacing %s, made with %s", file, how)
     return False

@@ -234,7 +234,7 @@ def run_detection(
         if (folder.path / "detector.json").exists():  # a finished result is never replaced silently
             if not replace:
                 raise InputError(f"{out}: holds a detector's results (detector.json); use another --out, or --force "
-                                 "to replace them")  # fmt: skip
+                                 "(replace=True) to replace them")  # fmt: skip
             logger.warning("replacing the detector's results in %s", out)
         classifier, guard = load_model(classifier_run, device=device), load_model(guard_run, device=device)
         x_test, y_test = load_dataset(common_dataset([classifier_run, guard_run]), "test", data_dir=data_dir)

@@ -477,7 +477,7 @@ def _attack_into(
             how = f"other settings or inputs ({changed(sorted(k for k in now if before.get(k) != now[k]))})"
             if not replace:
                 raise InputError(f"{path} holds a finished attack made with {how}; use another --out, "
-                                 "or --force to replace it")  # fmt: skip
+                                 "or --force (replace=True) to replace it")  # fmt: skip
             logger.warning("replacing %s, made with %s", path, how)
     models: dict[str, Any] = {}
     todo = []
