@@ -35,3 +35,25 @@ def test_binned_error_counts_everything() -> None:
     labels = torch.randint(0, 10, (500,), generator=g)
     table = confidence_binned_error(outputs, labels, beta_sm=5.0)
     assert sum(table["count"]) == 500 and len(table["error"]) == len(table["edges"]) - 1
+
+
+def test_outputs_as_a_model_returns_them_and_bad_ones(recwarn) -> None:
+    from dam.errors import InputError
+    from fakes import prototype_images, prototype_model
+
+    model = prototype_model(3)
+    x, y = prototype_images(model, 40)
+    y[:6] = (y[:6] + 1) % 10  # some wrong, so that a beta_sm meets the accuracy
+    outputs = model(x)  # carries gradient history, as a notebook user's would
+    assert outputs.requires_grad
+    beta = calibrate_beta_sm(None, None, y.tolist(), outputs=outputs)  # labels as a list: one per image
+    table = confidence_binned_error(outputs, y, beta)
+    assert sum(table["count"]) == 40 and not [w for w in recwarn if "requires_grad" in str(w.message)]
+    with pytest.raises(InputError, match=r"40 images \(or outputs\) and labels of shape \(3,\)"):
+        confidence_binned_error(outputs, y[:3], beta)
+    broken = outputs.detach().clone()
+    broken[0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN or infinite"):  # never a NaN confidence
+        confidence(broken)
+    with pytest.raises(InputError, match=r"shape \(images, classes\)"):
+        confidence(outputs[0])

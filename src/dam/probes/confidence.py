@@ -19,10 +19,34 @@ def model_outputs(model: nn.Module, images: Tensor, batch_size: int = 2000) -> T
     )
 
 
+def check_outputs(outputs: Tensor) -> Tensor:
+    """Model outputs (B, classes) as a finite tensor without gradient history (a model's forward output may be
+    given as it is); anything else is one InputError, never a NaN confidence."""
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise InputError(f"outputs must be a tensor of shape (images, classes), got {shape}")
+    outputs = outputs.detach()
+    if not bool(torch.isfinite(outputs).all()):
+        raise InputError("outputs hold NaN or infinite values")
+    return outputs
+
+
+def check_labels(labels: Tensor | list[int], count: int, device: torch.device) -> Tensor:
+    """One class index per image, as a tensor on ``device`` (a list or array is taken as one)."""
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"labels must be class indices, got a {type(labels).__name__}") from None
+    if labels.shape != (count,):
+        raise InputError(f"{count} images (or outputs) and labels of shape {tuple(labels.shape)}: give one label "
+                         "per image")  # fmt: skip
+    return labels.to(device)
+
+
 def confidence(outputs: Tensor, beta_sm: float = PAPER_BETA_SM) -> Tensor:
     """Z = max_alpha softmax(beta_sm * Y)_alpha, per example; ``beta_sm`` a finite number > 0."""
     check_positive("beta_sm", beta_sm)
-    return torch.softmax(beta_sm * outputs.double(), dim=1).amax(dim=1)
+    return torch.softmax(beta_sm * check_outputs(outputs).double(), dim=1).amax(dim=1)
 
 
 def calibrate_beta_sm(
@@ -44,9 +68,8 @@ def calibrate_beta_sm(
         if model is None or images is None:
             raise InputError("give a model and images, or outputs")
         outputs = model_outputs(model, images)
-    if not isinstance(labels, torch.Tensor) or labels.shape != outputs.shape[:1]:
-        raise InputError(f"{len(outputs)} images (or outputs) and {len(labels)} labels: give one label per image")
-    labels = labels.to(outputs.device)
+    outputs = check_outputs(outputs)
+    labels = check_labels(labels, len(outputs), outputs.device)
     accuracy = float((outputs.argmax(dim=1) == labels).double().mean())
     num_classes = outputs.shape[1]
     if not 1 / num_classes < accuracy < 1:
@@ -70,8 +93,9 @@ def confidence_binned_error(
     outputs: Tensor, labels: Tensor, beta_sm: float, edges: Tensor | None = None
 ) -> dict[str, list[float]]:
     """Error rate per confidence bin (Fig. 7): bin edges, counts, error rate and mean confidence per bin."""
+    outputs = check_outputs(outputs)
     z = confidence(outputs, beta_sm)
-    wrong = (outputs.argmax(dim=1) != labels.to(outputs.device)).double()
+    wrong = (outputs.argmax(dim=1) != check_labels(labels, len(outputs), outputs.device)).double()
     if edges is None:
         edges = torch.linspace(0.1, 1.0, 10, dtype=torch.float64)
     index = torch.bucketize(z, edges[1:-1].to(z), right=False)
