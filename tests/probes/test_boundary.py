@@ -89,3 +89,16 @@ def test_objective_power_comes_from_the_models_run(tmp_path) -> None:
     loaded = DenseAssociativeMemory.load(tmp_path / "run")
     assert BoundarySearch(loaded).m == 30 and RubbishSearch(loaded).m == 30
     assert BoundarySearch(loaded, m=2).m == 2  # an explicit m still wins
+
+
+def test_bad_inputs_are_one_line() -> None:
+    from dam.errors import InputError
+
+    model = prototype_model(3)
+    x, _ = prototype_images(model, 4)
+    with pytest.raises(InputError, match=r"images must be a torch\.Tensor, got ndarray"):
+        BoundarySearch(model, m=3, max_steps=5)(x.numpy())
+    with pytest.raises(InputError, match="no images to search from"):
+        BoundarySearch(model, m=3, max_steps=5)(x[:0])
+    with pytest.raises(InputError, match="dtype must be a floating torch dtype"):
+        BoundarySearch(model, m=3, dtype="float64")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dam.probes import RubbishSearch
@@ -87,3 +88,13 @@ def test_float64_option_runs_in_float64() -> None:
     model = prototype_model(20)
     result = RubbishSearch(model, max_steps=5, m=2, dtype=torch.float64)(torch.arange(3))
     assert result.images.dtype == torch.float32 and model.memories.dtype == torch.float32
+
+
+def test_bad_settings_are_one_line() -> None:
+    from dam.errors import InputError
+
+    model = prototype_model(3)
+    with pytest.raises(InputError, match="dtype must be a floating torch dtype"):
+        RubbishSearch(model, m=3, dtype="float32")
+    with pytest.raises(InputError, match=r"generator must be a torch\.Generator"):
+        RubbishSearch(model, m=3, max_steps=2)([1], 0)

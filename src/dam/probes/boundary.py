@@ -18,6 +18,8 @@ from dam.errors import InputError, check_positive, check_whole
 from dam.probes.gradient import (
     NoProgress,
     as_probe_model,
+    check_search_dtype,
+    check_search_images,
     class_objective,
     objective_and_gradient,
     objective_power,
@@ -122,7 +124,8 @@ class BoundarySearch:
             raise InputError(f"output_tol must lie in (0, 1), got {output_tol!r}")
         self.model = model
         self.eps, self.max_steps, self.m, self.until, self.output_tol = eps, max_steps, m, until, output_tol
-        self.boundary_tol, self.clip, self.dtype, self.batch_size = boundary_tol, clip, dtype, batch_size
+        self.boundary_tol, self.clip, self.batch_size = boundary_tol, clip, batch_size
+        self.dtype = check_search_dtype(dtype)
         self.bisection_steps, self.patience, self.progress = bisection_steps, patience, progress
 
     def settings(self) -> dict[str, Any]:
@@ -131,9 +134,10 @@ class BoundarySearch:
 
     def __call__(self, images: Tensor) -> BoundaryResult:
         """Search the boundary for every image (in [0, 1], (N, 784) or (N, 1, 28, 28))."""
+        flat = check_search_images(images)
         probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
-        x = images.reshape(len(images), -1).to(param.device, param.dtype)
+        x = flat.to(param.device, param.dtype)
         parts = [self._search(probe, 2 * x[i : i + self.batch_size] - 1) for i in range(0, len(x), self.batch_size)]
         merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         for k in ("clean", "boundary", "past", "final"):

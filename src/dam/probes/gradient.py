@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dam.errors import InputError, plain_number
+from dam.model import flatten_images
 from dam.training.rule import dam_loss_terms, target_outputs
 
 
@@ -76,6 +77,22 @@ def search_settings(search: object) -> dict[str, object]:
     settings = {k: v for k, v in vars(search).items() if k not in ("model", "progress")}
     settings["dtype"] = str(settings.get("dtype"))
     return settings
+
+
+def check_search_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """A search's dtype: None (the model's own) or a floating torch dtype (a name like "float64" is refused in one
+    line, not deep in ``.to()``)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype must be a floating torch dtype (torch.float32, torch.float64) or None, got {dtype!r}")
+    return dtype
+
+
+def check_search_images(images: Tensor) -> Tensor:
+    """Images to search from, flat (N, 784), at least one; InputError names what else was given."""
+    flat = flatten_images(images, 784, None)
+    if not len(flat):
+        raise InputError("no images to search from")
+    return flat
 
 
 def as_probe_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:

@@ -13,6 +13,7 @@ from dam.model import check_class_indices
 from dam.probes.gradient import (
     NoProgress,
     as_probe_model,
+    check_search_dtype,
     objective_and_gradient,
     objective_power,
     output_distance,
@@ -103,7 +104,8 @@ class RubbishSearch:
             raise InputError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         self.model = model
         self.eps, self.max_steps, self.output_tol, self.m = eps, max_steps, output_tol, m
-        self.noise_std, self.clip, self.dtype, self.batch_size = noise_std, clip, dtype, batch_size
+        self.noise_std, self.clip, self.batch_size = noise_std, clip, batch_size
+        self.dtype = check_search_dtype(dtype)
         self.patience, self.progress = patience, progress
 
     def settings(self) -> dict[str, Any]:
@@ -114,6 +116,9 @@ class RubbishSearch:
         """Search one rubbish image per entry of ``targets`` (class indices 0-9, a tensor or a list), each from
         Gaussian noise drawn from ``generator`` (None: torch's global generator, which the draw advances; pass
         one for reproducible images)."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InputError(f"generator must be a torch.Generator (torch.Generator().manual_seed(0)) or None, got "
+                             f"{generator!r}")  # fmt: skip
         probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
         try:
