@@ -1,11 +1,14 @@
-"""Progress bars for long jobs: a widget in Jupyter (with ``ipywidgets``, the ``notebook`` extra; text bars
-without it), text on a terminal, nothing in a log file."""
+"""Progress for long jobs: bars (a widget in Jupyter with ``ipywidgets``, the ``notebook`` extra; text bars
+without it; text on a terminal; nothing in a log file), and progress lines for jobs made of steps of minutes
+(attacks), which go to :mod:`logging` where it is set up and are printed where it is not (a notebook)."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -29,3 +32,18 @@ def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool | N
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show_progress(enabled), leave=leave,
                 dynamic_ncols=True)  # fmt: skip
+
+
+def progress_lines(logger: logging.Logger) -> Callable[[str], None]:
+    """A ``log`` callable for a long job's progress lines: INFO records of ``logger`` where logging has a handler
+    (the CLI sets one up; ``--quiet`` raises its level), else, where :func:`show_progress` would show a bar (a
+    Jupyter kernel, a terminal), the line on stderr, so that a notebook user is never left without a word for
+    minutes; otherwise nothing, as logging would do."""
+
+    def log(line: str) -> None:
+        if logger.hasHandlers():
+            logger.info(line)
+        elif show_progress(None):
+            print(line, file=sys.stderr, flush=True)
+
+    return log

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from dam.io import atomic_write_json
+from dam.progress import progress_lines
 from dam.results import key_matches, read_json
 from dam.runs import finished_with
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # the default log of this module's jobs
 
 DETECTOR_CLASSIFIER, DETECTOR_GUARD = "n2", "n30"  # the paper's pairing: accurate but vulnerable, and large n
 
@@ -66,7 +68,7 @@ def run_beyond(
     data_dir: str | os.PathLike[str] | None,
     device: str = "cpu",
     progress: bool | None = None,
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
     workers: int = 1,
 ) -> None:
     """Run the past-the-paper stages of ``plan`` (a ReproducePreset) after the paper's, into OUT/beyond;

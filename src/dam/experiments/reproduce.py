@@ -31,9 +31,11 @@ from typing import Any
 
 from dam.errors import InputError, changed
 from dam.io import atomic_write_json, read_json_object
+from dam.progress import progress_lines
 from dam.workers import check_workers
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # the default log of this module's jobs
 
 MODELS = ("n2", "n3", "n20", "n30")
 CONVERGED_EXAMPLES = 8  # images per model followed until C^second converges, for Fig. 4's third image
@@ -284,7 +286,7 @@ def reproduce(
     device: str = "auto",
     progress: bool | None = None,
     check: bool | None = None,
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
     workers: int | None = None,
     paper_only: bool = False,
 ) -> Path:

@@ -44,9 +44,11 @@ from typing import Any
 
 from dam.errors import ConfigError, DamError, InputError, MissingExtraError, changed
 from dam.io import append_jsonl, atomic_write_bytes, atomic_write_json
+from dam.progress import progress_lines
 from dam.results import key_matches, read_json, result_key
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # the default log of this module's jobs
 
 RAY_MISSING = 'the sweep needs Ray: pip install "dam[sweep]"'
 POINT_FILE = "point.json"
@@ -751,7 +753,7 @@ def run_sweep(
     suite: Any = None,
     point_fn: Callable[[PointTask], dict[str, Any]] = run_point,
     ray_init: dict[str, Any] | None = None,
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
 ) -> dict[str, Any]:
     """Run (or resume) every point of ``plan`` into ``out``; write sweep.json, sweep.csv and the figures.
 

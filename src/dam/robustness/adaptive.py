@@ -49,11 +49,13 @@ from torch import Tensor, nn
 
 from dam.errors import InputError
 from dam.model import NUM_CLASSES, as_logits
+from dam.progress import progress_lines
 from dam.robustness.attacks.autoattack import APGDCE, APGDT, check_targets
 from dam.robustness.attacks.standard import check_attack_inputs, check_budgets, unbroken_share, within_budget
 from dam.robustness.detector import JUNK, Detector, score_roc
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # a line per budget, in a notebook too
 
 JUNK_CLASS = NUM_CLASSES  # the system model's extra class: the detector rejects
 # What the attack is, beyond its settings, for reuse keys: results made otherwise (before dam 0.6, without the
@@ -322,9 +324,9 @@ class AdaptiveDetectorAttack:
             baseline.append(self._judge(x, y, candidates, eps, time.perf_counter() - started, rows))
             broken_before |= broken.cpu()
             robust.append(unbroken_share(broken_before))
-            logger.info("adaptive attack %s eps %g: safe %.1f%% (non-adaptive %.1f%%), classifier robust accuracy "
-                        "%.1f%%", self.norm, eps, 100 * adaptive[-1]["safe"], 100 * baseline[-1]["safe"],
-                        100 * robust[-1])  # fmt: skip
+            safe, plain = 100 * adaptive[-1]["safe"], 100 * baseline[-1]["safe"]
+            PROGRESS(f"adaptive attack {self.norm} eps {eps:g}: safe {safe:.1f}% (non-adaptive {plain:.1f}%), "
+                     f"classifier robust accuracy {100 * robust[-1]:.1f}%")  # fmt: skip
         order = sorted(range(len(self.epsilons)), key=lambda e: self.epsilons[e])
         back = [order.index(e) for e in range(len(self.epsilons))]  # results in the order the budgets were given
         adaptive, baseline, robust = [adaptive[i] for i in back], [baseline[i] for i in back], [robust[i] for i in back]

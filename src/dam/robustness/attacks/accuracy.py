@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from dam.data import seeded_subset
 from dam.errors import InputError
 from dam.model import as_logits
+from dam.progress import progress_lines
 from dam.robustness.attacks.standard import AttackResult, unbroken_share
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # the default log of this module's jobs
 
 
 class Attacker(Protocol):
@@ -84,7 +86,7 @@ def robust_accuracy(
     labels: Tensor,
     attacks: Sequence[Attacker],
     protocols: Sequence[Any] = (),
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
 ) -> tuple[RobustnessTable, dict[str, AttackResult]]:
     """Run every attack (all of one norm, same budgets) on the same images; tabulate robust accuracy.  The
     results are keyed by attack; ``"worst case"`` holds the per-image worst case (success: broken by any),
@@ -138,7 +140,7 @@ def gradient_free_kind(column: str) -> str:
 
 def add_to_worst_case(
     table: RobustnessTable, results: dict[str, AttackResult], column: str, result: AttackResult,
-    settings: dict[str, Any], log: Callable[[str], None] = logger.info,
+    settings: dict[str, Any], log: Callable[[str], None] = PROGRESS,
 ) -> None:  # fmt: skip
     """Add an attack run after :func:`robust_accuracy` on the survivors of its worst case (the convergence
     check, say) as a column "... (on survivors)", and what it broke to the worst case."""

@@ -26,6 +26,7 @@ breaks nothing more, more effort no longer changes the result.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from dam.errors import InputError, MissingExtraError, check_whole
 from dam.model import as_logits
+from dam.progress import progress_lines
 from dam.robustness.attacks.standard import (
     AttackResult,
     QueryCounter,
@@ -47,6 +49,9 @@ from dam.robustness.attacks.standard import (
     unbroken_share,
     verified_success,
 )
+
+logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)
 
 _REFERENCE_NORM = {"linf": "Linf", "l2": "L2"}
 
@@ -385,12 +390,16 @@ class AutoAttack:
 
     def __call__(self, images: Tensor, labels: Tensor) -> AutoAttackResult:
         out = AutoAttackResult(self.norm, self.epsilons)
-        for attack in self.first:
-            out.add(_unique(out, attack.name, attack.restarts), attack, attack(images, labels), False)
-        for attack in self.cascade:
-            # run even when nothing survives (then at no cost): every attack of the protocol is in the result
-            result = attack(images, labels, attack_only=~out.broken())
-            out.add(_unique(out, attack.name, attack.restarts), attack, result, True)
+        attacks = [*self.first, *self.cascade]
+        for i, attack in enumerate(attacks):
+            # the cascade runs even when nothing survives (then at no cost): every attack of the protocol is in it
+            cascade = attack in self.cascade
+            result = attack(images, labels, attack_only=~out.broken()) if cascade else attack(images, labels)
+            out.add(_unique(out, attack.name, attack.restarts), attack, result, cascade)
+            # each attack can take minutes: a line as each ends (in a notebook too, dam.progress.progress_lines)
+            left = ", ".join(f"{100 * a:.1f}%" for a in out.robust_accuracy())
+            PROGRESS(f"  autoattack {self.norm} {i + 1}/{len(attacks)} {attack.name}: {result.seconds:.0f} s; "
+                     f"robust accuracy so far {left} at eps {', '.join(f'{e:g}' for e in self.epsilons)}")  # fmt: skip
         return out
 
 

@@ -25,6 +25,7 @@ from dam.data.sources import DATASETS
 from dam.environment import environment_info, resolve_device
 from dam.errors import InputError, changed, is_finite_number, is_whole, plain_fields, plain_number, violated
 from dam.io import atomic_write_bytes, atomic_write_json
+from dam.progress import progress_lines
 from dam.results import key_matches, read_json, result_key, tensor_md5
 from dam.robustness.attacks.accuracy import RobustnessTable, add_to_worst_case, evaluation_subset, robust_accuracy
 from dam.robustness.attacks.standard import (
@@ -43,6 +44,7 @@ from dam.runs import OutputFolder, common_dataset, load_model, model_md5, model_
 from dam.workers import Job, check_workers, run_jobs
 
 logger = logging.getLogger(__name__)
+PROGRESS = progress_lines(logger)  # the default log of this module's jobs
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ def source_attack_results(
     suite: AttackSuite,
     folder: Path,
     device: str = "cpu",
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
 ) -> dict[str, dict[str, AttackResult]]:
     """The transferred attacks' results on a source model, per norm and suffix (:meth:`AttackSuite.source_attacks`).
 
@@ -308,7 +310,7 @@ def attack_model(
     *,
     parts: Path | None = None,
     key: dict[str, Any] | None = None,
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
 ) -> dict[str, Any]:
     """Everything for one model; ``source_results[norm][source][suffix]`` are a source model's attack results
     to transfer, by the suffix of :meth:`AttackSuite.source_attacks`.
@@ -367,7 +369,7 @@ def _attack_and_write(
     device: str,
     out: Path,
     key: dict[str, Any],
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
 ) -> dict[str, Any]:
     """One model's whole attack, written to ``OUT/models/<name>.json`` (its partial files then removed)."""
     name = model_name(run)
@@ -430,7 +432,7 @@ def run_attacks(
     sources: list[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    log: Callable[[str], None] = logger.info,
+    log: Callable[[str], None] = PROGRESS,
     replace: bool = False,
     workers: int = 1,
 ) -> dict[str, Any]:
