@@ -92,7 +92,7 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
               f"{args.eval_seed}), with the search the fine-tuning trained against; for robust accuracy under the "
               f"standard attacks: dam attack {out}", file=sys.stderr)  # fmt: skip
     report = robustness_report(args.base_run, out, **measure, data_dir=args.data_dir, device=args.device,
-                               replace=args.remeasure)  # fmt: skip
+                               replace=args.remeasure, progress=progress)  # fmt: skip
     b, a = report["base"], report["finetuned"]
     print(f"{'':<24s}{'base':>12s}{'fine-tuned':>12s}")
     print(_row("test error (all)", b["test_error"], a["test_error"], ".2%"))

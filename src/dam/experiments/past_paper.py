@@ -136,7 +136,7 @@ def run_beyond(
             options = {"m": training_m(base), **plan.search_options}
             # replace: this stage's own folder, whose key.json decides what is made again
             robustness_report(base, tuned, eval_images=eval_images, eval_seed=plan.seed, data_dir=data_dir,
-                              device=device, search_options=options, replace=True)  # fmt: skip
+                              device=device, search_options=options, replace=True, progress=progress)  # fmt: skip
             atomic_write_json(tuned / "key.json", key)
 
         stages.run(f"adversarial {name}", finetune, lambda tuned=tuned, key=key: _same_key(tuned / "key.json", key))

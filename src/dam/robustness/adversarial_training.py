@@ -377,6 +377,7 @@ def robustness_report(
     device: str | torch.device = "cpu",
     search_options: dict[str, Any] | None = None,
     replace: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Before / after: full test-set error and :func:`robustness_summary` of both models, on the same
     seeded test images and the probes' search settings; written to ``tuned_run/robustness.json``.
@@ -385,6 +386,7 @@ def robustness_report(
     locked while measured.  A measurement already there with the same settings, search and weights is returned
     as it is; one of other weights (the run trained on) is measured again with a warning; one made with other
     settings is refused unless ``replace`` (the CLI's ``--remeasure``), which replaces it with a warning.
+    ``progress=None`` shows the searches' bars on a terminal or in Jupyter.
     """
     import logging
 
@@ -394,7 +396,7 @@ def robustness_report(
     if tuned_record.get("base_model_md5") != model_md5(base_run):
         raise ConfigError(f"{tuned_run}: not a fine-tuning of {base_run} (adversarial_finetune writes one; "
                           "its config.json records the base model's weights)")  # fmt: skip
-    options = {"m": base.m, **(search_options or {}), "progress": False}
+    options = {"m": base.m, **(search_options or {}), "progress": progress}
     base_model = DenseAssociativeMemory.load(base_run, device=device)
     search_settings = BoundarySearch(base_model, **options).settings()  # bad options fail here, before compute
     path = Path(tuned_run) / ROBUSTNESS_FILE
