@@ -2,4 +2,4 @@
 of its own so that the lowest layer (``dam.environment``, which records it in every run) can import it without
 importing the package root, which imports every layer."""
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"
