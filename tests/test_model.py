@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dam.errors import DivergedError
-from dam.model import CheckpointError, DenseAssociativeMemory, InputError
+from dam.model import CheckpointError, DAMConfig, DenseAssociativeMemory, InputError
 from numpy_oracle import outputs
 
 
@@ -233,3 +233,8 @@ def test_save_never_replaces_a_saved_model_silently(tmp_path) -> None:
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # untouched
     second.save(tmp_path / "run", overwrite=True)
     assert DenseAssociativeMemory.load(tmp_path / "run").config == second.config
+
+
+def test_built_from_its_config_as_the_baselines_are() -> None:
+    config = DAMConfig(n=20, num_memories=30, temperature=100.0)
+    assert DenseAssociativeMemory(config, generator=torch.Generator().manual_seed(0)).config == config

@@ -342,15 +342,15 @@ class DenseAssociativeMemory(nn.Module):
     the pre-tanh energy gaps, which softmax confidences use; attack libraries get them through
     :func:`as_logits`, the one documented way.
 
-    Constructor: ``n``, ``num_memories`` (K), ``temperature`` (T), ``num_pixels`` and ``num_classes`` as in
-    :class:`DAMConfig`; the memories start N(``init_mean``, ``init_std``) drawn from ``generator`` (the global
-    one when None), in ``dtype`` (float32 or float64) on ``device``.  A trained model comes from
+    Constructor: ``n`` (or a whole :class:`DAMConfig`), ``num_memories`` (K), ``temperature`` (T), ``num_pixels``
+    and ``num_classes`` as in :class:`DAMConfig`; the memories start N(``init_mean``, ``init_std``) drawn from
+    ``generator`` (the global one when None), in ``dtype`` (float32 or float64) on ``device``.  A trained model comes from
     :func:`dam.train` or :meth:`load`.
     """
 
     def __init__(
         self,
-        n: int,
+        n: int | DAMConfig,
         num_memories: int = 2000,
         temperature: float = 540.0,
         *,
@@ -363,6 +363,10 @@ class DenseAssociativeMemory(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(n, DAMConfig):  # DenseAssociativeMemory(DAMConfig(...)), as MLPClassifier(MLPConfig(...))
+            config = n
+            n, num_memories, temperature = config.n, config.num_memories, config.temperature
+            num_pixels, num_classes = config.num_pixels, config.num_classes
         self.config = DAMConfig(
             n=n,
             num_memories=num_memories,
