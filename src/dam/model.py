@@ -344,8 +344,8 @@ class DenseAssociativeMemory(nn.Module):
 
     Constructor: ``n`` (or a whole :class:`DAMConfig`), ``num_memories`` (K), ``temperature`` (T), ``num_pixels``
     and ``num_classes`` as in :class:`DAMConfig`; the memories start N(``init_mean``, ``init_std``) drawn from
-    ``generator`` (the global one when None), in ``dtype`` (float32 or float64) on ``device``.  A trained model comes from
-    :func:`dam.train` or :meth:`load`.
+    ``generator`` (the global one when None), in ``dtype`` (float32 or float64) on ``device``.  A trained model
+    comes from :func:`dam.train` or :meth:`load`.
     """
 
     def __init__(
