@@ -3,8 +3,10 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 
+from dam.errors import InputError
 from dam.probes import BoundarySearch, RubbishSearch, adversarial_table, rubbish_table, save_table
 from fakes import prototype_images, prototype_model
 
@@ -36,3 +38,10 @@ def test_tables_from_two_models(tmp_path) -> None:
     assert json.loads(json_path.read_text()) == table
     rows = list(csv.reader(csv_path.open()))
     assert rows[0][1:] == ["n2", "n3"] and rows[-1][0] == "clean test images" and len(rows) == 4
+    # what a table needs, checked in one line before any model runs
+    with pytest.raises(InputError, match="no set of images for n3"):
+        adversarial_table(models, {"n2": sets["n2"]}, labels, clean)
+    with pytest.raises(InputError, match=r"one image per label \(10\); got \{'n3': 9\}"):
+        adversarial_table(models, {**sets, "n3": sets["n3"][:9]}, labels, clean)
+    with pytest.raises(InputError, match="no beta_sm for n3"):
+        rubbish_table(models, rsets, {"n2": 4.7})

@@ -10,7 +10,20 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dam.probes.confidence import PAPER_BETA_SM, confidence, model_outputs
+from dam.errors import InputError
+from dam.probes.confidence import PAPER_BETA_SM, check_labels, confidence, model_outputs
+
+
+def check_sets(models: Mapping[str, nn.Module], sets: Mapping[str, Tensor], count: int | None = None) -> None:
+    """One set per model, of ``count`` images each where given: what a transfer table needs, checked in one line
+    before any model runs."""
+    missing = [name for name in models if name not in sets]
+    if missing:
+        raise InputError(f"no set of images for {', '.join(missing)}: give one per model (sets[name])")
+    if count is not None:
+        wrong = {name: len(sets[name]) for name in models if len(sets[name]) != count}
+        if wrong:
+            raise InputError(f"every adversarial set must hold one image per label ({count}); got {wrong}")
 
 
 def error_rate(model: nn.Module, images: Tensor, labels: Tensor) -> float:
@@ -27,6 +40,8 @@ def adversarial_table(
     ``labels``; ``clean`` are the clean images, whose error rates are given beside the table.
     """
     names = list(models)
+    labels = check_labels(labels, len(clean), labels.device if isinstance(labels, Tensor) else "cpu")
+    check_sets(models, sets, len(labels))
     return {
         "kind": "adversarial_transfer",
         "rows_are": "adversarial set made by",
@@ -48,6 +63,9 @@ def rubbish_table(
     ``beta_sm`` is one value for all models (the paper's 3.2) or each judging model's calibrated value.
     """
     names = list(models)
+    check_sets(models, sets)
+    if isinstance(beta_sm, Mapping) and (missing := [name for name in names if name not in beta_sm]):
+        raise InputError(f"no beta_sm for {', '.join(missing)}: give one per judging model, or one for all")
     betas = {name: float(beta_sm[name]) if isinstance(beta_sm, Mapping) else float(beta_sm) for name in names}
     table = [
         [float(confidence(model_outputs(models[judge], sets[maker]), betas[judge]).mean()) for judge in names]
