@@ -238,3 +238,6 @@ def test_save_never_replaces_a_saved_model_silently(tmp_path) -> None:
 def test_built_from_its_config_as_the_baselines_are() -> None:
     config = DAMConfig(n=20, num_memories=30, temperature=100.0)
     assert DenseAssociativeMemory(config, generator=torch.Generator().manual_seed(0)).config == config
+    with pytest.raises(InputError, match="a DAMConfig or the sizes"):
+        DenseAssociativeMemory(config, 16, 50.0)  # never silently one or the other
+    assert DenseAssociativeMemory(3).config == DAMConfig(n=3, num_memories=2000, temperature=540.0)

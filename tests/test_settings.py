@@ -124,8 +124,10 @@ def test_inputs_that_do_not_match_are_named() -> None:
         seeded_subset(x, y[:5], 3)
     with pytest.raises(InputError, match="one label per image"):
         calibrate_beta_sm(model(), x, y[:3])
-    with pytest.raises(InputError, match="one label per image"):
-        calibrate_beta_sm(model(), x, [0, 1, 2, 3, 4, 5])
+    with pytest.raises(InputError, match="one label per image"):  # a list is taken, of the right length
+        calibrate_beta_sm(model(), x, [0, 1, 2, 3, 4])
+    with pytest.raises(InputError, match="labels must be class indices, got a dict"):
+        calibrate_beta_sm(model(), x, {"a": 1})
     with pytest.raises(InputError, match=r"0\.\.9"):
         RubbishSearch(model())(torch.tensor([10]))
     with pytest.raises(InputError, match="class indices"):

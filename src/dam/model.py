@@ -351,8 +351,8 @@ class DenseAssociativeMemory(nn.Module):
     def __init__(
         self,
         n: int | DAMConfig,
-        num_memories: int = 2000,
-        temperature: float = 540.0,
+        num_memories: int | None = None,  # None: 2000
+        temperature: float | None = None,  # None: 540
         *,
         num_pixels: int = NUM_PIXELS,
         num_classes: int = NUM_CLASSES,
@@ -364,9 +364,14 @@ class DenseAssociativeMemory(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(n, DAMConfig):  # DenseAssociativeMemory(DAMConfig(...)), as MLPClassifier(MLPConfig(...))
+            given = (num_memories, temperature, num_pixels, num_classes) != (None, None, NUM_PIXELS, NUM_CLASSES)
+            if given:
+                raise InputError("give a DAMConfig or the sizes (num_memories, temperature, ...), not both")
             config = n
             n, num_memories, temperature = config.n, config.num_memories, config.temperature
             num_pixels, num_classes = config.num_pixels, config.num_classes
+        num_memories = 2000 if num_memories is None else num_memories
+        temperature = 540.0 if temperature is None else temperature
         self.config = DAMConfig(
             n=n,
             num_memories=num_memories,

@@ -102,3 +102,8 @@ def test_bad_inputs_are_one_line() -> None:
         BoundarySearch(model, m=3, max_steps=5)(x[:0])
     with pytest.raises(InputError, match="dtype must be a floating torch dtype"):
         BoundarySearch(model, m=3, dtype="float64")
+
+
+def test_a_model_of_other_image_sizes_is_searched() -> None:
+    model = DenseAssociativeMemory(3, 16, 50.0, num_pixels=100, generator=torch.Generator().manual_seed(0))
+    assert BoundarySearch(model, m=2, max_steps=5)(torch.rand(4, 100)).past.shape == (4, 100)

@@ -200,8 +200,13 @@ def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="not a fine-tuning of"):
         robustness_report(base_run, other, eval_images=30)
     assert not (other / "robustness.json").exists()
-    # ... and replace=True measures again
+    # ... and replace=True measures again, also where only the search differs (never the old record handed back)
     assert robustness_report(base_run, out, eval_images=20, replace=True)["eval_images"] == 20
+    with pytest.raises(InputError, match=r"search \(changed: max_steps\)"):
+        robustness_report(base_run, out, eval_images=20, search_options={"max_steps": 300})
+    again = robustness_report(base_run, out, eval_images=20, search_options={"max_steps": 300}, replace=True)
+    assert again["search"]["max_steps"] == 300
+    assert json.loads((out / "robustness.json").read_text())["search"]["max_steps"] == 300
 
 
 def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:

@@ -114,6 +114,12 @@ def test_fit_is_calibrate_in_scikit_learn_style() -> None:
     unfitted = Detector(PixelClassifier().double(), ScoreGuard().double())
     with pytest.raises(InputError, match=r"no threshold yet: fit\(clean_images\) first"):
         unfitted.predict(x)
+    from dam.robustness.adaptive import AdaptiveDetectorAttack, DetectorSystem, junk_scale_for
+
+    for use in (lambda: DetectorSystem(unfitted), lambda: junk_scale_for(unfitted, x),
+                lambda: AdaptiveDetectorAttack(unfitted, [0.1]), lambda: unfitted.save("never.json")):  # fmt: skip
+        with pytest.raises(InputError, match="no threshold yet"):
+            use()
     assert unfitted.fit(x).false_rejection == 0.05 and int((unfitted.predict(x) == -1).sum()) <= 10
     with pytest.raises(InputError, match=r"must be a number in \[0, 1\), got a Tensor$"):  # fit(x, y): labels
         unfitted.fit(x, torch.arange(200) % 10)

@@ -43,6 +43,7 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     from dam.robustness.adversarial_training import (
         ROBUSTNESS_FILE,
         adversarial_finetune,
+        measurement_search,
         robustness_differs,
         robustness_report,
     )
@@ -65,9 +66,10 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     # A finished measurement is never replaced in silence.  Only a resumed run can hold one (a new --out is empty,
     # --force moves the old run aside), and the fine-tuning does not touch it; unreadable: measured again.
     saved = measured or None  # (read above, for the measurement's settings)
+    search = measurement_search(args.base_run)
     if saved is not None:
         # (the weights are compared after the fine-tuning, which refuses a base run other than its own first)
-        differs = robustness_differs(saved, out, args.base_run, **measure, weights=False)
+        differs = robustness_differs(saved, out, args.base_run, **measure, weights=False, search=search)
         if differs:
             raise InputError(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(differs)}; give "
                              "the same settings, or --remeasure to measure again and replace it")  # fmt: skip
@@ -76,16 +78,13 @@ def cmd_adversarial_train(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     adversarial_finetune(args.base_run, out, config, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, force=args.force, progress=progress)  # fmt: skip
-    # robustness_report reuses a measurement of these settings and weights, measures one of other weights again, and
-    # replaces one made otherwise only with --remeasure; what it will do is said first
+    # robustness_report reuses a measurement of these settings, search and weights, measures one of other weights
+    # again (with a warning), and replaces one made otherwise only with --remeasure (warned too)
     current = read_json(out / ROBUSTNESS_FILE)
-    stale = robustness_differs(current, out, args.base_run, **measure) if isinstance(current, dict) else None
-    if stale == []:
+    same = isinstance(current, dict) and not robustness_differs(current, out, args.base_run, **measure, search=search)
+    if same:
         print(f"{out / ROBUSTNESS_FILE}: already measured with these settings and weights; reused", file=sys.stderr)
     else:
-        if stale:
-            print(f"{out / ROBUSTNESS_FILE}: measured otherwise (saved, given): {'; '.join(stale)}; measuring again",
-                  file=sys.stderr)  # fmt: skip
         # the fine-tuning's own boundary search, the one it trained against: favourable to the fine-tuned model, so a
         # comparison, not the robustness measure (that is dam attack's worst case over the standard attacks)
         print(f"measuring the distance to the decision boundary on {args.eval_images} test images (seed "

@@ -134,7 +134,7 @@ class BoundarySearch:
 
     def __call__(self, images: Tensor) -> BoundaryResult:
         """Search the boundary for every image (in [0, 1], (N, 784) or (N, 1, 28, 28))."""
-        flat = check_search_images(images)
+        flat = check_search_images(images, self.model)
         probe = as_probe_model(self.model, self.dtype)
         param = next(probe.parameters())
         x = flat.to(param.device, param.dtype)

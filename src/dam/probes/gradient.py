@@ -87,9 +87,10 @@ def check_search_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-def check_search_images(images: Tensor) -> Tensor:
-    """Images to search from, flat (N, 784), at least one; InputError names what else was given."""
-    flat = flatten_images(images, 784, None)
+def check_search_images(images: Tensor, model: nn.Module) -> Tensor:
+    """Images to search from, flat (N, pixels of ``model``), at least one; InputError names what else was given."""
+    config = getattr(model, "config", None)
+    flat = flatten_images(images, getattr(config, "num_pixels", 784), None)
     if not len(flat):
         raise InputError("no images to search from")
     return flat

@@ -89,6 +89,7 @@ class DetectorSystem(nn.Module):
         super().__init__()
         if not (junk_scale > 0 and math.isfinite(junk_scale)):
             raise InputError(f"junk_scale must be a positive finite number, got {junk_scale}")
+        detector.check_fitted()  # the system's junk logit is measured against the threshold
         self.detector = detector
         self.classifier = as_logits(detector.classifier)
         self.guard = detector.guard
@@ -149,6 +150,7 @@ def junk_scale_for(detector: Detector, images: Tensor) -> float:
     one footing in the attack's loss, so that neither's gradient drowns the other's.  1.0 when either median
     is 0 (e.g. a single image exactly at the threshold).
     """
+    detector.check_fitted()
     if len(images) == 0:
         raise InputError("no images to choose the junk scale on")
     x = images.reshape(len(images), -1)
@@ -273,6 +275,7 @@ class AdaptiveDetectorAttack:
         batch_size: int = 500,
         seed: int = 0,
     ) -> None:
+        detector.check_fitted()
         self.detector, self.norm, self.epsilons = detector, norm, check_budgets(norm, epsilons, positive=True)
         if steps < 1 or batch_size < 1:
             raise InputError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}")

@@ -35,7 +35,16 @@ from torch import Tensor
 
 from dam.data import load_dataset, seeded_subset
 from dam.environment import environment_info, resolve_device
-from dam.errors import CheckpointError, ConfigError, InputError, is_finite_number, is_whole, plain_fields, violated
+from dam.errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    changed,
+    is_finite_number,
+    is_whole,
+    plain_fields,
+    violated,
+)
 from dam.io import atomic_write_json
 from dam.model import CONFIG_FILE, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
@@ -349,11 +358,22 @@ def seeded_test_subset(
     return x.reshape(count, -1), y
 
 
+def measurement_search(
+    base_run: str | os.PathLike[str], search_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings of the boundary search :func:`robustness_report` measures ``base_run`` and its fine-tuning with
+    (its record's ``search``); bad options are one InputError here, before any compute."""
+    model = DenseAssociativeMemory.load(base_run)
+    options = {"m": base_settings(base_run).m, **(search_options or {}), "progress": False}
+    return BoundarySearch(model, **options).settings()
+
+
 def robustness_differs(saved: dict[str, Any], tuned_run: str | os.PathLike[str], base_run: str | os.PathLike[str],
-                       *, eval_images: int, eval_seed: int, weights: bool = True) -> list[str]:  # fmt: skip
+                       *, eval_images: int, eval_seed: int, weights: bool = True,
+                       search: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
     """What differs between ``saved``, the robustness.json of ``tuned_run``, and a measurement of ``base_run`` with
-    these settings (``weights``: both models' weights too), as "name (saved, given)" items; [] when it would be
-    the same."""
+    these settings (``weights``: both models' weights too; ``search``: :func:`measurement_search`'s settings too),
+    as "name (saved, given)" items ("search (changed: ...)" for the search); [] when it would be the same."""
     base = saved.get("base") if isinstance(saved.get("base"), dict) else {}
     given = {"eval_images": eval_images, "eval_seed": eval_seed, "rule": ROBUSTNESS_RULE}
     have = {"eval_images": saved.get("eval_images"), "eval_seed": saved.get("eval_seed"), "rule": saved.get("rule")}
@@ -364,7 +384,13 @@ def robustness_differs(saved: dict[str, Any], tuned_run: str | os.PathLike[str],
         tuned = saved.get("finetuned") if isinstance(saved.get("finetuned"), dict) else {}
         given["base weights"], have["base weights"] = model_md5(base_run), base.get("model_md5")
         given["fine-tuned weights"], have["fine-tuned weights"] = model_md5(tuned_run), tuned.get("model_md5")
-    return [f"{k} ({have[k]!r}, {given[k]!r})" for k in given if have[k] != given[k]]
+    differs = [f"{k} ({have[k]!r}, {given[k]!r})" for k in given if have[k] != given[k]]
+    if search is not None:
+        before = saved.get("search") if isinstance(saved.get("search"), dict) else {}
+        keys = sorted(k for k in {*before, *search} if before.get(k) != search.get(k))
+        if keys:
+            differs.append(f"search ({changed(keys)})")
+    return differs
 
 
 def robustness_report(
@@ -396,25 +422,21 @@ def robustness_report(
     if tuned_record.get("base_model_md5") != model_md5(base_run):
         raise ConfigError(f"{tuned_run}: not a fine-tuning of {base_run} (adversarial_finetune writes one; "
                           "its config.json records the base model's weights)")  # fmt: skip
+    search = measurement_search(base_run, search_options)
     options = {"m": base.m, **(search_options or {}), "progress": progress}
-    base_model = DenseAssociativeMemory.load(base_run, device=device)
-    search_settings = BoundarySearch(base_model, **options).settings()  # bad options fail here, before compute
     path = Path(tuned_run) / ROBUSTNESS_FILE
     with OutputFolder(tuned_run, "run folder").lock():
         saved = read_json(path)
         if isinstance(saved, dict):
-            differs = robustness_differs(saved, tuned_run, base_run, eval_images=eval_images, eval_seed=eval_seed,
-                                         weights=False)  # fmt: skip
-            if saved.get("search") != search_settings:
-                differs.append(f"search ({saved.get('search')!r}, {search_settings!r})")
+            how = {"eval_images": eval_images, "eval_seed": eval_seed, "search": search}
+            differs = robustness_differs(saved, tuned_run, base_run, **how, weights=False)
             if differs and not replace:
                 raise InputError(f"{path}: measured otherwise (saved, given): {'; '.join(differs)}; give the same "
                                  "settings, or replace=True (the CLI's --remeasure) to measure again")  # fmt: skip
-            stale = robustness_differs(saved, tuned_run, base_run, eval_images=eval_images, eval_seed=eval_seed)
+            stale = robustness_differs(saved, tuned_run, base_run, **how)  # settings, search and weights
             if not stale:
                 return saved
-            log.warning("%s: measured %s (saved, given): %s; measuring again", path,
-                        "otherwise" if differs else "on other weights", "; ".join(stale))  # fmt: skip
+            log.warning("%s: measured otherwise (saved, given): %s; measuring again", path, "; ".join(stale))
         return _measure(base_run, tuned_run, eval_images, eval_seed, base.dataset, data_dir, device, options, path)
 
 

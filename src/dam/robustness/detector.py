@@ -129,10 +129,14 @@ class Detector:
 
         The score is the guard's confidence, or 0 where the two disagree in agreement mode.
         """
-        if self.threshold is None:
-            raise InputError("this detector has no threshold yet: fit(clean_images) first (or give threshold=)")
+        self.check_fitted()
         scores, labels = self.scores(images)
         return scores, torch.where(scores >= self.threshold, labels, JUNK), labels
+
+    def check_fitted(self) -> None:
+        """InputError unless the detector has a threshold (fitted or given): before that it would accept anything."""
+        if self.threshold is None:
+            raise InputError("this detector has no threshold yet: fit(clean_images) first (or give threshold=)")
 
     def scores(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """The score each image is judged by (the guard's confidence; 0 where the two disagree in agreement mode)
@@ -156,6 +160,7 @@ class Detector:
         guard_run: str | os.PathLike[str] | None = None,
     ) -> Path:
         """The settings as JSON; with the run folders recorded, :meth:`load` can rebuild the detector."""
+        self.check_fitted()  # a detector without a threshold could not be loaded again
         path = Path(path)
         atomic_write_json(path, {**self.settings(), **run_folders(classifier_run, guard_run)})
         return path

@@ -82,8 +82,12 @@ def test_fab_and_the_plus_protocol_run_and_every_adversarial_they_return_is_chec
     fab = FABT(model, [1.0], norm="l2", steps=10, targets=3)(x, y)
     assert fab.robust_accuracy()[0] < 1.0  # FAB needs no cross-entropy: it breaks what PGD cannot here
     plus = AutoAttack(model, [0.02, 0.05], norm="linf", version="plus", steps=5, targets=3, square_queries=20)
-    table, results = robust_accuracy(model, "starved", x, y, [], [plus])
+    lines: list[str] = []
+    table, results = robust_accuracy(model, "starved", x, y, [], [plus], log=lines.append)
     cascade = ["fab-t", "square", "apgd-ce-x5", "apgd-dlr", "fab"]
+    # the job's log gets a line as each attack of the protocol ends (in a worker process too: it is handed on)
+    assert [line.split(":")[0].strip() for line in lines if "autoattack" in line] == [
+        f"autoattack linf {i}/7 {a.name}" for i, a in enumerate(plus.first + plus.cascade, 1)]  # fmt: skip
     assert set(table.attacks) == {"apgd-ce", "apgd-t", *(f"{a} (on survivors)" for a in cascade)}
     assert [a["restarts"] for a in plus.describe()["attacks"]] == [1, 1, 1, 1, 5, 5, 5]
     assert table.worst_case[1] < 0.5  # (the checks below see adversarials)

@@ -118,7 +118,7 @@ def robust_accuracy(
     for attack in attacks:
         _add_column(table, results, attack.name, attack(images, labels), attack.describe(), wrong, False, log)
     for protocol in protocols:
-        outcome = protocol(images, labels)
+        outcome = protocol(images, labels, log=log)  # a line per attack of the protocol, to the job's log
         for key, result in outcome.results.items():
             settings = {**outcome.settings[key], "protocol": protocol.describe()["protocol"]}
             _add_column(table, results, key, result, settings, wrong, outcome.on_survivors[key], log)

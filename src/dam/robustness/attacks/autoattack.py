@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -388,7 +388,9 @@ class AutoAttack:
         return {"protocol": f"autoattack-{self.version}", "norm": self.norm, "epsilons": self.epsilons,
                 "attacks": [a.describe() for a in self.first + self.cascade]}  # fmt: skip
 
-    def __call__(self, images: Tensor, labels: Tensor) -> AutoAttackResult:
+    def __call__(self, images: Tensor, labels: Tensor, *, log: Callable[[str], None] | None = None) -> AutoAttackResult:
+        """Run the protocol; ``log`` gets a line as each attack ends (None: :func:`dam.progress.progress_lines`)."""
+        log = log or PROGRESS
         out = AutoAttackResult(self.norm, self.epsilons)
         attacks = [*self.first, *self.cascade]
         for i, attack in enumerate(attacks):
@@ -398,7 +400,7 @@ class AutoAttack:
             out.add(_unique(out, attack.name, attack.restarts), attack, result, cascade)
             # each attack can take minutes: a line as each ends (in a notebook too, dam.progress.progress_lines)
             left = ", ".join(f"{100 * a:.1f}%" for a in out.robust_accuracy())
-            PROGRESS(f"  autoattack {self.norm} {i + 1}/{len(attacks)} {attack.name}: {result.seconds:.0f} s; "
+            log(f"  autoattack {self.norm} {i + 1}/{len(attacks)} {attack.name}: {result.seconds:.0f} s; "
                      f"robust accuracy so far {left} at eps {', '.join(f'{e:g}' for e in self.epsilons)}")  # fmt: skip
         return out
 
