@@ -21,6 +21,7 @@ of the weights and the images, and shuffling comes from (seed, epoch).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -66,6 +67,8 @@ from dam.training.loop import (
     settings_from,
 )
 from dam.training.rule import DAMTrainer, TrainConfig, dam_loss, minibatch_step
+
+logger = logging.getLogger(__name__)
 
 ROBUSTNESS_FILE = "robustness.json"
 
@@ -414,9 +417,6 @@ def robustness_report(
     settings is refused unless ``replace`` (the CLI's ``--remeasure``), which replaces it with a warning.
     ``progress=None`` shows the searches' bars on a terminal or in Jupyter.
     """
-    import logging
-
-    log = logging.getLogger(__name__)
     base = base_settings(base_run)
     tuned_record = read_run_config(tuned_run)
     if tuned_record.get("base_model_md5") != model_md5(base_run):
@@ -436,7 +436,7 @@ def robustness_report(
             stale = robustness_differs(saved, tuned_run, base_run, **how)  # settings, search and weights
             if not stale:
                 return saved
-            log.warning("%s: measured otherwise (saved, given): %s; measuring again", path, "; ".join(stale))
+            logger.warning("%s: measured otherwise (saved, given): %s; measuring again", path, "; ".join(stale))
         return _measure(base_run, tuned_run, eval_images, eval_seed, base.dataset, data_dir, device, options, path)
 
 
