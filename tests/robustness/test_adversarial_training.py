@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import dam.robustness.adversarial_training as adv_mod
-from dam.cli import main
 from dam.errors import ConfigError, InputError, RunFolderError
 from dam.model import CheckpointError, DenseAssociativeMemory
 from dam.probes.boundary import BoundarySearch
@@ -154,47 +154,24 @@ def test_bad_base_runs_are_refused(base_run, tmp_path) -> None:
         adversarial_finetune(tmp_path / "untrained", tmp_path / "out", SMALL)
 
 
-def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
-    out = tmp_path / "cli"
-    argv = ["adversarial-train", str(base_run), "--out", str(out), "--epochs", "1", "--fraction", "0.5",
-            "--train-subset", "200", "--max-steps", "40", "--eval-images", "30", "--no-progress"]  # fmt: skip
-    assert main(argv) == 0
-    assert "fine-tuned" in capsys.readouterr().out
-    report = json.loads((out / "robustness.json").read_text())
-    assert report["eval_images"] == 30
-    for key in ("base", "finetuned"):
-        r = report[key]
-        assert 0 <= r["test_error"] <= 1 and r["images"] == 30
-        assert r["success_rate"] > 0 and math.isfinite(r["l2_mean"]) and math.isfinite(r["linf_mean"])
-    assert report["base"]["model_md5"] != report["finetuned"]["model_md5"]
-    # the same report from the function: same images, same numbers
-    again = robustness_report(base_run, out, eval_images=30)
-    assert again["finetuned"]["l2_mean"] == report["finetuned"]["l2_mean"]
-    # resuming the finished run: the measurement is reused, one made otherwise is never replaced in silence
-    resume = ["adversarial-train", str(base_run), "--out", str(out), "--resume", "--no-progress"]
-    capsys.readouterr()
-    assert main([*resume, "--eval-images", "30"]) == 0
-    assert "reused" in capsys.readouterr().err
+def test_robustness_report_keeps_the_folder_rules_from_python(base_run, tmp_path) -> None:
+    """The rules of dam adversarial-train (tests/cli/test_adversarial_train.py) hold from Python too."""
+    out = tmp_path / "tuned"
+    adversarial_finetune(base_run, out, replace(SMALL, epochs=1), progress=False)
+    report = robustness_report(base_run, out, eval_images=30)
     written = (out / "robustness.json").read_text()
-    assert main(resume) == 0  # a plain resume measures as the saved measurement did: reused
-    assert "reused" in capsys.readouterr().err
-    assert main([*resume, "--eval-images", "500"]) == 2  # a measurement asked for otherwise is refused
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "eval_images (30, 500)" in err[0] and "--remeasure" in err[0]
+    assert robustness_report(base_run, out, eval_images=30) == report  # the same: reused, not measured again
+    # another measurement is refused, the finished one kept ...
+    with pytest.raises(InputError, match=r"measured otherwise .*eval_images \(30, 20\).*replace=True"):
+        robustness_report(base_run, out, eval_images=20)
     assert (out / "robustness.json").read_text() == written
+    # ... a folder that is not a fine-tuning of the named base run is refused, nothing written into it ...
     other = tmp_path / "other-base"
     shutil.copytree(base_run, other)
     with torch.no_grad():
         moved = DenseAssociativeMemory.load(other)
         moved.memories.mul_(0.5)
     moved.save(other, json.loads((other / "config.json").read_text()), overwrite=True)
-    assert main(["adversarial-train", str(other), "--out", str(out), "--resume", "--eval-images", "30"]) == 2
-    assert "was fine-tuned from" in capsys.readouterr().err
-    # from Python the same rules hold: another measurement is refused, the finished one kept ...
-    with pytest.raises(InputError, match=r"measured otherwise .*eval_images \(30, 20\).*replace=True"):
-        robustness_report(base_run, out, eval_images=20)
-    assert (out / "robustness.json").read_text() == written
-    # ... a folder that is not a fine-tuning of the named base run is refused, nothing written into it ...
     with pytest.raises(ConfigError, match="not a fine-tuning of"):
         robustness_report(other, out, eval_images=30)
     with pytest.raises(ConfigError, match="not a fine-tuning of"):
@@ -207,20 +184,6 @@ def test_cli_trains_and_reports_robustness(base_run, tmp_path, capsys) -> None:
     again = robustness_report(base_run, out, eval_images=20, search_options={"max_steps": 300}, replace=True)
     assert again["search"]["max_steps"] == 300
     assert json.loads((out / "robustness.json").read_text())["search"]["max_steps"] == 300
-
-
-def test_cli_bad_input_is_one_line(base_run, tmp_path, capsys) -> None:
-    assert main(["adversarial-train", str(base_run), "--out", str(tmp_path / "x"), "--fraction", "0"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("dam adversarial-train: error:") and "fraction" in err[-1]
-    assert main(["adversarial-train", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
-    assert "no such run folder" in capsys.readouterr().err
-    for flags, message in ((["--eval-images", "20000"], "--eval-images must be between 1 and 10000"),
-                           (["--data-dir", str(tmp_path / "nowhere")], "no such folder")):  # fmt: skip
-        assert main(["adversarial-train", str(base_run), "--out", str(tmp_path / "z"), *flags]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0]
-    assert not (tmp_path / "z").exists()  # refused before the run folder was made or anything trained
 
 
 def test_a_measurement_of_dam_0_10_counts_as_made_by_the_current_rule(base_run, tmp_path) -> None:
