@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dam.baselines import MLPClassifier, MLPConfig
-from dam.cli import main
 from dam.errors import RunFolderError
 from dam.model import CheckpointError, DenseAssociativeMemory, InputError
 from dam.runs import load_model
@@ -74,20 +73,3 @@ def test_training_learns_and_resume_equals_uninterrupted(tmp_path: Path):
     metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
-
-
-def test_cli_train_evaluate_info(tmp_path: Path, capsys):
-    data = tiny_mnist(tmp_path / "mnist")
-    out = tmp_path / "relu"
-    argv = ["train", "--model", "mlp-relu", "--hidden", "16", "--epochs", "1", "--train-subset", "300",
-            "--data-dir", str(data), "--out", str(out), "--no-progress"]  # fmt: skip
-    assert main(argv) == 0
-    capsys.readouterr()
-    assert main(["evaluate", str(out), "--data-dir", str(data), "--format", "json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["examples"] == 10000 and 0 <= result["error"] <= 1
-    assert main(["info", str(out)]) == 0
-    assert "MLP 784-16-10, ReLU units" in capsys.readouterr().out
-    assert main(["train", "--model", "mlp-relu", "--preset", "n3", "--out", str(tmp_path / "x")]) == 2
-    assert "DAM settings" in capsys.readouterr().err
-    assert main(["train", "--model", "mlp-repu", "--degree", "1", "--out", str(tmp_path / "y")]) == 2

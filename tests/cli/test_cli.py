@@ -111,6 +111,18 @@ def test_a_baseline_resumed_with_other_settings_is_refused(tiny_data: Path, tmp_
     assert restarted["kind"] == "mlp" and restarted["model"]["hidden"] == 8 and restarted["train"] == saved["train"]
 
 
+def test_a_baseline_trains_evaluates_and_is_described(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "relu"
+    succeeded(dam("train", "--model", "mlp-relu", "--hidden", "16", "--epochs", "1", "--train-subset", "300",
+                  "--data-dir", str(tiny_data), "--out", str(out), "--no-progress"))  # fmt: skip
+    result = json.loads(succeeded(dam("evaluate", str(out), "--data-dir", str(tiny_data), "--format", "json")).stdout)
+    assert result["examples"] == 10000 and 0 <= result["error"] <= 1
+    assert "MLP 784-16-10, ReLU units" in succeeded(dam("info", str(out))).stdout
+    line = one_line_error(dam("train", "--model", "mlp-relu", "--preset", "n3", "--out", str(tmp_path / "x")))
+    assert "DAM settings" in line
+    one_line_error(dam("train", "--model", "mlp-repu", "--degree", "1", "--out", str(tmp_path / "y")))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dam.cli import main
-from fakes import tiny_mnist
+from fakes import dam, one_line_error, succeeded, tiny_mnist
 
 TINY = ["--n", "3", "--m", "2", "--memories", "16", "--temperature", "200", "--batch-size", "250",
         "--train-subset", "1000", "--no-progress"]  # fmt: skip
@@ -41,8 +40,8 @@ def test_seeds_train_together_resume_and_match_single_runs(tmp_path, tiny_data) 
         assert json.loads((folder / "config.json").read_text())["train"]["seed"] == seed
         assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
         single = tmp_path / f"single{seed}"
-        assert main(["train", *TINY, "--epochs", "2", "--seed", str(seed), "--data-dir", str(tiny_data),
-                     "--out", str(single)]) == 0  # fmt: skip
+        succeeded(dam("train", *TINY, "--epochs", "2", "--seed", str(seed), "--data-dir", str(tiny_data), "--out",
+                      str(single)))  # fmt: skip
         got, want = (load_file(str(f / "model.safetensors"))["memories"] for f in (folder, single))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -55,7 +54,5 @@ def test_seeds_train_together_resume_and_match_single_runs(tmp_path, tiny_data) 
         (["--model", "mlp-relu", "--seeds", "2", "3"], "--seeds trains DAMs"),
     ],
 )
-def test_seeds_user_errors_are_one_line(extra, message: str, tmp_path, capsys) -> None:
-    assert main(["train", *TINY, *extra, "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+def test_seeds_user_errors_are_one_line(extra, message: str, tmp_path) -> None:
+    assert message in one_line_error(dam("train", *TINY, *extra, "--out", str(tmp_path / "x")))
