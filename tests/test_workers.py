@@ -144,3 +144,35 @@ def _alive(pid: int) -> bool:
     # a zombie (dead, not yet reaped by init) counts as ended
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def test_ctrl_c_leaves_no_leaked_semaphore(tmp_path: Path) -> None:
+    """Ctrl-C while workers run jobs that make (disabled) progress bars, as the attacks do: the workers are
+    terminated, and the resource tracker must find nothing of theirs left (tqdm's first bar used to make a
+    multiprocessing lock that a terminated worker could not unlink)."""
+    ready = tmp_path / "ready"
+    script = tmp_path / "bars.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import signal, time
+        from dam.progress import progress_bar
+        from dam.workers import Job, run_jobs
+
+        def bar(i, log):
+            with progress_bar(10, enabled=False):
+                open({str(ready)!r} + str(i), "w").close()
+                time.sleep(300)
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal
+            run_jobs([Job(bar, (0,)), Job(bar, (1,))], 2, print)
+    """)
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in (0, 1)):
+        assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGINT)
+    _, err = parent.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err and "leaked semaphore" not in err, err

@@ -123,9 +123,14 @@ class WorkerError(RuntimeError):
 
 def _worker(tasks: Any, replies: Any, parent: int, threads: int) -> None:
     import torch
+    from tqdm.std import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(threads)
+    # tqdm makes a multiprocessing lock (a named semaphore) for its first bar, a disabled one too; a worker
+    # terminated on Ctrl-C cannot unlink it, and the resource tracker then warns of a leaked semaphore.  A
+    # worker draws no bars, so a thread lock serves.
+    tqdm.set_lock(threading.RLock())
     threading.Thread(target=_end_with, args=(parent,), daemon=True, name="dam-parent-watch").start()
 
     def log(line: str) -> None:
