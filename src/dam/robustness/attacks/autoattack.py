@@ -401,7 +401,7 @@ class AutoAttack:
             # each attack can take minutes: a line as each ends (in a notebook too, dam.progress.progress_lines)
             left = ", ".join(f"{100 * a:.1f}%" for a in out.robust_accuracy())
             log(f"  autoattack {self.norm} {i + 1}/{len(attacks)} {attack.name}: {result.seconds:.0f} s; "
-                     f"robust accuracy so far {left} at eps {', '.join(f'{e:g}' for e in self.epsilons)}")  # fmt: skip
+                f"robust accuracy so far {left} at eps {', '.join(f'{e:g}' for e in self.epsilons)}")  # fmt: skip
         return out
 
 
