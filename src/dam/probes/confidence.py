@@ -46,7 +46,12 @@ def check_labels(labels: Tensor | list[int], count: int, device: torch.device) -
 def confidence(outputs: Tensor, beta_sm: float = PAPER_BETA_SM) -> Tensor:
     """Z = max_alpha softmax(beta_sm * Y)_alpha, per example; ``beta_sm`` a finite number > 0."""
     check_positive("beta_sm", beta_sm)
-    return torch.softmax(beta_sm * check_outputs(outputs).double(), dim=1).amax(dim=1)
+    return _max_softmax(check_outputs(outputs), beta_sm)
+
+
+def _max_softmax(outputs: Tensor, beta_sm: float) -> Tensor:
+    # Z of outputs and a beta_sm already checked (the calibration's bisection evaluates it 200 times)
+    return torch.softmax(beta_sm * outputs.double(), dim=1).amax(dim=1)
 
 
 def calibrate_beta_sm(
@@ -74,7 +79,8 @@ def calibrate_beta_sm(
     num_classes = outputs.shape[1]
     if not 1 / num_classes < accuracy < 1:
         raise InputError(f"accuracy {accuracy:.4f} leaves no beta_sm with mean confidence equal to it")
-    mean_z = lambda b: float(confidence(outputs, b).mean())  # noqa: E731
+    lo, hi = check_positive("lo", lo), check_positive("hi", hi)  # so every midpoint of the bisection is > 0 too
+    mean_z = lambda b: float(_max_softmax(outputs, b).mean())  # noqa: E731
     if mean_z(hi) < accuracy:
         raise InputError(f"mean confidence stays below the accuracy {accuracy:.4f} up to beta_sm = {hi}")
     a, b = torch.tensor(lo).log().item(), torch.tensor(hi).log().item()
@@ -94,7 +100,7 @@ def confidence_binned_error(
 ) -> dict[str, list[float]]:
     """Error rate per confidence bin (Fig. 7): bin edges, counts, error rate and mean confidence per bin."""
     outputs = check_outputs(outputs)
-    z = confidence(outputs, beta_sm)
+    z = _max_softmax(outputs, check_positive("beta_sm", beta_sm))
     wrong = (outputs.argmax(dim=1) != check_labels(labels, len(outputs), outputs.device)).double()
     if edges is None:
         edges = torch.linspace(0.1, 1.0, 10, dtype=torch.float64)
