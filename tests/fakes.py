@@ -70,6 +70,24 @@ def tiny_mnist(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def moved_copy(run: Path, dest: Path) -> Path:
+    """A copy of the DAM run folder ``run`` at ``dest`` whose weights are other (halved), with the same record: a
+    base model that looks like ``run`` by its settings but is not it."""
+    import json
+    import shutil
+
+    import torch
+
+    from dam.model import DenseAssociativeMemory
+
+    shutil.copytree(run, dest)
+    with torch.no_grad():
+        moved = DenseAssociativeMemory.load(dest)
+        moved.memories.mul_(0.5)
+    moved.save(dest, json.loads((dest / "config.json").read_text()), overwrite=True)
+    return dest
+
+
 def prototype_model(n: int = 3, temperature: float | None = None, per_class: int = 3, seed: int = 0):
     """A hand-built DAM: memories are random +-1 patterns, each voting +1 for its class and -1 for the rest.
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
-import torch
-
-from dam.model import DenseAssociativeMemory
-from fakes import dam, one_line_error, succeeded
+from fakes import dam, moved_copy, one_line_error, succeeded
 
 
 def test_trains_and_reports_robustness(tiny_reproduction: Path, tmp_path: Path) -> None:
@@ -39,12 +35,7 @@ def test_trains_and_reports_robustness(tiny_reproduction: Path, tmp_path: Path) 
     result = succeeded(dam(*resume, "--epochs", "1", "--eval-images", "20", "--remeasure", timeout=600))
     assert json.loads((out / "robustness.json").read_text())["eval_images"] == 20
     assert "reused" not in result.stderr
-    other = tmp_path / "other-base"
-    shutil.copytree(base_run, other)
-    with torch.no_grad():
-        moved = DenseAssociativeMemory.load(other)
-        moved.memories.mul_(0.5)
-    moved.save(other, json.loads((other / "config.json").read_text()), overwrite=True)
+    other = moved_copy(base_run, tmp_path / "other-base")
     line = one_line_error(dam("adversarial-train", str(other), "--out", str(out), "--resume", "--eval-images", "20"))
     assert "was fine-tuned from" in line
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from dam.robustness.adversarial_training import (
     robustness_report,
     robustness_summary,
 )
-from fakes import prototype_images, prototype_model
+from fakes import moved_copy, prototype_images, prototype_model
 
 # Small enough for seconds on one core: 3 minibatches of 100 (the quick schedule's size) per epoch.
 SMALL = AdversarialTrainConfig(epochs=2, fraction=0.5, train_subset=300, max_steps=40, seed=3)
@@ -166,12 +165,7 @@ def test_robustness_report_keeps_the_folder_rules_from_python(base_run, tmp_path
         robustness_report(base_run, out, eval_images=20)
     assert (out / "robustness.json").read_text() == written
     # ... a folder that is not a fine-tuning of the named base run is refused, nothing written into it ...
-    other = tmp_path / "other-base"
-    shutil.copytree(base_run, other)
-    with torch.no_grad():
-        moved = DenseAssociativeMemory.load(other)
-        moved.memories.mul_(0.5)
-    moved.save(other, json.loads((other / "config.json").read_text()), overwrite=True)
+    other = moved_copy(base_run, tmp_path / "other-base")
     with pytest.raises(ConfigError, match="not a fine-tuning of"):
         robustness_report(other, out, eval_images=30)
     with pytest.raises(ConfigError, match="not a fine-tuning of"):

@@ -366,9 +366,14 @@ def measurement_search(
 ) -> dict[str, Any]:
     """The settings of the boundary search :func:`robustness_report` measures ``base_run`` and its fine-tuning with
     (its record's ``search``); bad options are one InputError here, before any compute."""
-    model = DenseAssociativeMemory.load(base_run)
-    options = {"m": base_settings(base_run).m, **(search_options or {}), "progress": False}
-    return BoundarySearch(model, **options).settings()
+    return BoundarySearch(DenseAssociativeMemory.load(base_run), **_search_options(base_run, search_options)).settings()
+
+
+def _search_options(
+    base_run: str | os.PathLike[str], search_options: dict[str, Any] | None, progress: bool | None = False
+) -> dict[str, Any]:
+    # the BoundarySearch options of a measurement: the base run's training m unless told otherwise
+    return {"m": base_settings(base_run).m, **(search_options or {}), "progress": progress}
 
 
 def robustness_differs(saved: dict[str, Any], tuned_run: str | os.PathLike[str], base_run: str | os.PathLike[str],
@@ -423,7 +428,7 @@ def robustness_report(
         raise ConfigError(f"{tuned_run}: not a fine-tuning of {base_run} (adversarial_finetune writes one; "
                           "its config.json records the base model's weights)")  # fmt: skip
     search = measurement_search(base_run, search_options)
-    options = {"m": base.m, **(search_options or {}), "progress": progress}
+    options = _search_options(base_run, search_options, progress)
     path = Path(tuned_run) / ROBUSTNESS_FILE
     with OutputFolder(tuned_run, "run folder").lock():
         saved = read_json(path)
